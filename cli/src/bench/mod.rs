@@ -1,0 +1,23 @@
+//! `berth bench`: measurements against real clusters. Speed goals are met
+//! here, never in tests.
+
+use clap::Subcommand;
+
+mod failover;
+mod latency;
+mod store;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Concurrent clients writing small values (and reading a sample back).
+    Store(store::StoreArgs),
+    /// Repeatedly SIGKILL the leader of a 3-controller cluster under writes.
+    Failover(failover::FailoverArgs),
+}
+
+pub async fn run(cmd: BenchCommand, addrs: &[String]) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Store(a) => store::run(a, addrs).await,
+        BenchCommand::Failover(a) => failover::run(a).await,
+    }
+}

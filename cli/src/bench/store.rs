@@ -1,0 +1,205 @@
+//! `berth bench store`: write throughput and latency of the store, and
+//! optionally of an etcd cluster under the same load.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::bail;
+use berth::harness;
+use clap::Args;
+use serde_json::json;
+
+use super::latency::Samples;
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// Concurrent clients; client i talks to controller i mod N.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 64)]
+    value_size: usize,
+    /// Read back every Nth write (linearizable) and check its value.
+    #[arg(long, default_value_t = 10)]
+    read_every: u64,
+    /// Also run the load against these etcd endpoints (comma separated).
+    #[arg(long)]
+    etcd: Option<String>,
+    #[arg(short, long, default_value = "text")]
+    output: String,
+}
+
+struct Report {
+    system: &'static str,
+    writes: u64,
+    elapsed: Duration,
+    latency: Samples,
+    reads: u64,
+    read_mismatches: u64,
+    errors: u64,
+}
+
+impl Report {
+    fn to_json(&mut self) -> serde_json::Value {
+        json!({
+            "system": self.system,
+            "writes_per_sec": (self.writes as f64 / self.elapsed.as_secs_f64()).round(),
+            "p50_ms": self.latency.quantile_ms(0.50),
+            "p99_ms": self.latency.quantile_ms(0.99),
+            "p999_ms": self.latency.quantile_ms(0.999),
+            "writes": self.writes,
+            "reads": self.reads,
+            "read_mismatches": self.read_mismatches,
+            "errors": self.errors,
+        })
+    }
+}
+
+#[derive(Default)]
+struct ClientResult {
+    latency: Samples,
+    writes: u64,
+    reads: u64,
+    mismatches: u64,
+    errors: u64,
+}
+
+fn value(client: usize, i: u64, size: usize) -> Vec<u8> {
+    let mut v = format!("{client}:{i}:").into_bytes();
+    v.resize(size.max(v.len()), b'x');
+    v
+}
+
+async fn berth_client(addr: String, client: usize, args: Arc<StoreArgs>, until: Instant) -> ClientResult {
+    let mut r = ClientResult::default();
+    let Some(mut kv) = harness::kv(&addr).await else {
+        r.errors += 1;
+        return r;
+    };
+    let timeout = Duration::from_secs(5);
+    let mut i = 0u64;
+    while Instant::now() < until {
+        let key = format!("bench/{client}/{}", i % 1000);
+        let v = value(client, i, args.value_size);
+        let started = Instant::now();
+        match harness::put(&mut kv, &key, &v, timeout).await {
+            Ok(_) => {
+                r.latency.record(started.elapsed());
+                r.writes += 1;
+            }
+            Err(_) => {
+                r.errors += 1;
+                continue;
+            }
+        }
+        if args.read_every > 0 && i % args.read_every == 0 {
+            match harness::get(&mut kv, &key, false, timeout).await {
+                Ok(Some(kv)) if kv.value == v => r.reads += 1,
+                Ok(_) => r.mismatches += 1,
+                Err(_) => r.errors += 1,
+            }
+        }
+        i += 1;
+    }
+    r
+}
+
+async fn etcd_client(endpoints: Vec<String>, client: usize, args: Arc<StoreArgs>, until: Instant) -> ClientResult {
+    let mut r = ClientResult::default();
+    let Ok(mut c) = etcd_client::Client::connect(endpoints, None).await else {
+        r.errors += 1;
+        return r;
+    };
+    let mut i = 0u64;
+    while Instant::now() < until {
+        let key = format!("bench/{client}/{}", i % 1000);
+        let v = value(client, i, args.value_size);
+        let started = Instant::now();
+        match c.put(key.clone(), v.clone(), None).await {
+            Ok(_) => {
+                r.latency.record(started.elapsed());
+                r.writes += 1;
+            }
+            Err(_) => {
+                r.errors += 1;
+                continue;
+            }
+        }
+        if args.read_every > 0 && i % args.read_every == 0 {
+            match c.get(key, None).await {
+                Ok(resp) if resp.kvs().first().map(|kv| kv.value()) == Some(v.as_slice()) => r.reads += 1,
+                Ok(_) => r.mismatches += 1,
+                Err(_) => r.errors += 1,
+            }
+        }
+        i += 1;
+    }
+    r
+}
+
+async fn collect(system: &'static str, handles: Vec<tokio::task::JoinHandle<ClientResult>>, started: Instant) -> Report {
+    let mut report = Report {
+        system,
+        writes: 0,
+        elapsed: Duration::ZERO,
+        latency: Samples::default(),
+        reads: 0,
+        read_mismatches: 0,
+        errors: 0,
+    };
+    for h in handles {
+        if let Ok(r) = h.await {
+            report.writes += r.writes;
+            report.reads += r.reads;
+            report.read_mismatches += r.mismatches;
+            report.errors += r.errors;
+            report.latency.extend(r.latency);
+        }
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+pub async fn run(args: StoreArgs, addrs: &[String]) -> anyhow::Result<()> {
+    if args.clients == 0 || addrs.is_empty() {
+        bail!("--clients must be at least 1 and --server must name a controller");
+    }
+    let args = Arc::new(args);
+    let mut reports = Vec::new();
+
+    let started = Instant::now();
+    let until = started + args.duration;
+    let handles = (0..args.clients)
+        .map(|c| tokio::spawn(berth_client(addrs[c % addrs.len()].clone(), c, args.clone(), until)))
+        .collect();
+    reports.push(collect("berth", handles, started).await);
+
+    if let Some(etcd) = &args.etcd {
+        let endpoints: Vec<String> = etcd.split(',').map(|e| e.trim().to_string()).collect();
+        let started = Instant::now();
+        let until = started + args.duration;
+        let handles = (0..args.clients)
+            .map(|c| tokio::spawn(etcd_client(endpoints.clone(), c, args.clone(), until)))
+            .collect();
+        reports.push(collect("etcd", handles, started).await);
+    }
+
+    for r in &mut reports {
+        let v = r.to_json();
+        if args.output == "json" {
+            println!("{v}");
+        } else {
+            println!(
+                "{}: {} writes/s, p50 {} ms, p99 {} ms, p99.9 {} ms ({} errors, {} read mismatches)",
+                r.system, v["writes_per_sec"], v["p50_ms"], v["p99_ms"], v["p999_ms"], r.errors, r.read_mismatches
+            );
+        }
+    }
+    if reports.iter().any(|r| r.writes == 0) {
+        bail!("no write succeeded: is the cluster up?");
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Runs controllers as real `berth server` processes on 127.0.0.1 with
+//! their own data dirs, and breaks them on purpose (SIGKILL, SIGSTOP,
+//! wiping a data dir). Used by `berth bench failover` and the tests.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use berth_proto::cluster as cpb;
+use berth_proto::cluster::cluster_client::ClusterClient;
+use berth_proto::kv as kpb;
+use berth_proto::kv::kv_client::KvClient;
+use nix::sys::signal::kill;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tonic::transport::Channel;
+
+use crate::client::endpoint;
+
+/// Extra `berth server` flags every controller of a harness gets.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub extra_args: Vec<String>,
+    /// Send controllers' logs here instead of discarding them.
+    pub log_dir: Option<PathBuf>,
+}
+
+pub struct Controller {
+    pub id: u64,
+    pub addr: String,
+    pub metrics_addr: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    /// The flag that made it a member: `--peers ...` or `--join ...`.
+    membership_args: Vec<String>,
+}
+
+pub struct Cluster {
+    binary: PathBuf,
+    root: PathBuf,
+    options: Options,
+    pub controllers: BTreeMap<u64, Controller>,
+}
+
+/// A free port on 127.0.0.1. The port is released before use, so another
+/// process could take it in between; tests run few enough for that to be
+/// rare, and a failed bind shows up as a controller that exits.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+impl Cluster {
+    /// Starts `n` controllers that bootstrap one cluster.
+    pub fn start(binary: &Path, root: &Path, n: u64, options: Options) -> Self {
+        let mut controllers = BTreeMap::new();
+        for id in 1..=n {
+            controllers.insert(id, Self::controller(root, id));
+        }
+        let peers = controllers
+            .values()
+            .map(|c| format!("{}={}", c.id, c.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        for c in controllers.values_mut() {
+            c.membership_args = vec!["--peers".into(), peers.clone()];
+        }
+        let mut cluster = Self {
+            binary: binary.to_path_buf(),
+            root: root.to_path_buf(),
+            options,
+            controllers,
+        };
+        let ids: Vec<u64> = cluster.controllers.keys().copied().collect();
+        for id in ids {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn controller(root: &Path, id: u64) -> Controller {
+        Controller {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()),
+            metrics_addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: root.join(format!("controller-{id}")),
+            child: None,
+            membership_args: Vec::new(),
+        }
+    }
+
+    /// Adds controller `id` that joins through `via` (not started yet as a
+    /// member; `berth server --join`).
+    pub fn add_joining(&mut self, id: u64, via: u64) {
+        let via_addr = self.controllers[&via].addr.clone();
+        let mut c = Self::controller(&self.root, id);
+        c.membership_args = vec!["--join".into(), via_addr];
+        self.controllers.insert(id, c);
+        self.spawn(id);
+    }
+
+    pub fn spawn(&mut self, id: u64) {
+        let c = self.controllers.get_mut(&id).expect("known controller");
+        assert!(c.child.is_none(), "controller {id} is already running");
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("server")
+            .args(["--id", &id.to_string()])
+            .args(["--listen", &c.addr])
+            .args(["--metrics-listen", &c.metrics_addr])
+            .arg("--data-dir")
+            .arg(&c.data_dir)
+            .args(&c.membership_args)
+            .args(&self.options.extra_args)
+            .stdin(Stdio::null());
+        match &self.options.log_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).expect("create the log dir");
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("controller-{id}.log")))
+                    .expect("open a controller log");
+                cmd.stdout(log.try_clone().expect("dup log")).stderr(log);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        c.child = Some(cmd.spawn().expect("start berth server"));
+    }
+
+    pub fn signal(&mut self, id: u64, signal: Signal) {
+        if let Some(child) = &self.controllers[&id].child {
+            let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
+    /// SIGKILLs controller `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        let c = self.controllers.get_mut(&id).expect("known controller");
+        if let Some(mut child) = c.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&mut self, id: u64) -> bool {
+        let c = self.controllers.get_mut(&id).expect("known controller");
+        match &mut c.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn wipe(&mut self, id: u64) {
+        let dir = self.controllers[&id].data_dir.clone();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.controllers.values().map(|c| c.addr.clone()).collect()
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.controllers[&id].addr.clone()
+    }
+
+    /// Waits until a leader is known to controller `via` (any running one
+    /// when None) and every listed controller agrees on it.
+    pub async fn wait_for_leader(&self, among: &[u64], timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let mut leaders = Vec::new();
+            for id in among {
+                match status(&self.addr(*id)).await {
+                    Some(s) => leaders.push(s.leader),
+                    None => leaders.push(None),
+                }
+            }
+            if let Some(Some(l)) = leaders.first() {
+                if leaders.iter().all(|x| *x == Some(*l)) {
+                    return Some(*l);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.controllers.values_mut() {
+            if let Some(mut child) = c.child.take() {
+                // A stopped process only dies of SIGKILL once continued.
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+async fn channel(addr: &str) -> Option<Channel> {
+    endpoint(addr)
+        .ok()?
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .ok()
+}
+
+pub async fn status(addr: &str) -> Option<cpb::StatusResponse> {
+    let ch = channel(addr).await?;
+    let mut req = tonic::Request::new(cpb::StatusRequest {});
+    req.set_timeout(Duration::from_secs(1));
+    ClusterClient::new(ch).status(req).await.ok().map(|r| r.into_inner())
+}
+
+pub async fn kv(addr: &str) -> Option<KvClient<Channel>> {
+    Some(KvClient::new(channel(addr).await?))
+}
+
+/// One put with a deadline.
+pub async fn put(
+    client: &mut KvClient<Channel>,
+    key: &str,
+    value: &[u8],
+    timeout: Duration,
+) -> Result<u64, tonic::Status> {
+    let mut req = tonic::Request::new(kpb::PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.to_vec(),
+        precondition: None,
+    });
+    req.set_timeout(timeout);
+    Ok(client.put(req).await?.into_inner().revision)
+}
+
+/// One read of a key, linearizable unless `serializable`.
+pub async fn get(
+    client: &mut KvClient<Channel>,
+    key: &str,
+    serializable: bool,
+    timeout: Duration,
+) -> Result<Option<kpb::KeyValue>, tonic::Status> {
+    let mut req = tonic::Request::new(kpb::RangeRequest {
+        key: key.as_bytes().to_vec(),
+        serializable,
+        ..Default::default()
+    });
+    req.set_timeout(timeout);
+    Ok(client.range(req).await?.into_inner().kvs.into_iter().next())
+}

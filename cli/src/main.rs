@@ -1,0 +1,70 @@
+//! `berth`: the controller process, and the command-line client.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::Subcommand;
+
+mod bench;
+mod cluster_cmd;
+mod server_cmd;
+
+use berth::client::parse_addrs;
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Berth: a container orchestrator with a Raft-replicated control plane")]
+struct Cli {
+    /// Controllers to talk to, comma separated; the client tries them in turn.
+    #[arg(long, global = true, env = "BERTH_SERVER", default_value = "127.0.0.1:7001")]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a controller.
+    Server(server_cmd::ServerArgs),
+    /// Inspect and change the controller group.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
+    /// Measure the cluster.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addrs = parse_addrs(&cli.server);
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server_cmd::run(args).await,
+            Command::Cluster(cmd) => cluster_cmd::run(cmd, &addrs).await,
+            Command::Bench(cmd) => bench::run(cmd, &addrs).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

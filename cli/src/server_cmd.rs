@@ -1,0 +1,155 @@
+//! `berth server`: flags to a controller configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use anyhow::Context;
+use berth_controller::ServerConfig;
+use berth_raft::NodeConfig;
+use berth_raft::StoreConfig;
+use clap::Args;
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// This controller's id, unique in the cluster and stable across restarts.
+    #[arg(long)]
+    id: u64,
+    /// Address for the gRPC API and Raft traffic.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Address the other controllers use to reach this one (default: --listen,
+    /// or this id's entry in --peers).
+    #[arg(long)]
+    advertise: Option<String>,
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Initial voters, ID=HOST:PORT,...; the first start bootstraps, a restart reuses the data dir.
+    #[arg(long, conflicts_with = "join")]
+    peers: Option<String>,
+    /// Join the cluster that HOST:PORT belongs to as a new member.
+    #[arg(long)]
+    join: Option<String>,
+    /// Address for HTTP /metrics and /healthz.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Leader heartbeat period, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
+    /// Shortest election timeout, in milliseconds.
+    #[arg(long, default_value_t = 150)]
+    election_timeout_min_ms: u64,
+    /// Longest election timeout, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_logs: u64,
+    /// Log entries kept behind the last snapshot for slow followers.
+    #[arg(long, default_value_t = 1_000)]
+    logs_to_keep: u64,
+    /// How long a write or linearizable read waits for a quorum before it fails with UNAVAILABLE.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+}
+
+/// Parses `1=127.0.0.1:7001,2=...`.
+fn parse_peers(s: &str) -> anyhow::Result<Vec<(u64, String)>> {
+    let mut peers: Vec<(u64, String)> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((id, addr)) = item.split_once('=') else {
+            bail!("--peers entry {item:?} is not ID=HOST:PORT");
+        };
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("--peers entry {item:?}: {id:?} is not a numeric id"))?;
+        if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            bail!("--peers entry {item:?}: {addr:?} is not HOST:PORT");
+        }
+        if peers.iter().any(|(p, _)| *p == id) {
+            bail!("--peers lists id {id} twice");
+        }
+        peers.push((id, addr.to_string()));
+    }
+    Ok(peers)
+}
+
+impl ServerArgs {
+    fn into_config(self) -> anyhow::Result<ServerConfig> {
+        let peers = match &self.peers {
+            Some(p) => parse_peers(p)?,
+            None => Vec::new(),
+        };
+        if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == self.id) {
+            bail!("--peers must include this controller (--id {})", self.id);
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_ms * 2
+            || self.election_timeout_max_ms <= self.election_timeout_min_ms
+        {
+            bail!("election timeouts must satisfy 2 x heartbeat < min < max");
+        }
+        let advertise = self
+            .advertise
+            .clone()
+            .or_else(|| peers.iter().find(|(id, _)| *id == self.id).map(|(_, a)| a.clone()))
+            .unwrap_or_else(|| self.listen.to_string());
+        let mut node = NodeConfig::new(self.id, self.data_dir.clone());
+        node.heartbeat_ms = self.heartbeat_ms;
+        node.election_timeout_ms = (self.election_timeout_min_ms, self.election_timeout_max_ms);
+        node.snapshot_logs = self.snapshot_logs;
+        node.logs_to_keep = self.logs_to_keep;
+        node.store = StoreConfig {
+            write_timeout: self.request_timeout,
+            read_timeout: self.request_timeout,
+            ..StoreConfig::default()
+        };
+        Ok(ServerConfig {
+            id: self.id,
+            listen: self.listen,
+            advertise,
+            data_dir: self.data_dir,
+            peers,
+            join: self.join,
+            metrics_listen: self.metrics_listen,
+            node,
+        })
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::signal;
+    use tokio::signal::unix::SignalKind;
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    berth_controller::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_peers_and_names_bad_entries() {
+        let p = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
+        assert_eq!(p, vec![(1, "127.0.0.1:7001".into()), (2, "127.0.0.1:7002".into())]);
+        let e = parse_peers("1=127.0.0.1:7001,x=h:1").unwrap_err().to_string();
+        assert!(e.contains("\"x=h:1\""), "{e}");
+        assert!(parse_peers("1=nohost").is_err());
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+    }
+}

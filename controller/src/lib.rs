@@ -1,0 +1,14 @@
+//! berth-controller is the controller process (`berth server`): it opens
+//! the replicated store, bootstraps or joins the controller group, and
+//! serves the gRPC API (store, cluster administration, internal Raft),
+//! `/metrics` and `/healthz`.
+
+mod bootstrap;
+mod cluster_service;
+mod http;
+mod kv_service;
+pub mod server;
+
+pub use server::run;
+pub use server::ServerConfig;
+pub use server::ServerError;

@@ -1,0 +1,106 @@
+//! The controller process: startup, serving, and clean shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_raft::node::NodeError;
+use berth_raft::Node;
+use berth_raft::NodeConfig;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::bootstrap;
+use crate::cluster_service::ClusterService;
+use crate::http;
+use crate::kv_service::KvService;
+
+/// Largest request a client may send; larger ones are refused with
+/// RESOURCE_EXHAUSTED before they are decoded.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub id: u64,
+    pub listen: SocketAddr,
+    /// The address other controllers and clients use to reach this one.
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub peers: Vec<(u64, String)>,
+    pub join: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub node: NodeConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("could not listen on {addr}: {source}; is another process using the port?")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs a controller until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let node = Node::open(config.node.clone()).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Listen { addr, source })?;
+        tokio::spawn(http::serve(listener, node.raft.clone()));
+    }
+    tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "controller starting");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(node.raft_service().into_server())
+        .add_service(ClusterService::new(node.store.clone()).into_server())
+        .add_service(KvService::new(node.store.clone()).into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|stop| *stop).await;
+        });
+    let grpc = tokio::spawn(grpc);
+
+    tokio::pin!(shutdown);
+    let outcome = tokio::select! {
+        r = bootstrap::ensure_member(&node, &config) => match r {
+            Ok(()) => {
+                (&mut shutdown).await;
+                Ok(())
+            }
+            Err(e) => Err(ServerError::from(e)),
+        },
+        _ = &mut shutdown => Ok(()),
+    };
+    tracing::info!("controller stopping");
+    let _ = stop_tx.send(true);
+    let served = grpc.await;
+    node.shutdown().await;
+    outcome?;
+    match served {
+        Ok(r) => r.map_err(ServerError::from),
+        Err(e) => {
+            tracing::error!(error = %e, "gRPC server task failed");
+            Ok(())
+        }
+    }
+}

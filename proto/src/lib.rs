@@ -1,0 +1,21 @@
+//! Berth's wire contracts: the `.proto` files under `proto/` and the Rust
+//! code generated from them. The files are the contract for clients in any
+//! language; this crate holds no logic.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]
+
+/// Internal controller-to-controller Raft transport.
+pub mod raft {
+    tonic::include_proto!("berth.raft.v1");
+}
+
+/// Cluster administration (membership, status).
+pub mod cluster {
+    tonic::include_proto!("berth.cluster.v1");
+}
+
+/// The replicated key-value store.
+pub mod kv {
+    tonic::include_proto!("berth.kv.v1");
+}

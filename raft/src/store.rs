@@ -1,0 +1,597 @@
+//! The replicated store as the rest of Berth uses it: transactions,
+//! linearizable or serializable range reads, and watches.
+//!
+//! Writes from all clients of a controller enter one queue. A proposer takes
+//! whatever is queued when a slot frees up and proposes it as one Raft entry,
+//! with a bounded number of entries in flight, so under load many writes
+//! share an entry and its fsync; with no load a write goes out alone at
+//! once. On a follower the same batches are forwarded to the leader.
+//! Linearizable reads use read-index: the leader confirms its leadership
+//! with a quorum and names a log index; the serving controller waits until
+//! it has applied that index and then reads its own state.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use openraft::errors::ClientWriteError;
+use openraft::errors::LinearizableReadError;
+use openraft::errors::RaftError;
+use openraft::async_runtime::WatchReceiver;
+use openraft::ReadPolicy;
+use rocksdb::Direction;
+use rocksdb::IteratorMode;
+use rocksdb::DB;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+
+use berth_proto::raft as pb;
+use berth_proto::raft::raft_client::RaftClient;
+
+use crate::codec;
+use crate::error::ForwardFailure;
+use crate::error::StoreError;
+use crate::identity::Identity;
+use crate::network::request;
+use crate::network::Channels;
+use crate::network::MAX_RAFT_MESSAGE_BYTES;
+use crate::storage::db::cf;
+use crate::storage::db::CF_KV;
+use crate::storage::StoredValue;
+use crate::types::validate_txn;
+use crate::types::Event;
+use crate::types::KeyValue;
+use crate::types::NodeId;
+use crate::types::Raft;
+use crate::types::Request;
+use crate::types::Txn;
+use crate::types::TxnOutcome;
+use crate::watch::Compacted;
+use crate::watch::HubItem;
+use crate::watch::WatchHub;
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// How long a write may wait for a leader and a quorum.
+    pub write_timeout: Duration,
+    /// How long a linearizable read may wait for a leader and a quorum.
+    pub read_timeout: Duration,
+    /// Most transactions coalesced into one Raft entry.
+    pub max_batch_txns: usize,
+    /// Most bytes coalesced into one Raft entry.
+    pub max_batch_bytes: usize,
+    /// Most Raft entries this controller has in flight at once.
+    pub max_inflight_batches: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            write_timeout: Duration::from_secs(3),
+            read_timeout: Duration::from_secs(3),
+            max_batch_txns: 1024,
+            max_batch_bytes: 4 << 20,
+            max_inflight_batches: 32,
+        }
+    }
+}
+
+/// A key range: `[start, end)`, or the single key `start` when `end` is None.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    pub fn key(key: impl Into<Vec<u8>>) -> Self {
+        Self {
+            start: key.into(),
+            end: None,
+        }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
+        let start: Vec<u8> = prefix.into();
+        let mut end = start.clone();
+        // The smallest key greater than every key with this prefix.
+        while let Some(last) = end.pop() {
+            if last < 0xff {
+                end.push(last + 1);
+                return Self {
+                    start,
+                    end: Some(end),
+                };
+            }
+        }
+        Self {
+            start,
+            end: Some(Vec::new()),
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match &self.end {
+            None => key == self.start.as_slice(),
+            // An empty end means "to the end of the key space".
+            Some(end) => key >= self.start.as_slice() && (end.is_empty() || key < end.as_slice()),
+        }
+    }
+}
+
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    pub revision: u64,
+    pub more: bool,
+}
+
+struct Pending {
+    txn: Txn,
+    done: oneshot::Sender<Result<TxnOutcome, StoreError>>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft,
+    db: Arc<DB>,
+    hub: WatchHub,
+    identity: Identity,
+    channels: Channels,
+    queue: mpsc::Sender<Pending>,
+    config: StoreConfig,
+}
+
+impl Store {
+    pub fn new(
+        raft: Raft,
+        db: Arc<DB>,
+        hub: WatchHub,
+        identity: Identity,
+        channels: Channels,
+        config: StoreConfig,
+    ) -> Self {
+        let (queue, rx) = mpsc::channel(64 * 1024);
+        let inner = Arc::new(Inner {
+            raft,
+            db,
+            hub,
+            identity,
+            channels,
+            queue,
+            config,
+        });
+        tokio::spawn(run_proposer(Arc::downgrade(&inner), rx));
+        Self { inner }
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    pub fn channels(&self) -> &Channels {
+        &self.inner.channels
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The revision of the state this controller has applied.
+    pub fn revision(&self) -> u64 {
+        self.inner.hub.revision()
+    }
+
+    /// Commits `txn`, or reports why it did not commit. Precondition
+    /// failures are an `Ok(TxnOutcome::Failed)`: they are answers, not errors.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        validate_txn(&txn).map_err(|f| StoreError::InvalidArgument(f.to_string()))?;
+        let (done, rx) = oneshot::channel();
+        self.inner
+            .queue
+            .send(Pending { txn, done })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Proposes an already coalesced batch through this controller's Raft,
+    /// which must be the leader. Used for batches forwarded by followers.
+    pub async fn propose_as_leader(&self, req: Request) -> Result<Vec<TxnOutcome>, ForwardFailure> {
+        propose_local(&self.inner.raft, req).await
+    }
+
+    /// The index a linearizable read must have applied, as the leader.
+    pub async fn read_index(&self) -> Result<u64, ForwardFailure> {
+        match self.inner.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+            Ok(l) => Ok(l.read_log_id().index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(ForwardFailure::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(e) => Err(ForwardFailure::Indeterminate(e.to_string())),
+        }
+    }
+
+    /// Reads `range` at one revision.
+    pub async fn range(
+        &self,
+        range: KeyRange,
+        limit: usize,
+        serializable: bool,
+    ) -> Result<RangeResult, StoreError> {
+        if !serializable {
+            self.linearize().await?;
+        }
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || read_range(&db, &range, limit))
+            .await
+            .map_err(|e| StoreError::Storage(e.to_string()))?
+    }
+
+    /// Waits until this controller's state reflects every write committed
+    /// before the call.
+    pub async fn linearize(&self) -> Result<(), StoreError> {
+        let timeout = self.inner.config.read_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(StoreError::NoQuorum(timeout));
+            }
+            let leader = match current_leader(&self.inner.raft) {
+                Some(l) => l,
+                None => {
+                    wait_for_leader_change(&self.inner.raft, remaining).await;
+                    continue;
+                }
+            };
+            let index = if leader.0 == self.inner.identity.node_id() {
+                tokio::time::timeout(remaining, self.read_index())
+                    .await
+                    .map_err(|_| StoreError::NoQuorum(timeout))?
+            } else {
+                match self.remote_read_index(&leader.1, remaining).await {
+                    Ok(i) => Ok(i),
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                        Err(ForwardFailure::NotLeader { leader: None })
+                    }
+                    Err(_) => {
+                        // The leader we know of may be gone; give the cluster
+                        // a moment to elect another before asking again.
+                        tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
+                        continue;
+                    }
+                }
+            };
+            match index {
+                Ok(index) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    return self
+                        .inner
+                        .raft
+                        .wait(Some(remaining))
+                        .applied_index_at_least(Some(index), "linearizable read")
+                        .await
+                        .map(|_| ())
+                        .map_err(|_| StoreError::NoQuorum(timeout));
+                }
+                Err(ForwardFailure::NotLeader { .. }) | Err(ForwardFailure::Indeterminate(_)) => {
+                    tokio::time::sleep(Duration::from_millis(10).min(remaining)).await;
+                }
+                Err(ForwardFailure::Storage(e)) => return Err(StoreError::Storage(e)),
+            }
+        }
+    }
+
+    async fn remote_read_index(&self, addr: &str, timeout: Duration) -> Result<u64, tonic::Status> {
+        let channel = self
+            .inner
+            .channels
+            .get(addr)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let req = request(&self.inner.identity, pb::ReadIndexRequest {}, Some(timeout));
+        Ok(raft_client(channel).read_index(req).await?.into_inner().index)
+    }
+
+    /// Changes in `range` from `start_revision` (0: from now), in batches.
+    /// The stream ends with an error when the watcher fell too far behind
+    /// or the state was replaced by a snapshot; the caller lists again.
+    pub fn watch(
+        &self,
+        range: KeyRange,
+        start_revision: u64,
+    ) -> Result<BoxStream<'static, Result<Vec<Event>, StoreError>>, StoreError> {
+        let sub = self.inner.hub.subscribe(start_revision)?;
+        let backlog: Vec<Event> = sub
+            .backlog
+            .iter()
+            .filter(|e| range.contains(&e.kv.key))
+            .map(|e| (**e).clone())
+            .collect();
+        let head = futures::stream::iter((!backlog.is_empty()).then_some(Ok(backlog)));
+        let state = WatchState {
+            live: sub.live,
+            range,
+            last: sub.revision,
+            done: false,
+        };
+        let tail = futures::stream::unfold(state, next_watch_batch);
+        Ok(Box::pin(head.chain(tail)))
+    }
+}
+
+struct WatchState {
+    live: broadcast::Receiver<HubItem>,
+    range: KeyRange,
+    last: u64,
+    done: bool,
+}
+
+type WatchItem = Result<Vec<Event>, StoreError>;
+
+async fn next_watch_batch(mut st: WatchState) -> Option<(WatchItem, WatchState)> {
+    if st.done {
+        return None;
+    }
+    loop {
+        let behind = |st: &mut WatchState, oldest: u64| {
+            st.done = true;
+            Err(StoreError::Compacted(Compacted {
+                requested: st.last + 1,
+                oldest,
+            }))
+        };
+        match st.live.recv().await {
+            Ok(HubItem::Event(e)) => {
+                st.last = e.revision();
+                if st.range.contains(&e.kv.key) {
+                    return Some((Ok(vec![(*e).clone()]), st));
+                }
+            }
+            Ok(HubItem::Reset { revision }) => {
+                let item = behind(&mut st, revision + 1);
+                return Some((item, st));
+            }
+            Err(RecvError::Lagged(_)) => {
+                let oldest = st.last + 1;
+                let item = behind(&mut st, oldest);
+                return Some((item, st));
+            }
+            Err(RecvError::Closed) => return None,
+        }
+    }
+}
+
+fn raft_client(channel: Channel) -> RaftClient<Channel> {
+    RaftClient::new(channel)
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+}
+
+fn current_leader(raft: &Raft) -> Option<(NodeId, String)> {
+    let m = raft.metrics().borrow_watched().clone();
+    let id = m.current_leader?;
+    let addr = m.membership_config.get_node(&id)?.addr.clone();
+    Some((id, addr))
+}
+
+async fn wait_for_leader_change(raft: &Raft, max: Duration) {
+    let mut rx = raft.metrics();
+    let _ = tokio::time::timeout(max.min(Duration::from_millis(200)), rx.changed()).await;
+}
+
+fn read_range(db: &DB, range: &KeyRange, limit: usize) -> Result<RangeResult, StoreError> {
+    let storage = |e: &dyn std::fmt::Display| StoreError::Storage(e.to_string());
+    let snap = db.snapshot();
+    let revision = {
+        let get = |k: &[u8]| snap.get_cf(cf(db, crate::storage::db::CF_SM_META), k);
+        get(b"revision")
+            .map_err(|e| storage(&e))?
+            .map(|b| codec::decode::<u64>("revision", &b))
+            .transpose()
+            .map_err(|e| storage(&e))?
+            .unwrap_or(0)
+    };
+    let kv = cf(db, CF_KV);
+    let mut kvs = Vec::new();
+    let mut more = false;
+    if range.end.is_none() {
+        if let Some(bytes) = snap.get_cf(kv, &range.start).map_err(|e| storage(&e))? {
+            let v: StoredValue = codec::decode("stored value", &bytes).map_err(|e| storage(&e))?;
+            kvs.push(v.into_kv(range.start.clone()));
+        }
+    } else {
+        let it = snap.iterator_cf(kv, IteratorMode::From(&range.start, Direction::Forward));
+        for item in it {
+            let (key, bytes) = item.map_err(|e| storage(&e))?;
+            if !range.contains(&key) {
+                break;
+            }
+            if limit > 0 && kvs.len() == limit {
+                more = true;
+                break;
+            }
+            let v: StoredValue = codec::decode("stored value", &bytes).map_err(|e| storage(&e))?;
+            kvs.push(v.into_kv(key.to_vec()));
+        }
+    }
+    Ok(RangeResult {
+        kvs,
+        revision,
+        more,
+    })
+}
+
+async fn propose_local(raft: &Raft, req: Request) -> Result<Vec<TxnOutcome>, ForwardFailure> {
+    let n = req.txns.len();
+    match raft.client_write(req).await {
+        Ok(resp) if resp.data.outcomes.len() == n => Ok(resp.data.outcomes),
+        Ok(resp) => Err(ForwardFailure::Storage(format!(
+            "state machine answered {} outcomes for {n} transactions",
+            resp.data.outcomes.len()
+        ))),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ForwardFailure::NotLeader {
+            leader: f.leader_id,
+        }),
+        Err(e) => Err(ForwardFailure::Indeterminate(e.to_string())),
+    }
+}
+
+async fn run_proposer(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Pending>) {
+    let slots = {
+        let Some(i) = inner.upgrade() else { return };
+        Arc::new(Semaphore::new(i.config.max_inflight_batches))
+    };
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else { return };
+        let Some(inner) = inner.upgrade() else { return };
+        let mut bytes = first.txn.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < inner.config.max_batch_txns && bytes < inner.config.max_batch_bytes {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.txn.encoded_len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("berth_store_batch_txns").record(batch.len() as f64);
+        tokio::spawn(async move {
+            submit(&inner, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn submit(inner: &Inner, batch: Vec<Pending>) {
+    let (txns, dones): (Vec<Txn>, Vec<_>) = batch.into_iter().map(|p| (p.txn, p.done)).unzip();
+    let started = Instant::now();
+    let result = propose(inner, Request { txns }).await;
+    metrics::histogram!("berth_store_propose_duration_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcomes) => {
+            for (done, outcome) in dones.into_iter().zip(outcomes) {
+                let _ = done.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let timeout = inner.config.write_timeout;
+            for done in dones {
+                let err = match &e {
+                    StoreError::NoQuorum(d) => StoreError::NoQuorum(*d),
+                    StoreError::Indeterminate(d, m) => StoreError::Indeterminate(*d, m.clone()),
+                    StoreError::ShuttingDown => StoreError::ShuttingDown,
+                    StoreError::Storage(m) => StoreError::Storage(m.clone()),
+                    _ => StoreError::Indeterminate(timeout, msg.clone()),
+                };
+                let _ = done.send(Err(err));
+            }
+        }
+    }
+}
+
+/// Gets `req` committed by the leader, wherever it is. Only failures that
+/// guarantee the entry was not appended are retried.
+async fn propose(inner: &Inner, req: Request) -> Result<Vec<TxnOutcome>, StoreError> {
+    let timeout = inner.config.write_timeout;
+    let deadline = Instant::now() + timeout;
+    let mut sent = false;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(if sent {
+                StoreError::Indeterminate(timeout, "no answer from the leader".into())
+            } else {
+                StoreError::NoQuorum(timeout)
+            });
+        }
+        let Some((leader, addr)) = current_leader(&inner.raft) else {
+            wait_for_leader_change(&inner.raft, remaining).await;
+            continue;
+        };
+        let attempt = if leader == inner.identity.node_id() {
+            sent = true;
+            match tokio::time::timeout(remaining, propose_local(&inner.raft, req.clone())).await {
+                Ok(r) => r,
+                Err(_) => continue,
+            }
+        } else {
+            match forward(inner, &addr, &req, remaining).await {
+                Ok(r) => {
+                    sent = true;
+                    r
+                }
+                Err(status) if not_delivered(&status) => {
+                    tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
+                    continue;
+                }
+                Err(status) => {
+                    sent = true;
+                    Err(ForwardFailure::Indeterminate(status.message().to_string()))
+                }
+            }
+        };
+        match attempt {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(ForwardFailure::NotLeader { .. }) => {
+                wait_for_leader_change(&inner.raft, Duration::from_millis(20).min(remaining)).await;
+            }
+            Err(ForwardFailure::Indeterminate(m)) => return Err(StoreError::Indeterminate(timeout, m)),
+            Err(ForwardFailure::Storage(m)) => return Err(StoreError::Storage(m)),
+        }
+    }
+}
+
+/// Whether a failed call certainly never reached the peer: the
+/// connection could not be made, or the peer refused it before handling.
+fn not_delivered(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::FailedPrecondition => true,
+        tonic::Code::Unavailable => {
+            let m = status.message().to_ascii_lowercase();
+            m.contains("connect") || m.contains("refused")
+        }
+        _ => false,
+    }
+}
+
+async fn forward(
+    inner: &Inner,
+    addr: &str,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Result<Vec<TxnOutcome>, ForwardFailure>, tonic::Status> {
+    let channel = inner
+        .channels
+        .get(addr)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let msg = pb::RaftMessage {
+        data: codec::encode(req).into(),
+    };
+    let resp = raft_client(channel)
+        .forward(request(&inner.identity, msg, Some(timeout)))
+        .await?;
+    codec::decode("forward response", &resp.into_inner().data)
+        .map_err(|e| tonic::Status::internal(e.to_string()))
+}

@@ -1,0 +1,224 @@
+//! The Raft type configuration and the commands the state machine applies.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+openraft::declare_raft_types!(
+    /// Berth's openraft configuration: node ids are `u64`, nodes are known by
+    /// their gRPC address, and one log entry carries a batch of transactions.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateMachine>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+
+/// Longest key the store accepts.
+pub const MAX_KEY_BYTES: usize = 3 * 1024;
+/// Largest value the store accepts. The typed API refuses objects over
+/// 1 MiB before they get here; this bound protects the log itself.
+pub const MAX_VALUE_BYTES: usize = 3 * 1024 * 1024 / 2;
+/// Most operations in one transaction.
+pub const MAX_TXN_OPS: usize = 1024;
+
+/// A condition on a key's current state, evaluated when the write applies.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precondition {
+    #[default]
+    None,
+    Absent,
+    Present,
+    ModRevision(u64),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        precondition: Precondition,
+    },
+    Delete {
+        key: Vec<u8>,
+        precondition: Precondition,
+    },
+}
+
+impl Op {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
+
+    pub fn precondition(&self) -> Precondition {
+        match self {
+            Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            Op::Put { key, value, .. } => key.len() + value.len() + 16,
+            Op::Delete { key, .. } => key.len() + 16,
+        }
+    }
+}
+
+/// Operations that commit together at one revision, or not at all.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Txn {
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    pub fn encoded_len(&self) -> usize {
+        self.ops.iter().map(Op::encoded_len).sum()
+    }
+}
+
+/// One Raft entry's payload: transactions from many clients coalesced.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Request {
+    pub txns: Vec<Txn>,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Request({} txns)", self.txns.len())
+    }
+}
+
+/// A key's stored state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+}
+
+/// Why a transaction did not commit. Decided by the state machine, so every
+/// controller decides the same.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum TxnFailure {
+    /// Operation `op` required the key to be absent.
+    AlreadyExists { op: u32, key: Vec<u8> },
+    /// Operation `op` required the key to exist.
+    NotFound { op: u32, key: Vec<u8> },
+    /// Operation `op` required another mod_revision.
+    RevisionMismatch {
+        op: u32,
+        key: Vec<u8>,
+        expected: u64,
+        actual: u64,
+    },
+    /// The transaction is malformed (empty key, too large, too many ops).
+    Invalid { reason: String },
+}
+
+impl fmt::Display for TxnFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = |key: &[u8]| String::from_utf8_lossy(key).into_owned();
+        match self {
+            TxnFailure::AlreadyExists { key, .. } => write!(f, "key {:?} already exists", k(key)),
+            TxnFailure::NotFound { key, .. } => write!(f, "key {:?} not found", k(key)),
+            TxnFailure::RevisionMismatch {
+                key,
+                expected,
+                actual,
+                ..
+            } => write!(
+                f,
+                "key {:?} is at revision {actual}, not {expected}: read it again and retry",
+                k(key)
+            ),
+            TxnFailure::Invalid { reason } => f.write_str(reason),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum TxnOutcome {
+    Committed {
+        revision: u64,
+        /// Each operation's key as it was before, if it existed.
+        prev: Vec<Option<KeyValue>>,
+    },
+    Failed(TxnFailure),
+}
+
+/// The state machine's answer to one entry: one outcome per transaction.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Response {
+    pub outcomes: Vec<TxnOutcome>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One applied change, as published to watchers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// For a delete: the key's last value, with `mod_revision` set to the
+    /// deleting revision.
+    pub kv: KeyValue,
+}
+
+impl Event {
+    pub fn revision(&self) -> u64 {
+        self.kv.mod_revision
+    }
+}
+
+/// Checks what can be checked without state. Run by the API before
+/// proposing, and again by the state machine so that a bad entry in the log
+/// can never apply differently on different controllers.
+pub fn validate_txn(txn: &Txn) -> Result<(), TxnFailure> {
+    let invalid = |reason: String| Err(TxnFailure::Invalid { reason });
+    if txn.ops.is_empty() {
+        return invalid("a transaction needs at least one operation".into());
+    }
+    if txn.ops.len() > MAX_TXN_OPS {
+        return invalid(format!(
+            "a transaction has {} operations; at most {MAX_TXN_OPS} are allowed",
+            txn.ops.len()
+        ));
+    }
+    for op in &txn.ops {
+        let key = op.key();
+        if key.is_empty() {
+            return invalid("keys must not be empty".into());
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return invalid(format!(
+                "a key of {} bytes is over the {MAX_KEY_BYTES}-byte limit",
+                key.len()
+            ));
+        }
+        if let Op::Put { value, .. } = op {
+            if value.len() > MAX_VALUE_BYTES {
+                return invalid(format!(
+                    "a value of {} bytes is over the {MAX_VALUE_BYTES}-byte limit",
+                    value.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
