@@ -176,6 +176,17 @@ impl Cluster {
     /// Waits until a leader is known to controller `via` (any running one
     /// when None) and every listed controller agrees on it.
     pub async fn wait_for_leader(&self, among: &[u64], timeout: Duration) -> Option<u64> {
+        self.wait_for_leader_other_than(among, None, timeout).await
+    }
+
+    /// Like `wait_for_leader`, but ignores `old` (a leader just killed,
+    /// which the others still believe in until their election timeout).
+    pub async fn wait_for_leader_other_than(
+        &self,
+        among: &[u64],
+        old: Option<u64>,
+        timeout: Duration,
+    ) -> Option<u64> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let mut leaders = Vec::new();
@@ -186,7 +197,7 @@ impl Cluster {
                 }
             }
             if let Some(Some(l)) = leaders.first() {
-                if leaders.iter().all(|x| *x == Some(*l)) {
+                if Some(*l) != old && leaders.iter().all(|x| *x == Some(*l)) {
                     return Some(*l);
                 }
             }

@@ -21,7 +21,6 @@ use berth_proto::cluster as pb;
 use berth_proto::cluster::cluster_client::ClusterClient;
 use berth_raft::network::endpoint;
 use berth_raft::Node;
-use openraft::async_runtime::WatchReceiver;
 use openraft::BasicNode;
 
 use crate::server::ServerConfig;
@@ -86,11 +85,11 @@ pub async fn ensure_member(node: &Node, config: &ServerConfig) -> Result<(), Boo
                 "this controller's data was lost: rejoining with an empty data dir");
             return join(node, config, &found.addr).await;
         }
-        // The cluster was created while this controller was away; it never
-        // acknowledged anything, so it simply takes the leader's log. It
-        // votes only once it follows the leader: see `vote_after_leader`.
+        // The cluster was created while this controller was starting; it
+        // never acknowledged anything, so it simply takes the leader's log.
+        // (Refusing votes here could leave a new cluster without a quorum
+        // of voters for its first election.)
         node.identity.set_cluster_id(&found.cluster_id)?;
-        vote_after_leader(node).await;
         return Ok(());
     }
     let lowest = config.peers.iter().map(|(id, _)| *id).min();
@@ -170,26 +169,6 @@ async fn find_cluster(peers: &[String], me: u64) -> Option<FoundCluster> {
         });
     }
     None
-}
-
-/// Refuses votes until the leader has contacted this controller. Its first
-/// append makes the leader's term and vote durable here, so no candidate of
-/// that term can get a second vote from a controller that forgot its first.
-async fn vote_after_leader(node: &Node) {
-    node.identity.set_voting(false);
-    let identity = node.identity.clone();
-    let mut rx = node.raft.metrics();
-    tokio::spawn(async move {
-        loop {
-            if rx.borrow_and_update().current_leader.is_some() {
-                identity.set_voting(true);
-                return;
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    });
 }
 
 async fn check_same_cluster(config: &ServerConfig, peers: &[String], ours: &str) -> Result<(), BootstrapError> {

@@ -44,8 +44,21 @@ impl ClusterService {
         self.store.raft()
     }
 
-    /// The leader's client when this controller is not the leader.
-    fn leader_client(&self) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
+    /// The leader's client when this controller is not the leader. Waits a
+    /// little for an election in progress.
+    async fn leader_client(&self) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
+        let mut rx = self.raft().metrics();
+        let wait = async {
+            loop {
+                if rx.borrow_and_update().current_leader.is_some() {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.store.config().write_timeout, wait).await;
         let m = self.raft().metrics().borrow_watched().clone();
         match m.current_leader {
             Some(l) if l == m.id && m.state == ServerState::Leader => Ok(None),
@@ -236,7 +249,7 @@ impl cluster_server::Cluster for ClusterService {
     async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::AddMemberResponse>, Status> {
         let req = req.into_inner();
         parse_addr(&req.addr)?;
-        if let Some(mut leader) = self.leader_client()? {
+        if let Some(mut leader) = self.leader_client().await? {
             let mut fwd = Request::new(req);
             fwd.set_timeout(CATCH_UP_TIMEOUT + Duration::from_secs(30));
             return leader.add_member(fwd).await;
@@ -253,7 +266,7 @@ impl cluster_server::Cluster for ClusterService {
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let req = req.into_inner();
-        if let Some(mut leader) = self.leader_client()? {
+        if let Some(mut leader) = self.leader_client().await? {
             return leader.remove_member(Request::new(req)).await;
         }
         self.remove_as_leader(req.id).await?;

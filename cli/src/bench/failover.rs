@@ -131,7 +131,10 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         failover.record(took);
         eprintln!("trial {trial}: killed leader {leader}, writes resumed after {} ms", took.as_millis());
         cluster.spawn(leader);
-        let Some(new_leader) = cluster.wait_for_leader(&survivors, Duration::from_secs(20)).await else {
+        let new_leader = cluster
+            .wait_for_leader_other_than(&survivors, Some(leader), Duration::from_secs(20))
+            .await;
+        let Some(new_leader) = new_leader else {
             bail!("trial {trial}: the survivors agree on no leader");
         };
         // Let the restarted controller catch up before the next kill.

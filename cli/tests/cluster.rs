@@ -1,0 +1,450 @@
+//! End-to-end tests of the replicated store: three (or four) controllers as
+//! real `berth server` processes on 127.0.0.1 with real RocksDB data dirs,
+//! broken with SIGKILL, SIGSTOP and wiped data dirs.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use berth::harness;
+use berth::harness::Cluster;
+use berth::harness::Options;
+use nix::sys::signal::Signal;
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+const T: Duration = Duration::from_secs(5);
+
+/// The tests each run several controllers; on two cores they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn options(extra: &[&str]) -> Options {
+    Options {
+        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        log_dir: std::env::var_os("BERTH_TEST_LOGS").map(Into::into),
+    }
+}
+
+async fn leader_of(cluster: &Cluster, among: &[u64]) -> u64 {
+    cluster
+        .wait_for_leader(among, Duration::from_secs(20))
+        .await
+        .expect("the controllers agree on a leader")
+}
+
+/// Acknowledged writes, key -> value.
+type Acked = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// Writers that put unique keys through every address in turn until
+/// stopped, recording what was acknowledged.
+struct Load {
+    stop: Arc<AtomicBool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    acked: Acked,
+}
+
+impl Load {
+    fn start(addrs: Vec<String>, writers: usize, prefix: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Acked = Arc::default();
+        let handles = (0..writers)
+            .map(|w| {
+                let (addrs, stop, acked) = (addrs.clone(), stop.clone(), acked.clone());
+                let prefix = prefix.to_string();
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    let mut target = w;
+                    while !stop.load(Ordering::Relaxed) {
+                        let addr = &addrs[target % addrs.len()];
+                        let Some(mut kv) = harness::kv(addr).await else {
+                            target += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        };
+                        while !stop.load(Ordering::Relaxed) {
+                            let key = format!("{prefix}/{w}/{i}");
+                            let value = format!("v{i}");
+                            i += 1;
+                            match harness::put(&mut kv, &key, value.as_bytes(), T).await {
+                                Ok(_) => {
+                                    acked.lock().unwrap().insert(key, value);
+                                }
+                                Err(_) => {
+                                    target += 1;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, handles, acked }
+    }
+
+    async fn stop(self) -> BTreeMap<String, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            h.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        acked
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_for(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.count() < n {
+            assert!(Instant::now() < deadline, "only {} of {n} writes acknowledged", self.count());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Every acknowledged write is present at `addr` (linearizable reads).
+async fn assert_all_present(addr: &str, acked: &BTreeMap<String, String>) {
+    assert!(!acked.is_empty(), "the load acknowledged no write");
+    let mut kv = harness::kv(addr).await.expect("connect");
+    for (key, value) in acked {
+        let got = harness::get(&mut kv, key, false, T).await.expect("read");
+        let got = got.map(|kv| String::from_utf8(kv.value).unwrap());
+        assert_eq!(got.as_deref(), Some(value.as_str()), "acknowledged write {key} lost at {addr}");
+    }
+}
+
+/// Waits until controller `addr`'s own state (serializable reads) has
+/// every acknowledged write.
+async fn assert_caught_up(addr: &str, acked: &BTreeMap<String, String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut kv = loop {
+        if let Some(kv) = harness::kv(addr).await {
+            break kv;
+        }
+        assert!(Instant::now() < deadline, "{addr} never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (key, value) in acked {
+        loop {
+            let got = harness::get(&mut kv, key, true, T).await.ok().flatten();
+            if got.map(|kv| kv.value) == Some(value.clone().into_bytes()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{addr} did not catch up with {key}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn metric(addr: &str, name: &str) -> f64 {
+    let body = tokio::task::spawn_blocking({
+        let addr = addr.to_string();
+        move || {
+            use std::io::Read;
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect(&addr).ok()?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_any_member_are_readable_from_every_member() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    leader_of(&cluster, &[1, 2, 3]).await;
+    let mut acked = BTreeMap::new();
+    for id in 1..=3u64 {
+        let mut kv = harness::kv(&cluster.addr(id)).await.unwrap();
+        for i in 0..20 {
+            let key = format!("via-{id}/{i}");
+            harness::put(&mut kv, &key, b"x", T).await.expect("write through a member");
+            acked.insert(key, "x".to_string());
+        }
+    }
+    for id in 1..=3u64 {
+        assert_all_present(&cluster.addr(id), &acked).await;
+    }
+    // Revisions are global and rise with every write.
+    let mut kv = harness::kv(&cluster.addr(2)).await.unwrap();
+    let r1 = harness::put(&mut kv, "rev", b"1", T).await.unwrap();
+    let r2 = harness::put(&mut kv, "rev", b"2", T).await.unwrap();
+    assert_eq!(r2, r1 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let load = Load::start(cluster.addrs(), 8, "kill");
+    load.wait_for(200).await;
+    cluster.kill(leader);
+    let survivors: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let new_leader = cluster
+        .wait_for_leader_other_than(&survivors, Some(leader), Duration::from_secs(20))
+        .await
+        .expect("the survivors elect a new leader");
+    let before = load.count();
+    load.wait_for(before + 200).await;
+    cluster.spawn(leader);
+    let acked = load.stop().await;
+    assert_all_present(&cluster.addr(new_leader), &acked).await;
+    assert_caught_up(&cluster.addr(leader), &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_follower_rejoins_through_a_snapshot() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let opts = options(&["--snapshot-logs", "100", "--logs-to-keep", "10"]);
+    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, opts);
+    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let load = Load::start(vec![cluster.addr(leader)], 4, "wipe");
+    load.wait_for(300).await;
+    cluster.kill(follower);
+    cluster.wipe(follower);
+    let before = load.count();
+    // Enough entries for snapshots on the others to purge past the wiped
+    // follower's last position.
+    load.wait_for(before + 500).await;
+    cluster.spawn(follower);
+    let after = load.count();
+    load.wait_for(after + 100).await;
+    let acked = load.stop().await;
+    assert_caught_up(&cluster.addr(follower), &acked).await;
+    let metrics = cluster.controllers[&follower].metrics_addr.clone();
+    assert!(
+        metric(&metrics, "berth_raft_snapshots_installed_total").await >= 1.0,
+        "the wiped follower should have caught up through a snapshot"
+    );
+    let status = harness::status(&cluster.addr(leader)).await.unwrap();
+    let voters = status.members.iter().filter(|m| m.voter).count();
+    assert_eq!(voters, 3, "the rejoined follower is a voter again: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_are_added_and_removed_while_writes_continue() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let load = Load::start(cluster.addrs(), 4, "members");
+    load.wait_for(100).await;
+    cluster.add_joining(4, leader);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Controller 4's own view: it follows a leader in a 4-voter config.
+        let s = harness::status(&cluster.addr(4)).await;
+        let ready = s.is_some_and(|s| s.leader.is_some() && s.members.iter().filter(|m| m.voter).count() == 4);
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "controller 4 did not become a voter");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Remove the leader itself through the CLI.
+    let out = std::process::Command::new(BIN)
+        .args(["--server", &cluster.addr(4), "cluster", "remove-member", &leader.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "remove-member failed: {}", String::from_utf8_lossy(&out.stderr));
+    let remaining: Vec<u64> = (1..=4).filter(|i| *i != leader).collect();
+    let new_leader = cluster
+        .wait_for_leader_other_than(&remaining, Some(leader), Duration::from_secs(20))
+        .await
+        .expect("the remaining controllers elect a new leader");
+    let before = load.count();
+    load.wait_for(before + 100).await;
+    let acked = load.stop().await;
+    assert_all_present(&cluster.addr(new_leader), &acked).await;
+    assert_caught_up(&cluster.addr(4), &acked).await;
+    let out = std::process::Command::new(BIN)
+        .args(["--server", &cluster.addr(new_leader), "cluster", "status", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u64> = v["members"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert!(!ids.contains(&leader) && ids.len() == 3, "members after removal: {v}");
+    assert_eq!(v["leader"].as_u64(), Some(new_leader));
+    cluster.kill(leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_quorum_writes_fail_fast_with_unavailable_and_nothing_is_lost() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&["--request-timeout", "2s"]));
+    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let load = Load::start(cluster.addrs(), 4, "pause");
+    load.wait_for(100).await;
+    let acked_before = load.stop().await;
+    // Pause the leader and one follower; the last controller has no quorum.
+    let paused: Vec<u64> = std::iter::once(leader).chain((1..=3).find(|i| *i != leader)).collect();
+    let alone = (1..=3).find(|i| !paused.contains(i)).unwrap();
+    for id in &paused {
+        cluster.signal(*id, Signal::SIGSTOP);
+    }
+    let mut kv = harness::kv(&cluster.addr(alone)).await.unwrap();
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let err = harness::put(&mut kv, &format!("noquorum/{attempt}"), b"x", Duration::from_secs(30))
+            .await
+            .expect_err("a write without a quorum must fail");
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        let started = Instant::now();
+        let err = harness::get(&mut kv, "pause/0/0", false, Duration::from_secs(30))
+            .await
+            .expect_err("a linearizable read without a quorum must fail");
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    for id in &paused {
+        cluster.signal(*id, Signal::SIGCONT);
+    }
+    let load = Load::start(cluster.addrs(), 4, "resumed");
+    load.wait_for(100).await;
+    let acked_after = load.stop().await;
+    let new_leader = leader_of(&cluster, &[1, 2, 3]).await;
+    assert_all_present(&cluster.addr(new_leader), &acked_before).await;
+    assert_all_present(&cluster.addr(alone), &acked_after).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_every_controller_during_writes_loses_no_acknowledged_write() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    leader_of(&cluster, &[1, 2, 3]).await;
+    let load = Load::start(cluster.addrs(), 8, "all");
+    load.wait_for(300).await;
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    let acked = load.stop().await;
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    assert_all_present(&cluster.addr(leader), &acked).await;
+    for id in 1..=3u64 {
+        assert_caught_up(&cluster.addr(id), &acked).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_dir_from_another_cluster_is_refused_at_start() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    leader_of(&cluster, &[1, 2, 3]).await;
+
+    // A one-controller cluster of its own, then stopped.
+    let other = tempfile::tempdir().unwrap();
+    let mut single = Cluster::start(BIN.as_ref(), other.path(), 1, options(&[]));
+    leader_of(&single, &[1]).await;
+    let dir = single.controllers[&1].data_dir.clone();
+    single.kill(1);
+
+    let peers = format!("1=127.0.0.1:{},2={},3={}", harness::free_port(), cluster.addr(2), cluster.addr(3));
+    let listen = peers.split(',').next().unwrap().trim_start_matches("1=").to_string();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(BIN)
+            .args(["server", "--id", "1", "--listen", &listen, "--peers", &peers])
+            .arg("--data-dir")
+            .arg(&dir)
+            .output(),
+    )
+    .await
+    .expect("the controller exits instead of serving")
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("belongs to cluster"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_are_refused_with_clear_errors() {
+    use berth_proto::kv as pb;
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    leader_of(&cluster, &[1, 2, 3]).await;
+    let mut kv = harness::kv(&cluster.addr(1)).await.unwrap();
+
+    let err = harness::put(&mut kv, "", b"x", T).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let big = vec![0u8; 2 << 20];
+    let err = harness::put(&mut kv, "big", &big, T).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let huge = vec![0u8; 5 << 20];
+    let err = harness::put(&mut kv, "huge", &huge, T).await.unwrap_err();
+    assert!(matches!(err.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{err:?}");
+
+    // Create-only and compare-and-set.
+    let create = |key: &str, rev: Option<u64>| pb::PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        precondition: Some(pb::Precondition {
+            condition: Some(match rev {
+                None => pb::precondition::Condition::Absent(true),
+                Some(r) => pb::precondition::Condition::ModRevision(r),
+            }),
+        }),
+    };
+    let rev = kv.put(create("cas", None)).await.unwrap().into_inner().revision;
+    let err = kv.put(create("cas", None)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    let err = kv.put(create("cas", Some(rev + 100))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted, "{err:?}");
+    assert!(err.message().contains("read it again"), "{}", err.message());
+    kv.put(create("cas", Some(rev))).await.expect("CAS at the current revision");
+
+    // A failed transaction changes nothing.
+    let txn = pb::TxnRequest {
+        ops: vec![
+            pb::Op { op: Some(pb::op::Op::Put(pb::PutRequest { key: b"t1".to_vec(), value: b"1".to_vec(), precondition: None })) },
+            pb::Op { op: Some(pb::op::Op::Put(create("cas", None))) },
+        ],
+    };
+    assert_eq!(kv.txn(txn).await.unwrap_err().code(), tonic::Code::AlreadyExists);
+    assert!(harness::get(&mut kv, "t1", false, T).await.unwrap().is_none());
+
+    // A watch resumes from a revision and sees every later change in order.
+    let first = harness::put(&mut kv, "w/a", b"1", T).await.unwrap();
+    harness::put(&mut kv, "w/b", b"2", T).await.unwrap();
+    let mut watch = harness::kv(&cluster.addr(2))
+        .await
+        .unwrap()
+        .watch(pb::WatchRequest { key: b"w/".to_vec(), prefix: true, start_revision: first, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    harness::put(&mut kv, "w/c", b"3", T).await.unwrap();
+    let mut keys = Vec::new();
+    while keys.len() < 3 {
+        let resp = tokio::time::timeout(T, watch.message()).await.unwrap().unwrap().unwrap();
+        keys.extend(resp.events.into_iter().map(|e| String::from_utf8(e.kv.unwrap().key).unwrap()));
+    }
+    assert_eq!(keys, vec!["w/a", "w/b", "w/c"]);
+}
