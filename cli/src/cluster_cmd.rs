@@ -37,10 +37,20 @@ pub async fn run(cmd: ClusterCommand, addrs: &[String]) -> anyhow::Result<()> {
         ClusterCommand::Status { output } => status(addrs, output).await,
         ClusterCommand::AddMember { id, addr } => {
             let (_, mut c) = client::cluster(addrs).await?;
-            let mut req = tonic::Request::new(pb::AddMemberRequest { id, addr, fresh: false });
+            let mut req = tonic::Request::new(pb::AddMemberRequest {
+                id,
+                addr,
+                fresh: false,
+            });
             req.set_timeout(Duration::from_secs(330));
-            let resp = c.add_member(req).await.map_err(|s| status_error("add-member", s))?;
-            println!("controller {id} added; members: {}", describe(&resp.into_inner().members));
+            let resp = c
+                .add_member(req)
+                .await
+                .map_err(|s| status_error("add-member", s))?;
+            println!(
+                "controller {id} added; members: {}",
+                describe(&resp.into_inner().members)
+            );
             Ok(())
         }
         ClusterCommand::RemoveMember { id } => {
@@ -49,7 +59,10 @@ pub async fn run(cmd: ClusterCommand, addrs: &[String]) -> anyhow::Result<()> {
                 .remove_member(pb::RemoveMemberRequest { id })
                 .await
                 .map_err(|s| status_error("remove-member", s))?;
-            println!("controller {id} removed; members: {}", describe(&resp.into_inner().members));
+            println!(
+                "controller {id} removed; members: {}",
+                describe(&resp.into_inner().members)
+            );
             Ok(())
         }
     }
@@ -100,7 +113,11 @@ async fn status(addrs: &[String], output: Output) -> anyhow::Result<()> {
             let leader = s.leader.map_or("none".to_string(), |l| l.to_string());
             println!(
                 "cluster {}  leader {leader}  term {}  commit {}  revision {}",
-                if s.cluster_id.is_empty() { "(none yet)" } else { &s.cluster_id },
+                if s.cluster_id.is_empty() {
+                    "(none yet)"
+                } else {
+                    &s.cluster_id
+                },
                 s.term,
                 s.commit_index,
                 s.revision

@@ -233,7 +233,11 @@ pub async fn status(addr: &str) -> Option<cpb::StatusResponse> {
     let ch = channel(addr).await?;
     let mut req = tonic::Request::new(cpb::StatusRequest {});
     req.set_timeout(Duration::from_secs(1));
-    ClusterClient::new(ch).status(req).await.ok().map(|r| r.into_inner())
+    ClusterClient::new(ch)
+        .status(req)
+        .await
+        .ok()
+        .map(|r| r.into_inner())
 }
 
 pub async fn kv(addr: &str) -> Option<KvClient<Channel>> {

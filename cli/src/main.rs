@@ -7,15 +7,26 @@ use clap::Subcommand;
 
 mod bench;
 mod cluster_cmd;
+mod dev_cmd;
 mod server_cmd;
+mod signals;
 
 use berth::client::parse_addrs;
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Berth: a container orchestrator with a Raft-replicated control plane")]
+#[command(
+    name = "berth",
+    version,
+    about = "Berth: a container orchestrator with a Raft-replicated control plane"
+)]
 struct Cli {
     /// Controllers to talk to, comma separated; the client tries them in turn.
-    #[arg(long, global = true, env = "BERTH_SERVER", default_value = "127.0.0.1:7001")]
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_SERVER",
+        default_value = "127.0.0.1:7001"
+    )]
     server: String,
     #[command(subcommand)]
     command: Command,
@@ -25,6 +36,8 @@ struct Cli {
 enum Command {
     /// Run a controller.
     Server(server_cmd::ServerArgs),
+    /// Run a local cluster in the foreground.
+    Dev(dev_cmd::DevArgs),
     /// Inspect and change the controller group.
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCommand),
@@ -35,7 +48,8 @@ enum Command {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let filter = EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -45,7 +59,10 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");
@@ -56,6 +73,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
+            Command::Dev(args) => dev_cmd::run(args).await,
             Command::Cluster(cmd) => cluster_cmd::run(cmd, &addrs).await,
             Command::Bench(cmd) => bench::run(cmd, &addrs).await,
         }

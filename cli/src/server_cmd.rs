@@ -64,7 +64,11 @@ fn parse_peers(s: &str) -> anyhow::Result<Vec<(u64, String)>> {
         let id: u64 = id
             .parse()
             .with_context(|| format!("--peers entry {item:?}: {id:?} is not a numeric id"))?;
-        if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
             bail!("--peers entry {item:?}: {addr:?} is not HOST:PORT");
         }
         if peers.iter().any(|(p, _)| *p == id) {
@@ -92,7 +96,12 @@ impl ServerArgs {
         let advertise = self
             .advertise
             .clone()
-            .or_else(|| peers.iter().find(|(id, _)| *id == self.id).map(|(_, a)| a.clone()))
+            .or_else(|| {
+                peers
+                    .iter()
+                    .find(|(id, _)| *id == self.id)
+                    .map(|(_, a)| a.clone())
+            })
             .unwrap_or_else(|| self.listen.to_string());
         let mut node = NodeConfig::new(self.id, self.data_dir.clone());
         node.heartbeat_ms = self.heartbeat_ms;
@@ -117,25 +126,9 @@ impl ServerArgs {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::signal;
-    use tokio::signal::unix::SignalKind;
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
-    berth_controller::run(config, shutdown_signal()).await?;
+    berth_controller::run(config, crate::signals::shutdown()).await?;
     Ok(())
 }
 
@@ -146,8 +139,13 @@ mod tests {
     #[test]
     fn parses_peers_and_names_bad_entries() {
         let p = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
-        assert_eq!(p, vec![(1, "127.0.0.1:7001".into()), (2, "127.0.0.1:7002".into())]);
-        let e = parse_peers("1=127.0.0.1:7001,x=h:1").unwrap_err().to_string();
+        assert_eq!(
+            p,
+            vec![(1, "127.0.0.1:7001".into()), (2, "127.0.0.1:7002".into())]
+        );
+        let e = parse_peers("1=127.0.0.1:7001,x=h:1")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"x=h:1\""), "{e}");
         assert!(parse_peers("1=nohost").is_err());
         assert!(parse_peers("1=a:1,1=b:2").is_err());

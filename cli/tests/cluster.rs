@@ -82,7 +82,11 @@ impl Load {
                 })
             })
             .collect();
-        Self { stop, handles, acked }
+        Self {
+            stop,
+            handles,
+            acked,
+        }
     }
 
     async fn stop(self) -> BTreeMap<String, String> {
@@ -101,7 +105,11 @@ impl Load {
     async fn wait_for(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.count() < n {
-            assert!(Instant::now() < deadline, "only {} of {n} writes acknowledged", self.count());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} writes acknowledged",
+                self.count()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -114,7 +122,11 @@ async fn assert_all_present(addr: &str, acked: &BTreeMap<String, String>) {
     for (key, value) in acked {
         let got = harness::get(&mut kv, key, false, T).await.expect("read");
         let got = got.map(|kv| String::from_utf8(kv.value).unwrap());
-        assert_eq!(got.as_deref(), Some(value.as_str()), "acknowledged write {key} lost at {addr}");
+        assert_eq!(
+            got.as_deref(),
+            Some(value.as_str()),
+            "acknowledged write {key} lost at {addr}"
+        );
     }
 }
 
@@ -135,7 +147,10 @@ async fn assert_caught_up(addr: &str, acked: &BTreeMap<String, String>) {
             if got.map(|kv| kv.value) == Some(value.clone().into_bytes()) {
                 break;
             }
-            assert!(Instant::now() < deadline, "{addr} did not catch up with {key}");
+            assert!(
+                Instant::now() < deadline,
+                "{addr} did not catch up with {key}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -148,7 +163,8 @@ async fn metric(addr: &str, name: &str) -> f64 {
             use std::io::Read;
             use std::io::Write;
             let mut s = std::net::TcpStream::connect(&addr).ok()?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                .ok()?;
             let mut out = String::new();
             s.read_to_string(&mut out).ok()?;
             Some(out)
@@ -158,7 +174,10 @@ async fn metric(addr: &str, name: &str) -> f64 {
     .unwrap()
     .unwrap_or_default();
     body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
@@ -173,7 +192,9 @@ async fn writes_through_any_member_are_readable_from_every_member() {
         let mut kv = harness::kv(&cluster.addr(id)).await.unwrap();
         for i in 0..20 {
             let key = format!("via-{id}/{i}");
-            harness::put(&mut kv, &key, b"x", T).await.expect("write through a member");
+            harness::put(&mut kv, &key, b"x", T)
+                .await
+                .expect("write through a member");
             acked.insert(key, "x".to_string());
         }
     }
@@ -237,7 +258,10 @@ async fn a_wiped_follower_rejoins_through_a_snapshot() {
     );
     let status = harness::status(&cluster.addr(leader)).await.unwrap();
     let voters = status.members.iter().filter(|m| m.voter).count();
-    assert_eq!(voters, 3, "the rejoined follower is a voter again: {status:?}");
+    assert_eq!(
+        voters, 3,
+        "the rejoined follower is a voter again: {status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -253,19 +277,34 @@ async fn members_are_added_and_removed_while_writes_continue() {
     loop {
         // Controller 4's own view: it follows a leader in a 4-voter config.
         let s = harness::status(&cluster.addr(4)).await;
-        let ready = s.is_some_and(|s| s.leader.is_some() && s.members.iter().filter(|m| m.voter).count() == 4);
+        let ready = s.is_some_and(|s| {
+            s.leader.is_some() && s.members.iter().filter(|m| m.voter).count() == 4
+        });
         if ready {
             break;
         }
-        assert!(Instant::now() < deadline, "controller 4 did not become a voter");
+        assert!(
+            Instant::now() < deadline,
+            "controller 4 did not become a voter"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Remove the leader itself through the CLI.
     let out = std::process::Command::new(BIN)
-        .args(["--server", &cluster.addr(4), "cluster", "remove-member", &leader.to_string()])
+        .args([
+            "--server",
+            &cluster.addr(4),
+            "cluster",
+            "remove-member",
+            &leader.to_string(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "remove-member failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "remove-member failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let remaining: Vec<u64> = (1..=4).filter(|i| *i != leader).collect();
     let new_leader = cluster
         .wait_for_leader_other_than(&remaining, Some(leader), Duration::from_secs(20))
@@ -277,13 +316,28 @@ async fn members_are_added_and_removed_while_writes_continue() {
     assert_all_present(&cluster.addr(new_leader), &acked).await;
     assert_caught_up(&cluster.addr(4), &acked).await;
     let out = std::process::Command::new(BIN)
-        .args(["--server", &cluster.addr(new_leader), "cluster", "status", "-o", "json"])
+        .args([
+            "--server",
+            &cluster.addr(new_leader),
+            "cluster",
+            "status",
+            "-o",
+            "json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<u64> = v["members"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
-    assert!(!ids.contains(&leader) && ids.len() == 3, "members after removal: {v}");
+    let ids: Vec<u64> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !ids.contains(&leader) && ids.len() == 3,
+        "members after removal: {v}"
+    );
     assert_eq!(v["leader"].as_u64(), Some(new_leader));
     cluster.kill(leader);
 }
@@ -292,13 +346,20 @@ async fn members_are_added_and_removed_while_writes_continue() {
 async fn without_a_quorum_writes_fail_fast_with_unavailable_and_nothing_is_lost() {
     let _serial = SERIAL.lock().await;
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&["--request-timeout", "2s"]));
+    let mut cluster = Cluster::start(
+        BIN.as_ref(),
+        root.path(),
+        3,
+        options(&["--request-timeout", "2s"]),
+    );
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
     let load = Load::start(cluster.addrs(), 4, "pause");
     load.wait_for(100).await;
     let acked_before = load.stop().await;
     // Pause the leader and one follower; the last controller has no quorum.
-    let paused: Vec<u64> = std::iter::once(leader).chain((1..=3).find(|i| *i != leader)).collect();
+    let paused: Vec<u64> = std::iter::once(leader)
+        .chain((1..=3).find(|i| *i != leader))
+        .collect();
     let alone = (1..=3).find(|i| !paused.contains(i)).unwrap();
     for id in &paused {
         cluster.signal(*id, Signal::SIGSTOP);
@@ -306,11 +367,20 @@ async fn without_a_quorum_writes_fail_fast_with_unavailable_and_nothing_is_lost(
     let mut kv = harness::kv(&cluster.addr(alone)).await.unwrap();
     for attempt in 0..3 {
         let started = Instant::now();
-        let err = harness::put(&mut kv, &format!("noquorum/{attempt}"), b"x", Duration::from_secs(30))
-            .await
-            .expect_err("a write without a quorum must fail");
+        let err = harness::put(
+            &mut kv,
+            &format!("noquorum/{attempt}"),
+            b"x",
+            Duration::from_secs(30),
+        )
+        .await
+        .expect_err("a write without a quorum must fail");
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
         let started = Instant::now();
         let err = harness::get(&mut kv, "pause/0/0", false, Duration::from_secs(30))
             .await
@@ -365,12 +435,24 @@ async fn a_data_dir_from_another_cluster_is_refused_at_start() {
     let dir = single.controllers[&1].data_dir.clone();
     single.kill(1);
 
-    let peers = format!("1=127.0.0.1:{},2={},3={}", harness::free_port(), cluster.addr(2), cluster.addr(3));
-    let listen = peers.split(',').next().unwrap().trim_start_matches("1=").to_string();
+    let peers = format!(
+        "1=127.0.0.1:{},2={},3={}",
+        harness::free_port(),
+        cluster.addr(2),
+        cluster.addr(3)
+    );
+    let listen = peers
+        .split(',')
+        .next()
+        .unwrap()
+        .trim_start_matches("1=")
+        .to_string();
     let out = tokio::time::timeout(
         Duration::from_secs(20),
         tokio::process::Command::new(BIN)
-            .args(["server", "--id", "1", "--listen", &listen, "--peers", &peers])
+            .args([
+                "server", "--id", "1", "--listen", &listen, "--peers", &peers,
+            ])
             .arg("--data-dir")
             .arg(&dir)
             .output(),
@@ -399,7 +481,13 @@ async fn bad_requests_are_refused_with_clear_errors() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     let huge = vec![0u8; 5 << 20];
     let err = harness::put(&mut kv, "huge", &huge, T).await.unwrap_err();
-    assert!(matches!(err.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{err:?}");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{err:?}"
+    );
 
     // Create-only and compare-and-set.
     let create = |key: &str, rev: Option<u64>| pb::PutRequest {
@@ -412,23 +500,44 @@ async fn bad_requests_are_refused_with_clear_errors() {
             }),
         }),
     };
-    let rev = kv.put(create("cas", None)).await.unwrap().into_inner().revision;
+    let rev = kv
+        .put(create("cas", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
     let err = kv.put(create("cas", None)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
     let err = kv.put(create("cas", Some(rev + 100))).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Aborted, "{err:?}");
     assert!(err.message().contains("read it again"), "{}", err.message());
-    kv.put(create("cas", Some(rev))).await.expect("CAS at the current revision");
+    kv.put(create("cas", Some(rev)))
+        .await
+        .expect("CAS at the current revision");
 
     // A failed transaction changes nothing.
     let txn = pb::TxnRequest {
         ops: vec![
-            pb::Op { op: Some(pb::op::Op::Put(pb::PutRequest { key: b"t1".to_vec(), value: b"1".to_vec(), precondition: None })) },
-            pb::Op { op: Some(pb::op::Op::Put(create("cas", None))) },
+            pb::Op {
+                op: Some(pb::op::Op::Put(pb::PutRequest {
+                    key: b"t1".to_vec(),
+                    value: b"1".to_vec(),
+                    precondition: None,
+                })),
+            },
+            pb::Op {
+                op: Some(pb::op::Op::Put(create("cas", None))),
+            },
         ],
     };
-    assert_eq!(kv.txn(txn).await.unwrap_err().code(), tonic::Code::AlreadyExists);
-    assert!(harness::get(&mut kv, "t1", false, T).await.unwrap().is_none());
+    assert_eq!(
+        kv.txn(txn).await.unwrap_err().code(),
+        tonic::Code::AlreadyExists
+    );
+    assert!(harness::get(&mut kv, "t1", false, T)
+        .await
+        .unwrap()
+        .is_none());
 
     // A watch resumes from a revision and sees every later change in order.
     let first = harness::put(&mut kv, "w/a", b"1", T).await.unwrap();
@@ -436,15 +545,28 @@ async fn bad_requests_are_refused_with_clear_errors() {
     let mut watch = harness::kv(&cluster.addr(2))
         .await
         .unwrap()
-        .watch(pb::WatchRequest { key: b"w/".to_vec(), prefix: true, start_revision: first, ..Default::default() })
+        .watch(pb::WatchRequest {
+            key: b"w/".to_vec(),
+            prefix: true,
+            start_revision: first,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     harness::put(&mut kv, "w/c", b"3", T).await.unwrap();
     let mut keys = Vec::new();
     while keys.len() < 3 {
-        let resp = tokio::time::timeout(T, watch.message()).await.unwrap().unwrap().unwrap();
-        keys.extend(resp.events.into_iter().map(|e| String::from_utf8(e.kv.unwrap().key).unwrap()));
+        let resp = tokio::time::timeout(T, watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        keys.extend(
+            resp.events
+                .into_iter()
+                .map(|e| String::from_utf8(e.kv.unwrap().key).unwrap()),
+        );
     }
     assert_eq!(keys, vec!["w/a", "w/b", "w/c"]);
 }

@@ -150,7 +150,9 @@ struct FoundCluster {
 /// whether this controller's id ever acknowledged entries.
 async fn find_cluster(peers: &[String], me: u64) -> Option<FoundCluster> {
     for addr in peers {
-        let Some(s) = status(addr).await else { continue };
+        let Some(s) = status(addr).await else {
+            continue;
+        };
         if !s.initialized || s.cluster_id.is_empty() {
             continue;
         }
@@ -171,7 +173,11 @@ async fn find_cluster(peers: &[String], me: u64) -> Option<FoundCluster> {
     None
 }
 
-async fn check_same_cluster(config: &ServerConfig, peers: &[String], ours: &str) -> Result<(), BootstrapError> {
+async fn check_same_cluster(
+    config: &ServerConfig,
+    peers: &[String],
+    ours: &str,
+) -> Result<(), BootstrapError> {
     for addr in peers {
         if let Some(s) = status(addr).await {
             if !s.cluster_id.is_empty() && s.cluster_id != ours {
@@ -218,7 +224,9 @@ async fn join(node: &Node, config: &ServerConfig, target: &str) -> Result<(), Bo
         None => node.identity.set_cluster_id(&remote.cluster_id)?,
     }
     node.identity.set_voting(false);
-    let channel = endpoint(target).map_err(|e| err(e.to_string()))?.connect_lazy();
+    let channel = endpoint(target)
+        .map_err(|e| err(e.to_string()))?
+        .connect_lazy();
     let mut client = ClusterClient::new(channel);
     loop {
         let mut req = tonic::Request::new(pb::AddMemberRequest {
@@ -233,7 +241,12 @@ async fn join(node: &Node, config: &ServerConfig, target: &str) -> Result<(), Bo
                 tracing::info!(%target, "joined the cluster");
                 return Ok(());
             }
-            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted) => {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+                ) =>
+            {
                 tracing::warn!(%target, error = %s.message(), "join not possible yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

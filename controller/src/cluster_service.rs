@@ -10,12 +10,12 @@ use berth_proto::cluster::cluster_server;
 use berth_raft::types::Raft;
 use berth_raft::types::TypeConfig;
 use berth_raft::Store;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
-use openraft::async_runtime::WatchReceiver;
 use openraft::BasicNode;
-use openraft::Instant;
 use openraft::ChangeMembers;
+use openraft::Instant;
 use openraft::RaftMetrics;
 use openraft::ServerState;
 use tonic::Request;
@@ -46,7 +46,9 @@ impl ClusterService {
 
     /// The leader's client when this controller is not the leader. Waits a
     /// little for an election in progress.
-    async fn leader_client(&self) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
+    async fn leader_client(
+        &self,
+    ) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
         let mut rx = self.raft().metrics();
         let wait = async {
             loop {
@@ -173,7 +175,10 @@ impl ClusterService {
                 } else {
                     ChangeMembers::RemoveNodes(BTreeSet::from([req.id]))
                 };
-                self.raft().change_membership(change, false).await.map_err(write_error)?;
+                self.raft()
+                    .change_membership(change, false)
+                    .await
+                    .map_err(write_error)?;
             } else if existing.addr != req.addr {
                 return Err(Status::already_exists(format!(
                     "controller {} is already a member at {}; remove it first with `berth cluster remove-member {}`",
@@ -186,14 +191,18 @@ impl ClusterService {
         let node = BasicNode {
             addr: req.addr.clone(),
         };
-        let added = tokio::time::timeout(CATCH_UP_TIMEOUT, self.raft().add_learner(req.id, node, true)).await;
+        let added = tokio::time::timeout(
+            CATCH_UP_TIMEOUT,
+            self.raft().add_learner(req.id, node, true),
+        )
+        .await;
         match added {
             Ok(r) => r.map_err(write_error)?,
             Err(_) => {
                 return Err(Status::deadline_exceeded(format!(
-                    "controller {} did not catch up within {CATCH_UP_TIMEOUT:?}; it stays a learner",
-                    req.id
-                )))
+                "controller {} did not catch up within {CATCH_UP_TIMEOUT:?}; it stays a learner",
+                req.id
+            )))
             }
         };
         self.raft()
@@ -209,7 +218,9 @@ impl ClusterService {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         if membership.get_node(&id).is_none() {
-            return Err(Status::not_found(format!("controller {id} is not a member")));
+            return Err(Status::not_found(format!(
+                "controller {id} is not a member"
+            )));
         }
         let change = if voters.contains(&id) {
             if voters.len() == 1 {
@@ -221,7 +232,10 @@ impl ClusterService {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        self.raft().change_membership(change, false).await.map_err(write_error)?;
+        self.raft()
+            .change_membership(change, false)
+            .await
+            .map_err(write_error)?;
         tracing::info!(id, "controller removed");
         Ok(())
     }
@@ -229,7 +243,10 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl cluster_server::Cluster for ClusterService {
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let m = self.raft().metrics().borrow_watched().clone();
         let initialized = m.membership_config.membership().nodes().next().is_some();
         Ok(Response::new(pb::StatusResponse {
@@ -246,7 +263,10 @@ impl cluster_server::Cluster for ClusterService {
         }))
     }
 
-    async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::AddMemberResponse>, Status> {
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
         let req = req.into_inner();
         parse_addr(&req.addr)?;
         if let Some(mut leader) = self.leader_client().await? {

@@ -40,7 +40,10 @@ impl KvService {
         match self.store.txn(txn).await? {
             TxnOutcome::Committed { revision, prev } => Ok(Response::new(pb::TxnResponse {
                 revision,
-                prev: prev.into_iter().map(|kv| kv.map(to_pb).unwrap_or_default()).collect(),
+                prev: prev
+                    .into_iter()
+                    .map(|kv| kv.map(to_pb).unwrap_or_default())
+                    .collect(),
             })),
             TxnOutcome::Failed(f) => Err(failure_status(&f)),
         }
@@ -107,16 +110,24 @@ fn op(o: pb::Op) -> Result<Op, Status> {
             key: d.key,
             precondition: precondition(d.precondition),
         }),
-        None => Err(Status::invalid_argument("an operation must be a put or a delete")),
+        None => Err(Status::invalid_argument(
+            "an operation must be a put or a delete",
+        )),
     }
 }
 
 #[tonic::async_trait]
 impl kv_server::Kv for KvService {
-    async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
         let r = req.into_inner();
         let range = key_range(r.key, r.range_end, r.prefix)?;
-        let result = self.store.range(range, r.limit as usize, r.serializable).await?;
+        let result = self
+            .store
+            .range(range, r.limit as usize, r.serializable)
+            .await?;
         Ok(Response::new(pb::RangeResponse {
             kvs: result.kvs.into_iter().map(to_pb).collect(),
             revision: result.revision,
@@ -136,7 +147,10 @@ impl kv_server::Kv for KvService {
         .await
     }
 
-    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
         let d = req.into_inner();
         self.run(Txn {
             ops: vec![Op::Delete {
@@ -148,13 +162,21 @@ impl kv_server::Kv for KvService {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let ops = req.into_inner().ops.into_iter().map(op).collect::<Result<Vec<_>, _>>()?;
+        let ops = req
+            .into_inner()
+            .ops
+            .into_iter()
+            .map(op)
+            .collect::<Result<Vec<_>, _>>()?;
         self.run(Txn { ops }).await
     }
 
     type WatchStream = BoxStream<'static, Result<pb::WatchResponse, Status>>;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let w = req.into_inner();
         let range = key_range(w.key, w.range_end, w.prefix)?;
         let events = self.store.watch(range, w.start_revision)?;

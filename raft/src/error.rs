@@ -24,7 +24,9 @@ pub enum StoreError {
     Compacted(#[from] Compacted),
     #[error("this controller is shutting down; retry on another controller")]
     ShuttingDown,
-    #[error("storage failure on this controller: {0}; retry on another controller and check its logs")]
+    #[error(
+        "storage failure on this controller: {0}; retry on another controller and check its logs"
+    )]
     Storage(String),
 }
 
@@ -46,7 +48,9 @@ impl From<StoreError> for tonic::Status {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ForwardFailure {
     /// Not appended: safe to send to `leader`.
-    NotLeader { leader: Option<u64> },
+    NotLeader {
+        leader: Option<u64>,
+    },
     /// Appended, then the leader lost its term: the outcome is unknown.
     Indeterminate(String),
     Storage(String),

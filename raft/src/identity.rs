@@ -27,7 +27,9 @@ pub enum IdentityError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path} is damaged ({source}); restore it from a backup or start with an empty data dir")]
+    #[error(
+        "{path} is damaged ({source}); restore it from a backup or start with an empty data dir"
+    )]
     Corrupt {
         path: String,
         source: serde_json::Error,

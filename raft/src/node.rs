@@ -68,7 +68,9 @@ impl NodeConfig {
             max_payload_entries: 1_000,
             ..Default::default()
         };
-        config.validate().map_err(|e| NodeError::Config(e.to_string()))
+        config
+            .validate()
+            .map_err(|e| NodeError::Config(e.to_string()))
     }
 }
 

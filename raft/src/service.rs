@@ -72,7 +72,10 @@ impl RaftService {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: &'static str, msg: &pb::RaftMessage) -> Result<T, Status> {
+fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    msg: &pb::RaftMessage,
+) -> Result<T, Status> {
     codec::decode(what, &msg.data).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
@@ -88,7 +91,10 @@ fn fatal(e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
-    async fn append_entries(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         self.admit(&req, true)?;
         let rpc = decode("append request", req.get_ref())?;
         let resp = self.store.raft().append_entries(rpc).await.map_err(fatal)?;
@@ -119,7 +125,10 @@ impl raft_server::Raft for RaftService {
         Ok(Response::new(Box::pin(output)))
     }
 
-    async fn vote(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn vote(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         self.admit(&req, true)?;
         self.may_vote()?;
         let rpc = decode("vote request", req.get_ref())?;
@@ -127,7 +136,10 @@ impl raft_server::Raft for RaftService {
         Ok(Response::new(encode(&resp)))
     }
 
-    async fn pre_vote(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn pre_vote(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         self.admit(&req, true)?;
         self.may_vote()?;
         let rpc = decode("pre-vote request", req.get_ref())?;
@@ -146,10 +158,12 @@ impl raft_server::Raft for RaftService {
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let Some(pb::snapshot_chunk::Chunk::Meta(meta)) = first.chunk else {
-            return Err(Status::invalid_argument("a snapshot stream must start with its metadata"));
+            return Err(Status::invalid_argument(
+                "a snapshot stream must start with its metadata",
+            ));
         };
-        let (vote, meta): (Vote, SnapshotMeta) =
-            codec::decode("snapshot metadata", &meta).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (vote, meta): (Vote, SnapshotMeta) = codec::decode("snapshot metadata", &meta)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let n = self.incoming.fetch_add(1, Ordering::Relaxed);
         let path = self
             .snapshot_dir
@@ -163,21 +177,36 @@ impl raft_server::Raft for RaftService {
             meta,
             snapshot: SnapshotFile { path: path.clone() },
         };
-        let result = self.store.raft().install_full_snapshot(vote, snapshot).await;
+        let result = self
+            .store
+            .raft()
+            .install_full_snapshot(vote, snapshot)
+            .await;
         // Installed snapshots are renamed into place; anything left is stale.
         let _ = tokio::fs::remove_file(&path).await;
         let resp = result.map_err(fatal)?;
         Ok(Response::new(encode(&resp)))
     }
 
-    async fn transfer_leader(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         self.admit(&req, false)?;
         let rpc = decode("transfer-leader request", req.get_ref())?;
-        let resp = self.store.raft().handle_transfer_leader(rpc).await.map_err(fatal)?;
+        let resp = self
+            .store
+            .raft()
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(fatal)?;
         Ok(Response::new(encode(&resp)))
     }
 
-    async fn forward(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn forward(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         self.admit(&req, false)?;
         let batch = decode("forwarded writes", req.get_ref())?;
         let result = self.store.propose_as_leader(batch).await;
@@ -199,13 +228,22 @@ impl raft_server::Raft for RaftService {
     }
 }
 
-async fn receive_file(path: &std::path::Path, stream: &mut Streaming<pb::SnapshotChunk>) -> Result<(), Status> {
+async fn receive_file(
+    path: &std::path::Path,
+    stream: &mut Streaming<pb::SnapshotChunk>,
+) -> Result<(), Status> {
     let io = |e: std::io::Error| Status::internal(format!("could not store the snapshot: {e}"));
     let mut file = tokio::fs::File::create(path).await.map_err(io)?;
     while let Some(chunk) = stream.next().await {
         match chunk?.chunk {
-            Some(pb::snapshot_chunk::Chunk::Data(bytes)) => file.write_all(&bytes).await.map_err(io)?,
-            _ => return Err(Status::invalid_argument("only data may follow a snapshot's metadata")),
+            Some(pb::snapshot_chunk::Chunk::Data(bytes)) => {
+                file.write_all(&bytes).await.map_err(io)?
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "only data may follow a snapshot's metadata",
+                ))
+            }
         }
     }
     file.sync_all().await.map_err(io)?;

@@ -16,10 +16,10 @@ use std::time::Instant;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
-use openraft::async_runtime::WatchReceiver;
 use openraft::ReadPolicy;
 use rocksdb::Direction;
 use rocksdb::IteratorMode;
@@ -217,7 +217,12 @@ impl Store {
 
     /// The index a linearizable read must have applied, as the leader.
     pub async fn read_index(&self) -> Result<u64, ForwardFailure> {
-        match self.inner.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+        match self
+            .inner
+            .raft
+            .get_read_linearizer(ReadPolicy::ReadIndex)
+            .await
+        {
             Ok(l) => Ok(l.read_log_id().index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(ForwardFailure::NotLeader {
@@ -306,7 +311,11 @@ impl Store {
             .get(addr)
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let req = request(&self.inner.identity, pb::ReadIndexRequest {}, Some(timeout));
-        Ok(raft_client(channel).read_index(req).await?.into_inner().index)
+        Ok(raft_client(channel)
+            .read_index(req)
+            .await?
+            .into_inner()
+            .index)
     }
 
     /// Changes in `range` from `start_revision` (0: from now), in batches.
@@ -446,9 +455,11 @@ async fn propose_local(raft: &Raft, req: Request) -> Result<Vec<TxnOutcome>, For
             "state machine answered {} outcomes for {n} transactions",
             resp.data.outcomes.len()
         ))),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ForwardFailure::NotLeader {
-            leader: f.leader_id,
-        }),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ForwardFailure::NotLeader {
+                leader: f.leader_id,
+            })
+        }
         Err(e) => Err(ForwardFailure::Indeterminate(e.to_string())),
     }
 }
@@ -487,7 +498,8 @@ async fn submit(inner: &Inner, batch: Vec<Pending>) {
     let (txns, dones): (Vec<Txn>, Vec<_>) = batch.into_iter().map(|p| (p.txn, p.done)).unzip();
     let started = Instant::now();
     let result = propose(inner, Request { txns }).await;
-    metrics::histogram!("berth_store_propose_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("berth_store_propose_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
     match result {
         Ok(outcomes) => {
             for (done, outcome) in dones.into_iter().zip(outcomes) {
@@ -557,7 +569,9 @@ async fn propose(inner: &Inner, req: Request) -> Result<Vec<TxnOutcome>, StoreEr
             Err(ForwardFailure::NotLeader { .. }) => {
                 wait_for_leader_change(&inner.raft, Duration::from_millis(20).min(remaining)).await;
             }
-            Err(ForwardFailure::Indeterminate(m)) => return Err(StoreError::Indeterminate(timeout, m)),
+            Err(ForwardFailure::Indeterminate(m)) => {
+                return Err(StoreError::Indeterminate(timeout, m))
+            }
             Err(ForwardFailure::Storage(m)) => return Err(StoreError::Storage(m)),
         }
     }

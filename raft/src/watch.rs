@@ -38,7 +38,9 @@ struct Buffer {
 pub enum HubItem {
     Event(Arc<Event>),
     /// The state was replaced by a snapshot; subscribers must list again.
-    Reset { revision: u64 },
+    Reset {
+        revision: u64,
+    },
 }
 
 #[derive(Clone)]

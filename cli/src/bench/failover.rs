@@ -42,7 +42,12 @@ pub struct FailoverArgs {
 /// Acknowledged writes: (issued at, acknowledged at).
 type Acks = Arc<Mutex<Vec<(Instant, Instant)>>>;
 
-fn start_writers(addrs: Vec<String>, n: usize, stop: Arc<AtomicBool>, acks: Acks) -> Vec<tokio::task::JoinHandle<()>> {
+fn start_writers(
+    addrs: Vec<String>,
+    n: usize,
+    stop: Arc<AtomicBool>,
+    acks: Acks,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..n)
         .map(|w| {
             let addrs = addrs.clone();
@@ -62,7 +67,10 @@ fn start_writers(addrs: Vec<String>, n: usize, stop: Arc<AtomicBool>, acks: Acks
                         let key = format!("failover/{w}/{}", i % 100);
                         i += 1;
                         match harness::put(&mut kv, &key, b"v", Duration::from_millis(800)).await {
-                            Ok(_) => acks.lock().expect("acks lock").push((issued, Instant::now())),
+                            Ok(_) => acks
+                                .lock()
+                                .expect("acks lock")
+                                .push((issued, Instant::now())),
                             Err(_) => {
                                 target = (target + 1) % addrs.len();
                                 break;
@@ -126,10 +134,15 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
         let Some(took) = recovered else {
-            bail!("trial {trial}: no write was acknowledged within 30 s of killing leader {leader}");
+            bail!(
+                "trial {trial}: no write was acknowledged within 30 s of killing leader {leader}"
+            );
         };
         failover.record(took);
-        eprintln!("trial {trial}: killed leader {leader}, writes resumed after {} ms", took.as_millis());
+        eprintln!(
+            "trial {trial}: killed leader {leader}, writes resumed after {} ms",
+            took.as_millis()
+        );
         cluster.spawn(leader);
         let new_leader = cluster
             .wait_for_leader_other_than(&survivors, Some(leader), Duration::from_secs(20))
@@ -138,7 +151,11 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
             bail!("trial {trial}: the survivors agree on no leader");
         };
         // Let the restarted controller catch up before the next kill.
-        if cluster.wait_for_leader(&all, Duration::from_secs(30)).await.is_none() {
+        if cluster
+            .wait_for_leader(&all, Duration::from_secs(30))
+            .await
+            .is_none()
+        {
             bail!("trial {trial}: controller {leader} did not rejoin");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

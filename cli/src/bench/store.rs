@@ -43,7 +43,7 @@ struct Report {
 }
 
 impl Report {
-    fn to_json(&mut self) -> serde_json::Value {
+    fn summarize(&mut self) -> serde_json::Value {
         json!({
             "system": self.system,
             "writes_per_sec": (self.writes as f64 / self.elapsed.as_secs_f64()).round(),
@@ -73,7 +73,12 @@ fn value(client: usize, i: u64, size: usize) -> Vec<u8> {
     v
 }
 
-async fn berth_client(addr: String, client: usize, args: Arc<StoreArgs>, until: Instant) -> ClientResult {
+async fn berth_client(
+    addr: String,
+    client: usize,
+    args: Arc<StoreArgs>,
+    until: Instant,
+) -> ClientResult {
     let mut r = ClientResult::default();
     let Some(mut kv) = harness::kv(&addr).await else {
         r.errors += 1;
@@ -95,7 +100,7 @@ async fn berth_client(addr: String, client: usize, args: Arc<StoreArgs>, until: 
                 continue;
             }
         }
-        if args.read_every > 0 && i % args.read_every == 0 {
+        if args.read_every > 0 && i.is_multiple_of(args.read_every) {
             match harness::get(&mut kv, &key, false, timeout).await {
                 Ok(Some(kv)) if kv.value == v => r.reads += 1,
                 Ok(_) => r.mismatches += 1,
@@ -107,7 +112,12 @@ async fn berth_client(addr: String, client: usize, args: Arc<StoreArgs>, until: 
     r
 }
 
-async fn etcd_client(endpoints: Vec<String>, client: usize, args: Arc<StoreArgs>, until: Instant) -> ClientResult {
+async fn etcd_client(
+    endpoints: Vec<String>,
+    client: usize,
+    args: Arc<StoreArgs>,
+    until: Instant,
+) -> ClientResult {
     let mut r = ClientResult::default();
     let Ok(mut c) = etcd_client::Client::connect(endpoints, None).await else {
         r.errors += 1;
@@ -128,9 +138,11 @@ async fn etcd_client(endpoints: Vec<String>, client: usize, args: Arc<StoreArgs>
                 continue;
             }
         }
-        if args.read_every > 0 && i % args.read_every == 0 {
+        if args.read_every > 0 && i.is_multiple_of(args.read_every) {
             match c.get(key, None).await {
-                Ok(resp) if resp.kvs().first().map(|kv| kv.value()) == Some(v.as_slice()) => r.reads += 1,
+                Ok(resp) if resp.kvs().first().map(|kv| kv.value()) == Some(v.as_slice()) => {
+                    r.reads += 1
+                }
                 Ok(_) => r.mismatches += 1,
                 Err(_) => r.errors += 1,
             }
@@ -140,7 +152,11 @@ async fn etcd_client(endpoints: Vec<String>, client: usize, args: Arc<StoreArgs>
     r
 }
 
-async fn collect(system: &'static str, handles: Vec<tokio::task::JoinHandle<ClientResult>>, started: Instant) -> Report {
+async fn collect(
+    system: &'static str,
+    handles: Vec<tokio::task::JoinHandle<ClientResult>>,
+    started: Instant,
+) -> Report {
     let mut report = Report {
         system,
         writes: 0,
@@ -173,7 +189,14 @@ pub async fn run(args: StoreArgs, addrs: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let until = started + args.duration;
     let handles = (0..args.clients)
-        .map(|c| tokio::spawn(berth_client(addrs[c % addrs.len()].clone(), c, args.clone(), until)))
+        .map(|c| {
+            tokio::spawn(berth_client(
+                addrs[c % addrs.len()].clone(),
+                c,
+                args.clone(),
+                until,
+            ))
+        })
         .collect();
     reports.push(collect("berth", handles, started).await);
 
@@ -188,7 +211,7 @@ pub async fn run(args: StoreArgs, addrs: &[String]) -> anyhow::Result<()> {
     }
 
     for r in &mut reports {
-        let v = r.to_json();
+        let v = r.summarize();
         if args.output == "json" {
             println!("{v}");
         } else {

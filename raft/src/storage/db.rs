@@ -15,7 +15,9 @@ pub const CF_KV: &str = "kv";
 pub const CF_SM_META: &str = "sm_meta";
 
 #[derive(Debug, thiserror::Error)]
-#[error("could not open the store at {path}: {source}. Is another `berth server` using this data dir?")]
+#[error(
+    "could not open the store at {path}: {source}. Is another `berth server` using this data dir?"
+)]
 pub struct OpenError {
     path: String,
     source: rocksdb::Error,

@@ -92,7 +92,9 @@ impl LogStore {
     }
 
     fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
-        let mut it = self.db.iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End);
+        let mut it = self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End);
         match it.next() {
             None => Ok(None),
             Some(item) => {
@@ -173,7 +175,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
-        let last_log_id = self.last_entry_log_id()?.or_else(|| last_purged_log_id.clone());
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,

@@ -30,6 +30,9 @@ const END_MARKER: u32 = u32::MAX;
 /// an older one can finish.
 const KEEP_OLD: usize = 1;
 
+/// One key and its stored value, as read from RocksDB.
+pub type Record = io::Result<(Box<[u8]>, Box<[u8]>)>;
+
 /// A snapshot on disk, as openraft hands it between the state machine and
 /// the network.
 #[derive(Debug, Clone)]
@@ -82,7 +85,7 @@ pub fn file_name(meta: &SnapshotMeta) -> String {
 /// Writes a snapshot of `records` into `dir` and returns its path.
 pub fn write<I>(dir: &Path, header: &Header, records: I) -> io::Result<PathBuf>
 where
-    I: IntoIterator<Item = io::Result<(Box<[u8]>, Box<[u8]>)>>,
+    I: IntoIterator<Item = Record>,
 {
     let final_path = dir.join(file_name(&header.meta));
     let tmp_path = dir.join(format!("{}.tmp", file_name(&header.meta)));
@@ -234,10 +237,7 @@ pub fn prune(dir: &Path) -> io::Result<()> {
 pub fn remove_partials(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        if path
-            .extension()
-            .is_some_and(|e| e == "tmp" || e == "part")
-        {
+        if path.extension().is_some_and(|e| e == "tmp" || e == "part") {
             fs::remove_file(path)?;
         }
     }
@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn round_trips_records() {
         let dir = tempfile::tempdir().unwrap();
-        let records: Vec<io::Result<(Box<[u8]>, Box<[u8]>)>> = (0..100u32)
+        let records: Vec<Record> = (0..100u32)
             .map(|i| Ok((i.to_be_bytes().into(), vec![i as u8; 10].into())))
             .collect();
         let path = write(dir.path(), &header(), records).unwrap();

@@ -228,12 +228,10 @@ fn check(
             op,
             key: key.to_vec(),
         }),
-        (Precondition::Present | Precondition::ModRevision(_), None) => {
-            Err(TxnFailure::NotFound {
-                op,
-                key: key.to_vec(),
-            })
-        }
+        (Precondition::Present | Precondition::ModRevision(_), None) => Err(TxnFailure::NotFound {
+            op,
+            key: key.to_vec(),
+        }),
         (Precondition::Present, Some(_)) => Ok(()),
         (Precondition::ModRevision(expected), Some(c)) if c.mod_revision == expected => Ok(()),
         (Precondition::ModRevision(expected), Some(c)) => Err(TxnFailure::RevisionMismatch {
@@ -324,7 +322,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: SnapshotFile) -> io::Result<()> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotFile,
+    ) -> io::Result<()> {
         let db = self.db.clone();
         let dir = self.snapshot_dir.clone();
         let meta = meta.clone();
@@ -350,7 +352,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 /// Replaces the whole state with the snapshot at `path`, atomically.
-fn install(db: &DB, dir: &std::path::Path, meta: &SnapshotMeta, path: &std::path::Path) -> io::Result<u64> {
+fn install(
+    db: &DB,
+    dir: &std::path::Path,
+    meta: &SnapshotMeta,
+    path: &std::path::Path,
+) -> io::Result<u64> {
     let kv = cf(db, CF_KV);
     let mut batch = WriteBatch::default();
     // Every key is at most MAX_KEY_BYTES long, so this end is past them all.

@@ -1,0 +1,105 @@
+//! `berth dev`: a local cluster in the foreground, for trying Berth out.
+//!
+//! Runs the controllers in this one process on consecutive ports of
+//! 127.0.0.1 (7001, 7002, 7003 by default, so the client's default address
+//! reaches them), keeps their data under one directory and reuses it on the
+//! next start, and stops cleanly on Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use anyhow::Context;
+use berth_controller::ServerConfig;
+use berth_raft::NodeConfig;
+use clap::Args;
+use tracing::Instrument;
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Number of controllers.
+    #[arg(long, default_value_t = 3)]
+    controllers: u64,
+    /// Port of the first controller; the others follow.
+    #[arg(long, default_value_t = 7001)]
+    port_base: u16,
+    /// Where the controllers keep their data (default: ./berth-dev).
+    #[arg(long, default_value = "berth-dev")]
+    data_dir: PathBuf,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if args.controllers == 0 || args.controllers > 7 {
+        bail!("--controllers must be between 1 and 7");
+    }
+    let addr = |id: u64| -> anyhow::Result<SocketAddr> {
+        let port = u16::try_from(id - 1)
+            .ok()
+            .and_then(|o| args.port_base.checked_add(o))
+            .context("--port-base is too high for that many controllers")?;
+        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    };
+    let mut peers = Vec::new();
+    for id in 1..=args.controllers {
+        peers.push((id, addr(id)?.to_string()));
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for (id, a) in &peers {
+        let dir = data_dir.join(format!("controller-{id}"));
+        let config = ServerConfig {
+            id: *id,
+            listen: a.parse()?,
+            advertise: a.clone(),
+            data_dir: dir.clone(),
+            peers: peers.clone(),
+            join: None,
+            metrics_listen: None,
+            node: NodeConfig::new(*id, dir),
+        };
+        let mut rx = stop_rx.clone();
+        let stopped = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let span = tracing::info_span!("controller", id = *id);
+        tasks.push(tokio::spawn(
+            berth_controller::run(config, stopped).instrument(span),
+        ));
+    }
+    let servers = peers
+        .iter()
+        .map(|(_, a)| a.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    println!(
+        "Berth dev cluster: {} controllers, data in {}",
+        peers.len(),
+        data_dir.display()
+    );
+    println!("  reach it with:   berth --server {servers} cluster status");
+    println!("  (the default --server 127.0.0.1:7001 works when --port-base is 7001)");
+    println!("  stop with Ctrl-C; the next `berth dev` reuses the data");
+    let mut failed = None;
+    tokio::select! {
+        _ = crate::signals::shutdown() => {}
+        r = futures::future::select_all(tasks.iter_mut()) => {
+            failed = Some(match r.0 {
+                Ok(Ok(())) => anyhow::anyhow!("a controller stopped unexpectedly"),
+                Ok(Err(e)) => anyhow::Error::from(e),
+                Err(e) => anyhow::Error::from(e),
+            });
+        }
+    }
+    println!("stopping");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
