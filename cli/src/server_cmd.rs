@@ -35,13 +35,13 @@ pub struct ServerArgs {
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
     /// Leader heartbeat period, in milliseconds.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 30)]
     heartbeat_ms: u64,
     /// Shortest election timeout, in milliseconds.
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 120)]
     election_timeout_min_ms: u64,
     /// Longest election timeout, in milliseconds.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 200)]
     election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries.
     #[arg(long, default_value_t = 10_000)]
@@ -49,6 +49,10 @@ pub struct ServerArgs {
     /// Log entries kept behind the last snapshot for slow followers.
     #[arg(long, default_value_t = 1_000)]
     logs_to_keep: u64,
+    /// Most Raft entries of coalesced writes this controller has in flight;
+    /// fewer means larger batches under load.
+    #[arg(long, default_value_t = 32)]
+    max_inflight_batches: usize,
     /// How long a write or linearizable read waits for a quorum before it fails with UNAVAILABLE.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
@@ -111,6 +115,7 @@ impl ServerArgs {
         node.store = StoreConfig {
             write_timeout: self.request_timeout,
             read_timeout: self.request_timeout,
+            max_inflight_batches: self.max_inflight_batches.max(1),
             ..StoreConfig::default()
         };
         Ok(ServerConfig {

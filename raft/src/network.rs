@@ -119,6 +119,7 @@ impl Network {
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             }),
             identity: self.identity.clone(),
+            failures: 0,
         }
     }
 }
@@ -140,6 +141,8 @@ pub struct Connection {
     addr: String,
     client: Option<RaftClient<Channel>>,
     identity: Identity,
+    /// Consecutive replication calls that could not reach the peer.
+    failures: u32,
 }
 
 /// Attaches the cluster id (and a deadline) to an outgoing call.
@@ -183,6 +186,23 @@ impl Connection {
     fn req<T>(&self, msg: T, option: &RPCOption) -> tonic::Request<T> {
         request(&self.identity, msg, Some(option.hard_ttl()))
     }
+
+    /// Holds back a replication call's failure while the peer stays
+    /// unreachable (20 ms doubling to 500 ms): openraft restarts a failed
+    /// replication stream at once, and without this a dead peer costs a
+    /// connection attempt every millisecond.
+    async fn note<T>(&mut self, result: Result<T, RpcErr>) -> Result<T, RpcErr> {
+        match &result {
+            Ok(_) => self.failures = 0,
+            Err(RPCError::Unreachable(_)) => {
+                let delay = 20u64 << self.failures.min(5);
+                self.failures += 1;
+                tokio::time::sleep(Duration::from_millis(delay.min(500))).await;
+            }
+            Err(_) => {}
+        }
+        result
+    }
 }
 
 impl RaftNetworkV2<TypeConfig> for Connection {
@@ -196,11 +216,14 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         let msg = pb::RaftMessage {
             data: codec::encode(&rpc).into(),
         };
-        let resp = self
-            .client()?
-            .append_entries(self.req(msg, &option))
-            .await
-            .map_err(status_to_rpc_error)?;
+        let result = match self.client() {
+            Ok(mut c) => c
+                .append_entries(self.req(msg, &option))
+                .await
+                .map_err(status_to_rpc_error),
+            Err(e) => Err(e),
+        };
+        let resp = self.note(result).await?;
         codec::decode("append response", &resp.into_inner().data).map_err(decode_err)
     }
 
@@ -213,14 +236,17 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
-            let mut client = self.client()?;
             let outgoing = input.map(|rpc| pb::RaftMessage {
                 data: codec::encode(&rpc).into(),
             });
-            let resp = client
-                .stream_append(request(&self.identity, outgoing, None))
-                .await
-                .map_err(status_to_rpc_error)?;
+            let result = match self.client() {
+                Ok(mut c) => c
+                    .stream_append(request(&self.identity, outgoing, None))
+                    .await
+                    .map_err(status_to_rpc_error),
+                Err(e) => Err(e),
+            };
+            let resp = self.note(result).await?;
             let results = resp.into_inner().map(|item| {
                 let msg = item.map_err(status_to_rpc_error)?;
                 codec::decode::<StreamAppendResult<TypeConfig>>("stream append response", &msg.data)

@@ -43,8 +43,8 @@ impl NodeConfig {
         Self {
             id,
             data_dir,
-            heartbeat_ms: 50,
-            election_timeout_ms: (150, 300),
+            heartbeat_ms: 30,
+            election_timeout_ms: (120, 200),
             snapshot_logs: 10_000,
             logs_to_keep: 1_000,
             store: StoreConfig::default(),

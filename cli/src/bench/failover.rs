@@ -32,6 +32,10 @@ pub struct FailoverArgs {
     /// Seconds to watch a healthy cluster (idle, then loaded) for spurious elections.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     observe: Duration,
+    /// Extra `berth server` flags for the controllers (repeatable), e.g.
+    /// `--server-arg=--heartbeat-ms=25`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
     /// Keep controller logs here.
     #[arg(long)]
     log_dir: Option<std::path::PathBuf>,
@@ -39,7 +43,7 @@ pub struct FailoverArgs {
     output: String,
 }
 
-/// Acknowledged writes: (issued at, acknowledged at).
+/// Acknowledged writes of the background load: (issued at, acknowledged at).
 type Acks = Arc<Mutex<Vec<(Instant, Instant)>>>;
 
 fn start_writers(
@@ -66,7 +70,7 @@ fn start_writers(
                         let issued = Instant::now();
                         let key = format!("failover/{w}/{}", i % 100);
                         i += 1;
-                        match harness::put(&mut kv, &key, b"v", Duration::from_millis(800)).await {
+                        match harness::put(&mut kv, &key, b"v", Duration::from_millis(250)).await {
                             Ok(_) => acks
                                 .lock()
                                 .expect("acks lock")
@@ -83,6 +87,44 @@ fn start_writers(
         .collect()
 }
 
+/// Issues a fresh write to a surviving controller every few milliseconds
+/// until one is acknowledged; returns how long after the kill that was.
+async fn probe(cluster: &Cluster, survivors: &[u64], killed_at: Instant) -> Option<Duration> {
+    let mut clients = Vec::new();
+    for id in survivors {
+        if let Some(kv) = harness::kv(&cluster.addr(*id)).await {
+            clients.push(kv);
+        }
+    }
+    if clients.is_empty() {
+        return None;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Instant>(1);
+    let deadline = killed_at + Duration::from_secs(30);
+    let mut i = 0usize;
+    loop {
+        if let Ok(acked) = rx.try_recv() {
+            return Some(acked.duration_since(killed_at));
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        let mut kv = clients[i % clients.len()].clone();
+        let tx = tx.clone();
+        let key = format!("failover/probe/{i}");
+        tokio::spawn(async move {
+            if harness::put(&mut kv, &key, b"p", Duration::from_millis(500))
+                .await
+                .is_ok()
+            {
+                let _ = tx.try_send(Instant::now());
+            }
+        });
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn term(cluster: &Cluster, id: u64) -> Option<u64> {
     harness::status(&cluster.addr(id)).await.map(|s| s.term)
 }
@@ -91,7 +133,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("locate the berth binary")?;
     let root = tempfile::tempdir().context("create a temporary directory")?;
     let options = harness::Options {
-        extra_args: Vec::new(),
+        extra_args: args.server_args.clone(),
         log_dir: args.log_dir.clone(),
     };
     let mut cluster = Cluster::start(&binary, root.path(), 3, options);
@@ -116,23 +158,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         let killed_at = Instant::now();
         cluster.kill(leader);
         let survivors: Vec<u64> = all.iter().copied().filter(|i| *i != leader).collect();
-        let deadline = killed_at + Duration::from_secs(30);
-        let recovered = loop {
-            let first = acks
-                .lock()
-                .expect("acks lock")
-                .iter()
-                .filter(|(issued, _)| *issued >= killed_at)
-                .map(|(_, acked)| *acked)
-                .min();
-            if let Some(at) = first {
-                break Some(at.duration_since(killed_at));
-            }
-            if Instant::now() > deadline {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        };
+        let recovered = probe(&cluster, &survivors, killed_at).await;
         let Some(took) = recovered else {
             bail!(
                 "trial {trial}: no write was acknowledged within 30 s of killing leader {leader}"
