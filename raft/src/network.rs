@@ -51,8 +51,10 @@ use crate::types::TypeConfig;
 use crate::types::Vote;
 
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-/// Largest Raft message a controller accepts or sends.
-pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest Raft message a controller accepts or sends: an append of
+/// `max_payload_entries` (64) entries of at most ~5 MiB each (a 1 MiB batch
+/// plus one 4 MiB request) must fit, or replication would stall on it.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 << 20;
 
 type RpcErr = RPCError<TypeConfig>;
 
@@ -187,6 +189,30 @@ impl Connection {
         request(&self.identity, msg, Some(option.hard_ttl()))
     }
 
+    /// One unary call carrying a postcard-encoded message each way.
+    async fn unary<Req, Resp, F, Fut>(
+        &mut self,
+        what: &'static str,
+        rpc: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RpcErr>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, tonic::Request<pb::RaftMessage>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<pb::RaftMessage>, tonic::Status>>,
+    {
+        let msg = pb::RaftMessage {
+            data: codec::encode(rpc).into(),
+        };
+        let req = self.req(msg, option);
+        let resp = call(self.client()?, req)
+            .await
+            .map_err(status_to_rpc_error)?;
+        codec::decode(what, &resp.into_inner().data).map_err(decode_err)
+    }
+
     /// Holds back a replication call's failure while the peer stays
     /// unreachable (20 ms doubling to 500 ms): openraft restarts a failed
     /// replication stream at once, and without this a dead peer costs a
@@ -261,15 +287,10 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
-        let msg = pb::RaftMessage {
-            data: codec::encode(&rpc).into(),
-        };
-        let resp = self
-            .client()?
-            .vote(self.req(msg, &option))
-            .await
-            .map_err(status_to_rpc_error)?;
-        codec::decode("vote response", &resp.into_inner().data).map_err(decode_err)
+        self.unary("vote response", &rpc, &option, |mut c, r| async move {
+            c.vote(r).await
+        })
+        .await
     }
 
     async fn pre_vote(
@@ -277,15 +298,10 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
-        let msg = pb::RaftMessage {
-            data: codec::encode(&rpc).into(),
-        };
-        let resp = self
-            .client()?
-            .pre_vote(self.req(msg, &option))
-            .await
-            .map_err(status_to_rpc_error)?;
-        codec::decode("pre-vote response", &resp.into_inner().data).map_err(decode_err)
+        self.unary("pre-vote response", &rpc, &option, |mut c, r| async move {
+            c.pre_vote(r).await
+        })
+        .await
     }
 
     async fn full_snapshot(
@@ -355,15 +371,13 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RpcErr> {
-        let msg = pb::RaftMessage {
-            data: codec::encode(&req).into(),
-        };
-        let resp = self
-            .client()?
-            .transfer_leader(self.req(msg, &option))
-            .await
-            .map_err(status_to_rpc_error)?;
-        codec::decode("transfer-leader response", &resp.into_inner().data).map_err(decode_err)
+        self.unary(
+            "transfer-leader response",
+            &req,
+            &option,
+            |mut c, r| async move { c.transfer_leader(r).await },
+        )
+        .await
     }
 
     fn backoff(&self) -> Option<Backoff> {

@@ -65,7 +65,8 @@ impl NodeConfig {
             // A follower further behind than this gets a snapshot.
             replication_lag_threshold: self.snapshot_logs.max(1_000) * 2,
             install_snapshot_timeout: 120_000,
-            max_payload_entries: 1_000,
+            // Bounded so that an append always fits MAX_RAFT_MESSAGE_BYTES.
+            max_payload_entries: 64,
             ..Default::default()
         };
         config

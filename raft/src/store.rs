@@ -76,7 +76,7 @@ impl Default for StoreConfig {
             write_timeout: Duration::from_secs(3),
             read_timeout: Duration::from_secs(3),
             max_batch_txns: 1024,
-            max_batch_bytes: 4 << 20,
+            max_batch_bytes: 1 << 20,
             max_inflight_batches: 32,
         }
     }

@@ -73,43 +73,86 @@ fn value(client: usize, i: u64, size: usize) -> Vec<u8> {
     v
 }
 
+/// The two operations the load needs, for Berth and for etcd alike.
+trait LoadClient {
+    /// Writes `value`; false if the write failed.
+    async fn put(&mut self, key: &str, value: &[u8]) -> bool;
+    /// Reads `key` linearizably; None if the read failed.
+    async fn get(&mut self, key: &str) -> Option<Option<Vec<u8>>>;
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+struct BerthClient(berth_proto::kv::kv_client::KvClient<tonic::transport::Channel>);
+
+impl LoadClient for BerthClient {
+    async fn put(&mut self, key: &str, value: &[u8]) -> bool {
+        harness::put(&mut self.0, key, value, TIMEOUT).await.is_ok()
+    }
+
+    async fn get(&mut self, key: &str) -> Option<Option<Vec<u8>>> {
+        let kv = harness::get(&mut self.0, key, false, TIMEOUT).await.ok()?;
+        Some(kv.map(|kv| kv.value))
+    }
+}
+
+struct EtcdClient(etcd_client::Client);
+
+impl LoadClient for EtcdClient {
+    async fn put(&mut self, key: &str, value: &[u8]) -> bool {
+        self.0.put(key, value, None).await.is_ok()
+    }
+
+    async fn get(&mut self, key: &str) -> Option<Option<Vec<u8>>> {
+        let resp = self.0.get(key, None).await.ok()?;
+        Some(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+}
+
+/// One client's loop: write, and read back every `read_every`th write.
+async fn drive(
+    mut c: impl LoadClient,
+    client: usize,
+    args: Arc<StoreArgs>,
+    until: Instant,
+) -> ClientResult {
+    let mut r = ClientResult::default();
+    let mut i = 0u64;
+    while Instant::now() < until {
+        let key = format!("bench/{client}/{}", i % 1000);
+        let v = value(client, i, args.value_size);
+        let started = Instant::now();
+        if !c.put(&key, &v).await {
+            r.errors += 1;
+            continue;
+        }
+        r.latency.record(started.elapsed());
+        r.writes += 1;
+        if args.read_every > 0 && i.is_multiple_of(args.read_every) {
+            match c.get(&key).await {
+                Some(Some(got)) if got == v => r.reads += 1,
+                Some(_) => r.mismatches += 1,
+                None => r.errors += 1,
+            }
+        }
+        i += 1;
+    }
+    r
+}
+
 async fn berth_client(
     addr: String,
     client: usize,
     args: Arc<StoreArgs>,
     until: Instant,
 ) -> ClientResult {
-    let mut r = ClientResult::default();
-    let Some(mut kv) = harness::kv(&addr).await else {
-        r.errors += 1;
-        return r;
-    };
-    let timeout = Duration::from_secs(5);
-    let mut i = 0u64;
-    while Instant::now() < until {
-        let key = format!("bench/{client}/{}", i % 1000);
-        let v = value(client, i, args.value_size);
-        let started = Instant::now();
-        match harness::put(&mut kv, &key, &v, timeout).await {
-            Ok(_) => {
-                r.latency.record(started.elapsed());
-                r.writes += 1;
-            }
-            Err(_) => {
-                r.errors += 1;
-                continue;
-            }
-        }
-        if args.read_every > 0 && i.is_multiple_of(args.read_every) {
-            match harness::get(&mut kv, &key, false, timeout).await {
-                Ok(Some(kv)) if kv.value == v => r.reads += 1,
-                Ok(_) => r.mismatches += 1,
-                Err(_) => r.errors += 1,
-            }
-        }
-        i += 1;
+    match harness::kv(&addr).await {
+        Some(kv) => drive(BerthClient(kv), client, args, until).await,
+        None => ClientResult {
+            errors: 1,
+            ..ClientResult::default()
+        },
     }
-    r
 }
 
 async fn etcd_client(
@@ -118,38 +161,13 @@ async fn etcd_client(
     args: Arc<StoreArgs>,
     until: Instant,
 ) -> ClientResult {
-    let mut r = ClientResult::default();
-    let Ok(mut c) = etcd_client::Client::connect(endpoints, None).await else {
-        r.errors += 1;
-        return r;
-    };
-    let mut i = 0u64;
-    while Instant::now() < until {
-        let key = format!("bench/{client}/{}", i % 1000);
-        let v = value(client, i, args.value_size);
-        let started = Instant::now();
-        match c.put(key.clone(), v.clone(), None).await {
-            Ok(_) => {
-                r.latency.record(started.elapsed());
-                r.writes += 1;
-            }
-            Err(_) => {
-                r.errors += 1;
-                continue;
-            }
-        }
-        if args.read_every > 0 && i.is_multiple_of(args.read_every) {
-            match c.get(key, None).await {
-                Ok(resp) if resp.kvs().first().map(|kv| kv.value()) == Some(v.as_slice()) => {
-                    r.reads += 1
-                }
-                Ok(_) => r.mismatches += 1,
-                Err(_) => r.errors += 1,
-            }
-        }
-        i += 1;
+    match etcd_client::Client::connect(endpoints, None).await {
+        Ok(c) => drive(EtcdClient(c), client, args, until).await,
+        Err(_) => ClientResult {
+            errors: 1,
+            ..ClientResult::default()
+        },
     }
-    r
 }
 
 async fn collect(
