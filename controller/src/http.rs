@@ -47,11 +47,8 @@ struct AppState {
     prometheus: PrometheusHandle,
 }
 
-pub async fn serve(listener: TcpListener, raft: Raft) {
-    let state = AppState {
-        raft,
-        prometheus: prometheus(),
-    };
+pub async fn serve(listener: TcpListener, raft: Raft, prometheus: PrometheusHandle) {
+    let state = AppState { raft, prometheus };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

@@ -52,6 +52,8 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // Installed before the node starts, so that it registers its metrics.
+    let prometheus = config.metrics_listen.map(|_| http::prometheus());
     let node = Node::open(config.node.clone()).await?;
     let listener =
         TcpListener::bind(config.listen)
@@ -60,11 +62,11 @@ pub async fn run(
                 addr: config.listen,
                 source,
             })?;
-    if let Some(addr) = config.metrics_listen {
+    if let (Some(addr), Some(prometheus)) = (config.metrics_listen, prometheus) {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Listen { addr, source })?;
-        tokio::spawn(http::serve(listener, node.raft.clone()));
+        tokio::spawn(http::serve(listener, node.raft.clone(), prometheus));
     }
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "controller starting");
 

@@ -5,7 +5,95 @@ use openraft::ServerState;
 
 use crate::types::Raft;
 
+/// Names every metric with its help text, and makes counters visible at 0
+/// before their first event so that a scrape always shows them.
+fn describe() {
+    use metrics::describe_counter;
+    use metrics::describe_gauge;
+    use metrics::describe_histogram;
+    use metrics::Unit;
+    describe_gauge!("berth_raft_term", "Current Raft term");
+    describe_gauge!(
+        "berth_raft_leader_id",
+        "Id of the leader this controller follows, -1 when none"
+    );
+    describe_gauge!("berth_raft_is_leader", "1 on the leader");
+    describe_gauge!(
+        "berth_raft_commit_index",
+        "Highest log index known committed"
+    );
+    describe_gauge!(
+        "berth_raft_applied_index",
+        "Highest log index applied to the state machine"
+    );
+    describe_gauge!(
+        "berth_raft_snapshot_index",
+        "Log index of the last snapshot"
+    );
+    describe_gauge!("berth_raft_last_log_index", "Highest log index in the log");
+    describe_gauge!(
+        "berth_raft_log_entries",
+        "Entries in the log (not yet purged)"
+    );
+    describe_gauge!("berth_store_revision", "Revision of the applied store");
+    describe_counter!(
+        "berth_raft_leader_changes_total",
+        "Times the known leader changed"
+    );
+    describe_counter!(
+        "berth_raft_snapshots_built_total",
+        "Snapshots built by this controller"
+    );
+    describe_counter!(
+        "berth_raft_snapshots_installed_total",
+        "Snapshots received and installed"
+    );
+    describe_counter!(
+        "berth_raft_log_appended_entries_total",
+        "Log entries appended"
+    );
+    describe_counter!("berth_raft_applied_txns_total", "Transactions applied");
+    describe_histogram!(
+        "berth_raft_apply_duration_seconds",
+        Unit::Seconds,
+        "Time to apply one batch of entries"
+    );
+    describe_histogram!(
+        "berth_raft_log_fsync_duration_seconds",
+        Unit::Seconds,
+        "Time of one group-commit fsync"
+    );
+    describe_histogram!(
+        "berth_raft_log_fsync_batch_entries",
+        "Entries made durable by one fsync"
+    );
+    describe_histogram!(
+        "berth_raft_snapshot_build_duration_seconds",
+        Unit::Seconds,
+        "Time to build a snapshot"
+    );
+    describe_histogram!(
+        "berth_store_batch_txns",
+        "Transactions coalesced into one Raft entry"
+    );
+    describe_histogram!(
+        "berth_store_propose_duration_seconds",
+        Unit::Seconds,
+        "Time from proposing a batch to its outcome"
+    );
+    for counter in [
+        "berth_raft_leader_changes_total",
+        "berth_raft_snapshots_built_total",
+        "berth_raft_snapshots_installed_total",
+        "berth_raft_log_appended_entries_total",
+        "berth_raft_applied_txns_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+}
+
 pub fn spawn_reporter(raft: Raft) {
+    describe();
     let mut rx = raft.metrics();
     tokio::spawn(async move {
         let mut leader = None;
