@@ -435,3 +435,236 @@ fn build(db: &DB, dir: &std::path::Path) -> io::Result<(SnapshotMeta, PathBuf)> 
     snapshot::prune(dir)?;
     Ok((meta, path))
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::stream;
+    use openraft::impls::leader_id_adv::LeaderId;
+    use openraft::Entry;
+
+    use super::*;
+    use crate::storage::db;
+
+    fn put(key: &str, value: &str, precondition: Precondition) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            precondition,
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        sm: StateMachine,
+        hub: WatchHub,
+        index: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let database = db::open(&dir.path().join("db")).unwrap();
+            let hub = WatchHub::new(0, 1000);
+            let sm =
+                StateMachine::new(database, dir.path().join("snapshots"), hub.clone()).unwrap();
+            Self {
+                _dir: dir,
+                sm,
+                hub,
+                index: 0,
+            }
+        }
+
+        /// Applies one entry holding `txns`.
+        async fn apply(&mut self, txns: Vec<Txn>) {
+            self.index += 1;
+            let log_id = LogId::new(
+                LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                self.index,
+            );
+            let entry = Entry {
+                log_id,
+                payload: EntryPayload::Normal(crate::types::Request { txns }),
+            };
+            self.sm
+                .apply(stream::iter(vec![Ok((entry, None))]))
+                .await
+                .unwrap();
+        }
+
+        fn get(&self, key: &str) -> Option<StoredValue> {
+            let db = &self.sm.db;
+            db.get_cf(cf(db, CF_KV), key.as_bytes())
+                .unwrap()
+                .map(|b| codec::decode("v", &b).unwrap())
+        }
+    }
+
+    #[tokio::test]
+    async fn revisions_versions_and_preconditions() {
+        let mut f = Fixture::new();
+        f.apply(vec![Txn {
+            ops: vec![put("a", "1", Precondition::Absent)],
+        }])
+        .await;
+        let a = f.get("a").unwrap();
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 1, 1));
+
+        // A failed create and a stale CAS change nothing and take no revision.
+        f.apply(vec![
+            Txn {
+                ops: vec![put("a", "x", Precondition::Absent)],
+            },
+            Txn {
+                ops: vec![put("a", "y", Precondition::ModRevision(7))],
+            },
+        ])
+        .await;
+        assert_eq!(f.get("a").unwrap().value, b"1");
+        assert_eq!(f.sm.revision, 1);
+
+        // A CAS at the current revision, batched with another write.
+        f.apply(vec![
+            Txn {
+                ops: vec![put("a", "2", Precondition::ModRevision(1))],
+            },
+            Txn {
+                ops: vec![put("b", "1", Precondition::None)],
+            },
+        ])
+        .await;
+        let a = f.get("a").unwrap();
+        assert_eq!(
+            (
+                a.value.as_slice(),
+                a.create_revision,
+                a.mod_revision,
+                a.version
+            ),
+            (&b"2"[..], 1, 2, 2)
+        );
+        assert_eq!(f.get("b").unwrap().mod_revision, 3);
+
+        // Deleting an absent key takes no revision; deleting a present one does.
+        f.apply(vec![Txn {
+            ops: vec![Op::Delete {
+                key: b"zz".to_vec(),
+                precondition: Precondition::None,
+            }],
+        }])
+        .await;
+        assert_eq!(f.sm.revision, 3);
+        f.apply(vec![Txn {
+            ops: vec![Op::Delete {
+                key: b"b".to_vec(),
+                precondition: Precondition::Present,
+            }],
+        }])
+        .await;
+        assert!(f.get("b").is_none());
+        assert_eq!(f.sm.revision, 4);
+        assert_eq!(applied_revision(&f.sm.db).unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_is_all_or_nothing_and_sees_its_own_writes() {
+        let mut f = Fixture::new();
+        f.apply(vec![Txn {
+            ops: vec![
+                put("k", "1", Precondition::None),
+                put("exists", "1", Precondition::None),
+            ],
+        }])
+        .await;
+        // Second op fails: the first must not be applied.
+        f.apply(vec![Txn {
+            ops: vec![
+                put("new", "1", Precondition::Absent),
+                put("exists", "2", Precondition::Absent),
+            ],
+        }])
+        .await;
+        assert!(f.get("new").is_none());
+        // An op sees the effect of an earlier op in the same transaction.
+        f.apply(vec![Txn {
+            ops: vec![
+                put("c", "1", Precondition::Absent),
+                put("c", "2", Precondition::Present),
+            ],
+        }])
+        .await;
+        let c = f.get("c").unwrap();
+        assert_eq!((c.value.as_slice(), c.version), (&b"2"[..], 2));
+        // Both ops of one transaction share its revision.
+        assert_eq!(
+            f.get("k").unwrap().mod_revision,
+            f.get("exists").unwrap().mod_revision
+        );
+    }
+
+    #[tokio::test]
+    async fn snapshots_round_trip_and_reset_watchers() {
+        let mut f = Fixture::new();
+        for i in 0..50 {
+            f.apply(vec![Txn {
+                ops: vec![put(&format!("key/{i}"), "v", Precondition::None)],
+            }])
+            .await;
+        }
+        let snap =
+            f.sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(50));
+
+        let mut g = Fixture::new();
+        g.apply(vec![Txn {
+            ops: vec![put("stale", "v", Precondition::None)],
+        }])
+        .await;
+        g.sm.install_snapshot(&snap.meta, snap.snapshot.clone())
+            .await
+            .unwrap();
+        assert!(
+            g.get("stale").is_none(),
+            "install replaces the whole key space"
+        );
+        assert!(g.get("key/49").is_some());
+        assert_eq!(g.sm.revision, 50);
+        assert!(
+            g.hub.subscribe(1).is_err(),
+            "history before the snapshot is gone"
+        );
+        let (applied, _) = g.sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(50));
+    }
+
+    #[test]
+    fn postcard_round_trips_raft_messages() {
+        let entry: crate::types::Entry = Entry {
+            log_id: LogId::new(
+                LeaderId {
+                    term: 3,
+                    node_id: 2,
+                },
+                9,
+            ),
+            payload: EntryPayload::Normal(crate::types::Request {
+                txns: vec![Txn {
+                    ops: vec![put("a", "b", Precondition::ModRevision(4))],
+                }],
+            }),
+        };
+        let bytes = codec::encode(&entry);
+        let back: crate::types::Entry = codec::decode("entry", &bytes).unwrap();
+        assert_eq!(back, entry);
+        let vote = crate::types::Vote::new(3, 2);
+        let back: crate::types::Vote = codec::decode("vote", &codec::encode(&vote)).unwrap();
+        assert_eq!(back, vote);
+    }
+}
