@@ -34,6 +34,9 @@ pub fn prometheus() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("_entries".into()), COUNT_BUCKETS)
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_reads".into()), COUNT_BUCKETS)
+                })
                 .expect("bucket lists are non-empty")
                 .install_recorder()
                 .expect("the Prometheus recorder is installed once")

@@ -77,6 +77,10 @@ fn describe() {
         "Transactions coalesced into one Raft entry"
     );
     describe_histogram!(
+        "berth_store_read_round_reads",
+        "Linearizable reads answered by one read-index round"
+    );
+    describe_histogram!(
         "berth_store_propose_duration_seconds",
         Unit::Seconds,
         "Time from proposing a batch to its outcome"

@@ -149,8 +149,12 @@ struct Inner {
     identity: Identity,
     channels: Channels,
     queue: mpsc::Sender<Pending>,
+    /// Linearizable reads waiting for the next read-index round.
+    read_rounds: mpsc::Sender<oneshot::Sender<ReadIndexResult>>,
     config: StoreConfig,
 }
+
+type ReadIndexResult = Result<u64, ForwardFailure>;
 
 impl Store {
     pub fn new(
@@ -162,6 +166,7 @@ impl Store {
         config: StoreConfig,
     ) -> Self {
         let (queue, rx) = mpsc::channel(64 * 1024);
+        let (read_rounds, read_rx) = mpsc::channel(64 * 1024);
         let inner = Arc::new(Inner {
             raft,
             db,
@@ -169,9 +174,11 @@ impl Store {
             identity,
             channels,
             queue,
+            read_rounds,
             config,
         });
         tokio::spawn(run_proposer(Arc::downgrade(&inner), rx));
+        tokio::spawn(run_read_rounds(Arc::downgrade(&inner), read_rx));
         Self { inner }
     }
 
@@ -216,21 +223,9 @@ impl Store {
     }
 
     /// The index a linearizable read must have applied, as the leader.
+    /// Served to followers' read-index rounds.
     pub async fn read_index(&self) -> Result<u64, ForwardFailure> {
-        match self
-            .inner
-            .raft
-            .get_read_linearizer(ReadPolicy::ReadIndex)
-            .await
-        {
-            Ok(l) => Ok(l.read_log_id().index()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(ForwardFailure::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(e) => Err(ForwardFailure::Indeterminate(e.to_string())),
-        }
+        leader_read_index(&self.inner.raft).await
     }
 
     /// Reads `range` at one revision.
@@ -259,30 +254,16 @@ impl Store {
             if remaining.is_zero() {
                 return Err(StoreError::NoQuorum(timeout));
             }
-            let leader = match current_leader(&self.inner.raft) {
-                Some(l) => l,
-                None => {
-                    wait_for_leader_change(&self.inner.raft, remaining).await;
-                    continue;
-                }
-            };
-            let index = if leader.0 == self.inner.identity.node_id() {
-                tokio::time::timeout(remaining, self.read_index())
-                    .await
-                    .map_err(|_| StoreError::NoQuorum(timeout))?
-            } else {
-                match self.remote_read_index(&leader.1, remaining).await {
-                    Ok(i) => Ok(i),
-                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                        Err(ForwardFailure::NotLeader { leader: None })
-                    }
-                    Err(_) => {
-                        // The leader we know of may be gone; give the cluster
-                        // a moment to elect another before asking again.
-                        tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
-                        continue;
-                    }
-                }
+            let (tx, rx) = oneshot::channel();
+            self.inner
+                .read_rounds
+                .send(tx)
+                .await
+                .map_err(|_| StoreError::ShuttingDown)?;
+            let index = match tokio::time::timeout(remaining, rx).await {
+                Ok(Ok(index)) => index,
+                Ok(Err(_)) => return Err(StoreError::ShuttingDown),
+                Err(_) => return Err(StoreError::NoQuorum(timeout)),
             };
             match index {
                 Ok(index) => {
@@ -296,26 +277,14 @@ impl Store {
                         .map(|_| ())
                         .map_err(|_| StoreError::NoQuorum(timeout));
                 }
+                // No leader, or it changed or is unreachable: give the
+                // cluster a moment before the next round.
                 Err(ForwardFailure::NotLeader { .. }) | Err(ForwardFailure::Indeterminate(_)) => {
                     tokio::time::sleep(Duration::from_millis(10).min(remaining)).await;
                 }
                 Err(ForwardFailure::Storage(e)) => return Err(StoreError::Storage(e)),
             }
         }
-    }
-
-    async fn remote_read_index(&self, addr: &str, timeout: Duration) -> Result<u64, tonic::Status> {
-        let channel = self
-            .inner
-            .channels
-            .get(addr)
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let req = request(&self.inner.identity, pb::ReadIndexRequest {}, Some(timeout));
-        Ok(raft_client(channel)
-            .read_index(req)
-            .await?
-            .into_inner()
-            .index)
     }
 
     /// Changes in `range` from `start_revision` (0: from now), in batches.
@@ -384,6 +353,70 @@ async fn next_watch_batch(mut st: WatchState) -> Option<(WatchItem, WatchState)>
             }
             Err(RecvError::Closed) => return None,
         }
+    }
+}
+
+/// Serves linearizable reads in rounds: one read index, obtained after
+/// every read of the round arrived, answers them all. Reads that arrive
+/// while a round is under way wait for the next one, so no read is given
+/// an index the leader confirmed before the read began.
+async fn run_read_rounds(
+    inner: std::sync::Weak<Inner>,
+    mut rx: mpsc::Receiver<oneshot::Sender<ReadIndexResult>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        metrics::histogram!("berth_store_read_round_reads").record(waiters.len() as f64);
+        // A stuck round must not hold the next ones up for long.
+        let bound = inner.config.read_timeout.min(Duration::from_secs(1));
+        let result = tokio::time::timeout(bound, read_index_round(&inner, bound))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ForwardFailure::Indeterminate(
+                    "read-index round timed out".into(),
+                ))
+            });
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+async fn read_index_round(inner: &Inner, timeout: Duration) -> ReadIndexResult {
+    let Some((leader, addr)) = current_leader(&inner.raft) else {
+        return Err(ForwardFailure::NotLeader { leader: None });
+    };
+    if leader == inner.identity.node_id() {
+        return leader_read_index(&inner.raft).await;
+    }
+    let channel = inner
+        .channels
+        .get(&addr)
+        .map_err(|e| ForwardFailure::Indeterminate(e.to_string()))?;
+    let req = request(&inner.identity, pb::ReadIndexRequest {}, Some(timeout));
+    match raft_client(channel).read_index(req).await {
+        Ok(resp) => Ok(resp.into_inner().index),
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+            Err(ForwardFailure::NotLeader { leader: None })
+        }
+        Err(s) => Err(ForwardFailure::Indeterminate(s.message().to_string())),
+    }
+}
+
+/// The index a linearizable read must have applied, as the leader.
+async fn leader_read_index(raft: &Raft) -> ReadIndexResult {
+    match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+        Ok(l) => Ok(l.read_log_id().index()),
+        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+            Err(ForwardFailure::NotLeader {
+                leader: f.leader_id,
+            })
+        }
+        Err(e) => Err(ForwardFailure::Indeterminate(e.to_string())),
     }
 }
 
