@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::watch::Compacted;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error(
         "no leader could be reached within {0:?}: fewer than a quorum of controllers are up or reachable; check `berth cluster status` and start the missing controllers"

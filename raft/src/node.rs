@@ -20,6 +20,7 @@ use crate::store::StoreConfig;
 use crate::types::NodeId;
 use crate::types::Raft;
 use crate::watch::WatchHub;
+use crate::watch::DEFAULT_BUFFER_BYTES;
 use crate::watch::DEFAULT_BUFFER_EVENTS;
 
 #[derive(Clone, Debug)]
@@ -110,7 +111,7 @@ impl Node {
         let database = db::open(&config.data_dir.join("db"))?;
         let snapshot_dir = config.data_dir.join("snapshots");
         let revision = applied_revision(&database).map_err(io(&config.data_dir))?;
-        let hub = WatchHub::new(revision, DEFAULT_BUFFER_EVENTS);
+        let hub = WatchHub::new(revision, DEFAULT_BUFFER_EVENTS, DEFAULT_BUFFER_BYTES);
         let log_store = LogStore::new(database.clone());
         let state_machine = StateMachine::new(database.clone(), snapshot_dir.clone(), hub.clone())
             .map_err(io(&snapshot_dir))?;

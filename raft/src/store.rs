@@ -543,17 +543,8 @@ async fn submit(inner: &Inner, batch: Vec<Pending>) {
             }
         }
         Err(e) => {
-            let msg = e.to_string();
-            let timeout = inner.config.write_timeout;
             for done in dones {
-                let err = match &e {
-                    StoreError::NoQuorum(d) => StoreError::NoQuorum(*d),
-                    StoreError::Indeterminate(d, m) => StoreError::Indeterminate(*d, m.clone()),
-                    StoreError::ShuttingDown => StoreError::ShuttingDown,
-                    StoreError::Storage(m) => StoreError::Storage(m.clone()),
-                    _ => StoreError::Indeterminate(timeout, msg.clone()),
-                };
-                let _ = done.send(Err(err));
+                let _ = done.send(Err(e.clone()));
             }
         }
     }

@@ -13,8 +13,11 @@ use crate::types::Event;
 
 /// Events kept for watchers that resume.
 pub const DEFAULT_BUFFER_EVENTS: usize = 100_000;
+/// Bytes of keys and values kept for watchers that resume: large values
+/// must not let the buffer grow without bound.
+pub const DEFAULT_BUFFER_BYTES: usize = 256 << 20;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error(
     "revision {requested} is no longer available: this controller keeps changes from revision {oldest} on; list again and watch from the list's revision"
 )]
@@ -26,6 +29,8 @@ pub struct Compacted {
 struct Buffer {
     events: VecDeque<Arc<Event>>,
     capacity: usize,
+    max_bytes: usize,
+    bytes: usize,
     /// Every event with a revision above this is in `events` (or was
     /// published after it).
     complete_after: u64,
@@ -59,12 +64,14 @@ pub struct Subscription {
 }
 
 impl WatchHub {
-    pub fn new(revision: u64, capacity: usize) -> Self {
+    pub fn new(revision: u64, capacity: usize, max_bytes: usize) -> Self {
         let (live, _) = broadcast::channel(16 * 1024);
         Self {
             buffer: Arc::new(Mutex::new(Buffer {
                 events: VecDeque::with_capacity(capacity.min(4096)),
                 capacity,
+                max_bytes,
+                bytes: 0,
                 complete_after: revision,
                 revision,
             })),
@@ -76,12 +83,17 @@ impl WatchHub {
         let mut buf = self.buffer.lock().expect("watch buffer lock");
         for event in events {
             let event = Arc::new(event);
-            if buf.events.len() == buf.capacity {
-                if let Some(old) = buf.events.pop_front() {
-                    buf.complete_after = old.revision();
-                }
-            }
+            buf.bytes += event_bytes(&event);
             buf.events.push_back(event.clone());
+            while buf.events.len() > buf.capacity
+                || (buf.bytes > buf.max_bytes && buf.events.len() > 1)
+            {
+                let Some(old) = buf.events.pop_front() else {
+                    break;
+                };
+                buf.bytes -= event_bytes(&old);
+                buf.complete_after = old.revision();
+            }
             // No receivers is fine: nobody is watching.
             let _ = self.live.send(HubItem::Event(event));
         }
@@ -93,6 +105,7 @@ impl WatchHub {
     pub fn reset(&self, revision: u64) {
         let mut buf = self.buffer.lock().expect("watch buffer lock");
         buf.events.clear();
+        buf.bytes = 0;
         buf.complete_after = revision;
         buf.revision = revision;
         let _ = self.live.send(HubItem::Reset { revision });
@@ -128,6 +141,10 @@ impl WatchHub {
     }
 }
 
+fn event_bytes(e: &Event) -> usize {
+    e.kv.key.len() + e.kv.value.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,7 +166,7 @@ mod tests {
 
     #[test]
     fn resumes_from_buffered_revision_and_refuses_compacted_one() {
-        let hub = WatchHub::new(0, 3);
+        let hub = WatchHub::new(0, 3, usize::MAX);
         for rev in 1..=5 {
             hub.publish(vec![ev(rev)], rev);
         }
@@ -168,7 +185,7 @@ mod tests {
 
     #[test]
     fn live_events_follow_the_backlog_without_gaps() {
-        let hub = WatchHub::new(0, 10);
+        let hub = WatchHub::new(0, 10, usize::MAX);
         hub.publish(vec![ev(1)], 1);
         let mut sub = hub.subscribe(1).unwrap();
         hub.publish(vec![ev(2)], 2);
@@ -180,8 +197,21 @@ mod tests {
     }
 
     #[test]
+    fn large_values_bound_the_buffer_by_bytes() {
+        let hub = WatchHub::new(0, 100, 25);
+        for rev in 1..=5 {
+            let mut e = ev(rev);
+            e.kv.value = vec![0; 8];
+            hub.publish(vec![e], rev);
+        }
+        // Each event is 10 bytes (2-byte key, 8-byte value): two fit.
+        assert_eq!(hub.subscribe(4).unwrap().backlog.len(), 2);
+        assert!(hub.subscribe(3).is_err());
+    }
+
+    #[test]
     fn reset_forgets_history() {
-        let hub = WatchHub::new(0, 10);
+        let hub = WatchHub::new(0, 10, usize::MAX);
         hub.publish(vec![ev(1)], 1);
         hub.reset(50);
         assert!(hub.subscribe(1).is_err());

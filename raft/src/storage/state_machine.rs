@@ -464,7 +464,7 @@ mod tests {
         fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let database = db::open(&dir.path().join("db")).unwrap();
-            let hub = WatchHub::new(0, 1000);
+            let hub = WatchHub::new(0, 1000, usize::MAX);
             let sm =
                 StateMachine::new(database, dir.path().join("snapshots"), hub.clone()).unwrap();
             Self {
