@@ -5,6 +5,26 @@ use openraft::ServerState;
 
 use crate::types::Raft;
 
+const COUNTERS: [(&str, &str); 5] = [
+    (
+        "berth_raft_leader_changes_total",
+        "Times the known leader changed",
+    ),
+    (
+        "berth_raft_snapshots_built_total",
+        "Snapshots built by this controller",
+    ),
+    (
+        "berth_raft_snapshots_installed_total",
+        "Snapshots received and installed",
+    ),
+    (
+        "berth_raft_log_appended_entries_total",
+        "Log entries appended",
+    ),
+    ("berth_raft_applied_txns_total", "Transactions applied"),
+];
+
 /// Names every metric with its help text, and makes counters visible at 0
 /// before their first event so that a scrape always shows them.
 fn describe() {
@@ -36,23 +56,6 @@ fn describe() {
         "Entries in the log (not yet purged)"
     );
     describe_gauge!("berth_store_revision", "Revision of the applied store");
-    describe_counter!(
-        "berth_raft_leader_changes_total",
-        "Times the known leader changed"
-    );
-    describe_counter!(
-        "berth_raft_snapshots_built_total",
-        "Snapshots built by this controller"
-    );
-    describe_counter!(
-        "berth_raft_snapshots_installed_total",
-        "Snapshots received and installed"
-    );
-    describe_counter!(
-        "berth_raft_log_appended_entries_total",
-        "Log entries appended"
-    );
-    describe_counter!("berth_raft_applied_txns_total", "Transactions applied");
     describe_histogram!(
         "berth_raft_apply_duration_seconds",
         Unit::Seconds,
@@ -85,14 +88,9 @@ fn describe() {
         Unit::Seconds,
         "Time from proposing a batch to its outcome"
     );
-    for counter in [
-        "berth_raft_leader_changes_total",
-        "berth_raft_snapshots_built_total",
-        "berth_raft_snapshots_installed_total",
-        "berth_raft_log_appended_entries_total",
-        "berth_raft_applied_txns_total",
-    ] {
-        metrics::counter!(counter).increment(0);
+    for (name, help) in COUNTERS {
+        describe_counter!(name, help);
+        metrics::counter!(name).increment(0);
     }
 }
 

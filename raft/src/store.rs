@@ -43,6 +43,7 @@ use crate::network::Channels;
 use crate::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::storage::db::cf;
 use crate::storage::db::CF_KV;
+use crate::storage::state_machine::snapshot_revision;
 use crate::storage::StoredValue;
 use crate::types::validate_txn;
 use crate::types::Event;
@@ -427,7 +428,9 @@ fn raft_client(channel: Channel) -> RaftClient<Channel> {
 }
 
 fn current_leader(raft: &Raft) -> Option<(NodeId, String)> {
-    let m = raft.metrics().borrow_watched().clone();
+    // Borrowed, not cloned: this runs for every batch and read round.
+    let rx = raft.metrics();
+    let m = rx.borrow_watched();
     let id = m.current_leader?;
     let addr = m.membership_config.get_node(&id)?.addr.clone();
     Some((id, addr))
@@ -441,15 +444,7 @@ async fn wait_for_leader_change(raft: &Raft, max: Duration) {
 fn read_range(db: &DB, range: &KeyRange, limit: usize) -> Result<RangeResult, StoreError> {
     let storage = |e: &dyn std::fmt::Display| StoreError::Storage(e.to_string());
     let snap = db.snapshot();
-    let revision = {
-        let get = |k: &[u8]| snap.get_cf(cf(db, crate::storage::db::CF_SM_META), k);
-        get(b"revision")
-            .map_err(|e| storage(&e))?
-            .map(|b| codec::decode::<u64>("revision", &b))
-            .transpose()
-            .map_err(|e| storage(&e))?
-            .unwrap_or(0)
-    };
+    let revision = snapshot_revision(db, &snap).map_err(|e| storage(&e))?;
     let kv = cf(db, CF_KV);
     let mut kvs = Vec::new();
     let mut more = false;

@@ -101,6 +101,11 @@ pub fn applied_revision(db: &DB) -> io::Result<u64> {
     Ok(read_meta(|k| db.get_cf(cf(db, CF_SM_META), k), KEY_REVISION)?.unwrap_or(0))
 }
 
+/// The store's revision as of a RocksDB snapshot of `db`.
+pub fn snapshot_revision(db: &DB, snap: &rocksdb::Snapshot<'_>) -> io::Result<u64> {
+    Ok(read_meta(|k| snap.get_cf(cf(db, CF_SM_META), k), KEY_REVISION)?.unwrap_or(0))
+}
+
 impl StateMachine {
     pub fn new(db: Arc<DB>, snapshot_dir: PathBuf, hub: WatchHub) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
@@ -419,7 +424,7 @@ fn build(db: &DB, dir: &std::path::Path) -> io::Result<(SnapshotMeta, PathBuf)> 
     let get = |k: &[u8]| snap.get_cf(cf(db, CF_SM_META), k);
     let last_log_id: Option<LogId> = read_meta(get, KEY_APPLIED)?;
     let last_membership: StoredMembership = read_meta(get, KEY_MEMBERSHIP)?.unwrap_or_default();
-    let revision: u64 = read_meta(get, KEY_REVISION)?.unwrap_or(0);
+    let revision = snapshot_revision(db, &snap)?;
     let meta = SnapshotMeta {
         last_log_id,
         last_membership,
