@@ -27,7 +27,7 @@ use crate::client::endpoint;
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     pub extra_args: Vec<String>,
-    /// Send controllers' logs here instead of discarding them.
+    /// Where controllers' logs go; the cluster's root dir when None.
     pub log_dir: Option<PathBuf>,
 }
 
@@ -108,6 +108,7 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, id: u64) {
+        let log_path = self.log_path(id);
         let c = self.controllers.get_mut(&id).expect("known controller");
         assert!(c.child.is_none(), "controller {id} is already running");
         let mut cmd = Command::new(&self.binary);
@@ -120,21 +121,42 @@ impl Cluster {
             .args(&c.membership_args)
             .args(&self.options.extra_args)
             .stdin(Stdio::null());
-        match &self.options.log_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).expect("create the log dir");
-                let log = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.join(format!("controller-{id}.log")))
-                    .expect("open a controller log");
-                cmd.stdout(log.try_clone().expect("dup log")).stderr(log);
-            }
-            None => {
-                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir).expect("create the log dir");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open a controller log");
+        cmd.stdout(log.try_clone().expect("dup log")).stderr(log);
+        c.child = Some(cmd.spawn().expect("start berth server"));
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.options
+            .log_dir
+            .as_deref()
+            .unwrap_or(&self.root)
+            .join(format!("controller-{id}.log"))
+    }
+
+    /// Prints the end of every controller's log, so that a failed test in
+    /// CI says what the controllers were doing.
+    fn print_log_tails(&self) {
+        const LINES: usize = 40;
+        for id in self.controllers.keys() {
+            let path = self.log_path(*id);
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LINES)..];
+            eprintln!("--- last {} lines of {}", tail.len(), path.display());
+            for line in tail {
+                eprintln!("{line}");
             }
         }
-        c.child = Some(cmd.spawn().expect("start berth server"));
     }
 
     pub fn signal(&mut self, id: u64, signal: Signal) {
@@ -209,6 +231,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_log_tails();
+        }
         for c in self.controllers.values_mut() {
             if let Some(mut child) = c.child.take() {
                 // A stopped process only dies of SIGKILL once continued.

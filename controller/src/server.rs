@@ -8,7 +8,7 @@ use berth_raft::node::NodeError;
 use berth_raft::Node;
 use berth_raft::NodeConfig;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::bootstrap;
 use crate::cluster_service::ClusterService;
@@ -71,13 +71,16 @@ pub async fn run(
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "controller starting");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Served from our own listener, so the builder's tcp_nodelay would be
+    // ignored: set it on the incoming stream, or Nagle holds a response's
+    // second frame until the peer's delayed ACK (up to 40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(node.raft_service().into_server())
         .add_service(ClusterService::new(node.store.clone()).into_server())
         .add_service(KvService::new(node.store.clone()).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let mut rx = stop_rx;
             let _ = rx.wait_for(|stop| *stop).await;
         });
