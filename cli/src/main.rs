@@ -10,6 +10,7 @@ mod cluster_cmd;
 mod dev_cmd;
 mod server_cmd;
 mod signals;
+mod verbs;
 
 use berth::client::parse_addrs;
 
@@ -41,6 +42,27 @@ enum Command {
     /// Inspect and change the controller group.
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCommand),
+    /// Create or update the objects in manifests (YAML or JSON).
+    Apply(verbs::apply::ApplyArgs),
+    /// List objects, or show one.
+    Get(verbs::get::GetArgs),
+    /// Show one object in detail.
+    Describe {
+        kind: String,
+        name: String,
+        #[command(flatten)]
+        ns: verbs::NamespaceArgs,
+    },
+    /// Delete objects by name or by manifest.
+    Delete(verbs::apply::DeleteArgs),
+    /// Set a deployment's replicas.
+    Scale(verbs::apply::ScaleArgs),
+    /// Stop placing new pods on a node.
+    Cordon { node: String },
+    /// Place pods on a node again.
+    Uncordon { node: String },
+    /// Cordon a node and evict its pods.
+    Drain { node: String },
     /// Measure the cluster.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -73,12 +95,23 @@ fn main() -> ExitCode {
         }
     };
     let addrs = parse_addrs(&cli.server);
+    let ctx = verbs::Ctx {
+        addrs: addrs.clone(),
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
             Command::Dev(args) => dev_cmd::run(args).await,
             Command::Cluster(cmd) => cluster_cmd::run(cmd, &addrs).await,
             Command::Bench(cmd) => bench::run(cmd, &addrs).await,
+            Command::Apply(args) => verbs::apply(&ctx, args).await,
+            Command::Get(args) => verbs::get(&ctx, args).await,
+            Command::Describe { kind, name, ns } => verbs::describe(&ctx, &kind, &name, &ns).await,
+            Command::Delete(args) => verbs::delete(&ctx, args).await,
+            Command::Scale(args) => verbs::scale(&ctx, args).await,
+            Command::Cordon { node } => verbs::cordon(&ctx, &node, true).await,
+            Command::Uncordon { node } => verbs::cordon(&ctx, &node, false).await,
+            Command::Drain { node } => verbs::drain(&ctx, &node).await,
         }
     });
     match result {

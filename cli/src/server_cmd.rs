@@ -53,6 +53,10 @@ pub struct ServerArgs {
     /// fewer means larger batches under load.
     #[arg(long, default_value_t = 32)]
     max_inflight_batches: usize,
+    /// Recent changes kept for watchers that resume from a revision; a
+    /// watcher further behind lists again.
+    #[arg(long, default_value_t = 100_000)]
+    watch_history: usize,
     /// How long a write or linearizable read waits for a quorum before it fails with UNAVAILABLE.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
@@ -112,6 +116,7 @@ impl ServerArgs {
         node.election_timeout_ms = (self.election_timeout_min_ms, self.election_timeout_max_ms);
         node.snapshot_logs = self.snapshot_logs;
         node.logs_to_keep = self.logs_to_keep;
+        node.watch_history_events = self.watch_history.max(1);
         node.store = StoreConfig {
             write_timeout: self.request_timeout,
             read_timeout: self.request_timeout,

@@ -180,11 +180,16 @@ impl kv_server::Kv for KvService {
         let w = req.into_inner();
         let range = key_range(w.key, w.range_end, w.prefix)?;
         let events = self.store.watch(range, w.start_revision)?;
-        let stream = events.map(|batch| {
-            let events = batch.map_err(Status::from)?;
-            let revision = events.last().map_or(0, |e| e.revision());
-            Ok(pb::WatchResponse {
-                events: events
+        let stream = events.filter_map(|batch| async move {
+            let batch = match batch {
+                Ok(b) if b.events.is_empty() => return None,
+                Ok(b) => b,
+                Err(e) => return Some(Err(Status::from(e))),
+            };
+            let revision = batch.events.last().map_or(0, |e| e.revision());
+            Some(Ok(pb::WatchResponse {
+                events: batch
+                    .events
                     .into_iter()
                     .map(|e| pb::Event {
                         r#type: match e.kind {
@@ -195,7 +200,7 @@ impl kv_server::Kv for KvService {
                     })
                     .collect(),
                 revision,
-            })
+            }))
         });
         Ok(Response::new(Box::pin(stream)))
     }

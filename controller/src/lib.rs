@@ -3,6 +3,7 @@
 //! serves the gRPC API (store, cluster administration, internal Raft),
 //! `/metrics` and `/healthz`.
 
+mod api;
 mod bootstrap;
 mod cluster_service;
 mod http;

@@ -10,6 +10,7 @@ use berth_raft::NodeConfig;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::api;
 use crate::bootstrap;
 use crate::cluster_service::ClusterService;
 use crate::http;
@@ -43,6 +44,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error("could not set up gRPC reflection: {0}")]
+    Reflection(String),
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -75,11 +78,37 @@ pub async fn run(
     // ignored: set it on the incoming stream, or Nagle holds a response's
     // second frame until the peer's delayed ACK (up to 40 ms).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(berth_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let store = node.store.clone();
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(node.raft_service().into_server())
-        .add_service(ClusterService::new(node.store.clone()).into_server())
-        .add_service(KvService::new(node.store.clone()).into_server())
+        .add_service(ClusterService::new(store.clone()).into_server())
+        .add_service(KvService::new(store.clone()).into_server())
+        .add_service(api::NamespaceService::server(store.clone()))
+        .add_service(api::NodeService::server(store.clone()))
+        .add_service(api::PodService::server(store.clone()))
+        .add_service(api::DeploymentService::server(store.clone()))
+        .add_service(api::ServiceService::server(store.clone()))
+        .add_service(api::EndpointsService::server(store.clone()))
+        .add_service(api::ConfigMapService::server(store.clone()))
+        .add_service(api::LeaseService::server(store.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, async move {
             let mut rx = stop_rx;
             let _ = rx.wait_for(|stop| *stop).await;
@@ -90,6 +119,7 @@ pub async fn run(
     let outcome = tokio::select! {
         r = bootstrap::ensure_member(&node, &config) => match r {
             Ok(()) => {
+                tokio::spawn(api::ensure_builtin_namespaces(store.clone()));
                 (&mut shutdown).await;
                 Ok(())
             }

@@ -5,6 +5,17 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]
 
+pub mod serde_helpers;
+
+/// The public API: Kubernetes-shaped kinds and one service per kind.
+pub mod v1 {
+    tonic::include_proto!("berth.v1");
+
+    /// The encoded descriptors of `berth.v1`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("berth_v1_descriptor");
+}
+
 /// Internal controller-to-controller Raft transport.
 pub mod raft {
     tonic::include_proto!("berth.raft.v1");

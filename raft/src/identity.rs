@@ -102,7 +102,7 @@ impl Identity {
             fresh,
             voting: Arc::new(AtomicBool::new(true)),
         };
-        id.save().map_err(io)?;
+        id.save(id.cluster_id()).map_err(io)?;
         Ok(id)
     }
 
@@ -131,8 +131,13 @@ impl Identity {
 
     /// Records the cluster this data dir belongs to; durable on return.
     pub fn set_cluster_id(&self, cluster_id: &str) -> std::io::Result<()> {
-        *self.cluster_id.write().expect("identity lock") = Some(cluster_id.to_string());
-        self.save()
+        // Held while saving: concurrent first calls (bootstrap, and Raft
+        // calls adopting the caller's cluster) would otherwise race on the
+        // temporary file.
+        let mut current = self.cluster_id.write().expect("identity lock");
+        self.save(Some(cluster_id.to_string()))?;
+        *current = Some(cluster_id.to_string());
+        Ok(())
     }
 
     /// Whether a call carrying `presented` may be served; adopts it when
@@ -152,10 +157,10 @@ impl Identity {
         }
     }
 
-    fn save(&self) -> std::io::Result<()> {
+    fn save(&self, cluster_id: Option<String>) -> std::io::Result<()> {
         let stored = Stored {
             node_id: self.node_id,
-            cluster_id: self.cluster_id(),
+            cluster_id,
         };
         let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;

@@ -25,6 +25,7 @@ pub use node::NodeConfig;
 pub use store::KeyRange;
 pub use store::Store;
 pub use store::StoreConfig;
+pub use store::WatchBatch;
 pub use types::Event;
 pub use types::EventKind;
 pub use types::KeyValue;

@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub snapshot_logs: u64,
     /// Log entries kept behind the last snapshot for slow followers.
     pub logs_to_keep: u64,
+    /// Recent changes kept so that watchers can resume from a revision.
+    pub watch_history_events: usize,
     pub store: StoreConfig,
 }
 
@@ -48,6 +50,7 @@ impl NodeConfig {
             election_timeout_ms: (120, 200),
             snapshot_logs: 10_000,
             logs_to_keep: 1_000,
+            watch_history_events: DEFAULT_BUFFER_EVENTS,
             store: StoreConfig::default(),
         }
     }
@@ -111,7 +114,7 @@ impl Node {
         let database = db::open(&config.data_dir.join("db"))?;
         let snapshot_dir = config.data_dir.join("snapshots");
         let revision = applied_revision(&database).map_err(io(&config.data_dir))?;
-        let hub = WatchHub::new(revision, DEFAULT_BUFFER_EVENTS, DEFAULT_BUFFER_BYTES);
+        let hub = WatchHub::new(revision, config.watch_history_events, DEFAULT_BUFFER_BYTES);
         let log_store = LogStore::new(database.clone());
         let state_machine = StateMachine::new(database.clone(), snapshot_dir.clone(), hub.clone())
             .map_err(io(&snapshot_dir))?;

@@ -295,7 +295,7 @@ impl Store {
         &self,
         range: KeyRange,
         start_revision: u64,
-    ) -> Result<BoxStream<'static, Result<Vec<Event>, StoreError>>, StoreError> {
+    ) -> Result<BoxStream<'static, WatchItem>, StoreError> {
         let sub = self.inner.hub.subscribe(start_revision)?;
         let backlog: Vec<Event> = sub
             .backlog
@@ -303,11 +303,15 @@ impl Store {
             .filter(|e| range.contains(&e.kv.key))
             .map(|e| (**e).clone())
             .collect();
-        let head = futures::stream::iter((!backlog.is_empty()).then_some(Ok(backlog)));
+        let head = futures::stream::iter((!backlog.is_empty()).then_some(Ok(WatchBatch {
+            events: backlog,
+            revision: sub.revision,
+        })));
         let state = WatchState {
             live: sub.live,
             range,
             last: sub.revision,
+            last_sent: Instant::now(),
             done: false,
         };
         let tail = futures::stream::unfold(state, next_watch_batch);
@@ -315,14 +319,28 @@ impl Store {
     }
 }
 
+/// Changes from a watch, and how far it has seen: every change in its range
+/// up to `revision` has been delivered. A batch may be empty, only to report
+/// progress (at most once a second while other keys change), so that a
+/// watcher resumes from a recent revision.
+#[derive(Debug, Clone)]
+pub struct WatchBatch {
+    pub events: Vec<Event>,
+    pub revision: u64,
+}
+
+/// How often an idle watch reports progress.
+const WATCH_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 struct WatchState {
     live: broadcast::Receiver<HubItem>,
     range: KeyRange,
     last: u64,
+    last_sent: Instant,
     done: bool,
 }
 
-type WatchItem = Result<Vec<Event>, StoreError>;
+pub type WatchItem = Result<WatchBatch, StoreError>;
 
 async fn next_watch_batch(mut st: WatchState) -> Option<(WatchItem, WatchState)> {
     if st.done {
@@ -339,8 +357,18 @@ async fn next_watch_batch(mut st: WatchState) -> Option<(WatchItem, WatchState)>
         match st.live.recv().await {
             Ok(HubItem::Event(e)) => {
                 st.last = e.revision();
-                if st.range.contains(&e.kv.key) {
-                    return Some((Ok(vec![(*e).clone()]), st));
+                let matches = st.range.contains(&e.kv.key);
+                if matches || st.last_sent.elapsed() >= WATCH_PROGRESS_EVERY {
+                    st.last_sent = Instant::now();
+                    let batch = WatchBatch {
+                        events: if matches {
+                            vec![(*e).clone()]
+                        } else {
+                            Vec::new()
+                        },
+                        revision: st.last,
+                    };
+                    return Some((Ok(batch), st));
                 }
             }
             Ok(HubItem::Reset { revision }) => {

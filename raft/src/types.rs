@@ -52,25 +52,33 @@ pub enum Op {
         key: Vec<u8>,
         precondition: Precondition,
     },
+    /// Writes nothing: the transaction commits only if the precondition
+    /// holds (an object's namespace still exists, unchanged).
+    Check {
+        key: Vec<u8>,
+        precondition: Precondition,
+    },
 }
 
 impl Op {
     pub fn key(&self) -> &[u8] {
         match self {
-            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Check { key, .. } => key,
         }
     }
 
     pub fn precondition(&self) -> Precondition {
         match self {
-            Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
+            Op::Put { precondition, .. }
+            | Op::Delete { precondition, .. }
+            | Op::Check { precondition, .. } => *precondition,
         }
     }
 
     fn encoded_len(&self) -> usize {
         match self {
             Op::Put { key, value, .. } => key.len() + value.len() + 16,
-            Op::Delete { key, .. } => key.len() + 16,
+            Op::Delete { key, .. } | Op::Check { key, .. } => key.len() + 16,
         }
     }
 }

@@ -186,6 +186,7 @@ impl StateMachine {
                         local.insert(key.to_vec(), None);
                     }
                 }
+                Op::Check { .. } => {}
             }
             prev.push(cur.map(|c| c.into_kv(key.to_vec())));
         }

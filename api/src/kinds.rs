@@ -1,0 +1,403 @@
+//! The kinds of the API: their names (as kubectl spells them), where they
+//! are stored, and what admission does to each.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::pb;
+use crate::validation as v;
+use crate::validation::Errors;
+use crate::validation::Invalid;
+
+/// Names of a kind, for the CLI and for errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindInfo {
+    pub kind: &'static str,
+    pub api_version: &'static str,
+    pub plural: &'static str,
+    pub short: &'static [&'static str],
+    pub namespaced: bool,
+}
+
+pub const KINDS: &[KindInfo] = &[
+    <pb::Namespace as Object>::INFO,
+    <pb::Node as Object>::INFO,
+    <pb::Pod as Object>::INFO,
+    <pb::Deployment as Object>::INFO,
+    <pb::Service as Object>::INFO,
+    <pb::Endpoints as Object>::INFO,
+    <pb::ConfigMap as Object>::INFO,
+    <pb::Lease as Object>::INFO,
+];
+
+impl KindInfo {
+    /// Looks a kind up by any kubectl spelling: `pod`, `pods`, `po`, `Pod`.
+    pub fn lookup(name: &str) -> Option<&'static KindInfo> {
+        let n = name.to_ascii_lowercase();
+        let n = n.split('.').next().unwrap_or("");
+        KINDS
+            .iter()
+            .find(|k| k.kind.eq_ignore_ascii_case(n) || k.plural == n || k.short.contains(&n))
+    }
+
+    pub fn names() -> String {
+        KINDS
+            .iter()
+            .map(|k| k.plural)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The store key of one object.
+pub fn object_key(info: &KindInfo, namespace: &str, name: &str) -> String {
+    if info.namespaced {
+        format!("/registry/{}/{namespace}/{name}", info.plural)
+    } else {
+        format!("/registry/{}/{name}", info.plural)
+    }
+}
+
+/// The store key prefix of a kind's objects in a namespace (all namespaces
+/// when `namespace` is empty).
+pub fn list_prefix(info: &KindInfo, namespace: &str) -> String {
+    if info.namespaced && !namespace.is_empty() {
+        format!("/registry/{}/{namespace}/", info.plural)
+    } else {
+        format!("/registry/{}/", info.plural)
+    }
+}
+
+/// What the API server needs to know about a kind.
+pub trait Object:
+    prost::Message + Default + Clone + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    const INFO: KindInfo;
+    /// Namespaces and services are named by DNS labels, the rest by subdomains.
+    const NAME_IS_LABEL: bool = false;
+    const HAS_STATUS: bool;
+
+    fn meta(&self) -> Option<&pb::ObjectMeta>;
+    fn meta_mut(&mut self) -> &mut pb::ObjectMeta;
+    fn set_type_meta(&mut self);
+    /// The part whose change raises `metadata.generation`, encoded.
+    fn spec_bytes(&self) -> Vec<u8>;
+    /// Replaces this object's status with `other`'s.
+    fn take_status_from(&mut self, other: &Self);
+    fn clear_status(&mut self);
+    /// Kubernetes' defaults for fields left empty.
+    fn apply_defaults(&mut self) {}
+    fn check(&self, _errs: &mut Errors) {}
+    /// Keeps what the system assigned in the spec (a pod's node, a
+    /// service's ClusterIP, a node's pod CIDR) when an update leaves it
+    /// empty, as `kubectl apply` of the original manifest does.
+    fn keep_assigned(&mut self, _stored: &Self) {}
+    /// `spec.nodeName` for field selectors; empty for kinds without one.
+    fn node_name(&self) -> &str {
+        ""
+    }
+
+    fn name(&self) -> &str {
+        self.meta().map_or("", |m| m.name.as_str())
+    }
+
+    fn namespace(&self) -> &str {
+        self.meta().map_or("", |m| m.namespace.as_str())
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut errs = Errors::default();
+        v::check_metadata(
+            &mut errs,
+            self.meta(),
+            Self::INFO.namespaced,
+            Self::NAME_IS_LABEL,
+        );
+        self.check(&mut errs);
+        errs.finish()
+    }
+}
+
+macro_rules! common {
+    () => {
+        fn meta(&self) -> Option<&pb::ObjectMeta> {
+            self.metadata.as_ref()
+        }
+        fn meta_mut(&mut self) -> &mut pb::ObjectMeta {
+            self.metadata.get_or_insert_default()
+        }
+        fn set_type_meta(&mut self) {
+            self.api_version = Self::INFO.api_version.to_string();
+            self.kind = Self::INFO.kind.to_string();
+        }
+    };
+}
+
+macro_rules! with_status {
+    () => {
+        const HAS_STATUS: bool = true;
+        fn spec_bytes(&self) -> Vec<u8> {
+            self.spec
+                .as_ref()
+                .map(prost::Message::encode_to_vec)
+                .unwrap_or_default()
+        }
+        fn take_status_from(&mut self, other: &Self) {
+            self.status = other.status.clone();
+        }
+        fn clear_status(&mut self) {
+            self.status = None;
+        }
+    };
+}
+
+impl Object for pb::Namespace {
+    const INFO: KindInfo = KindInfo {
+        kind: "Namespace",
+        api_version: "v1",
+        plural: "namespaces",
+        short: &["ns", "namespace"],
+        namespaced: false,
+    };
+    const NAME_IS_LABEL: bool = true;
+    common!();
+    with_status!();
+    fn apply_defaults(&mut self) {
+        let status = self.status.get_or_insert_default();
+        if status.phase.is_empty() {
+            status.phase = "Active".into();
+        }
+    }
+}
+
+impl Object for pb::Node {
+    const INFO: KindInfo = KindInfo {
+        kind: "Node",
+        api_version: "v1",
+        plural: "nodes",
+        short: &["no", "node"],
+        namespaced: false,
+    };
+    common!();
+    with_status!();
+    fn check(&self, errs: &mut Errors) {
+        v::check_node(errs, self);
+    }
+    fn keep_assigned(&mut self, stored: &Self) {
+        let (Some(spec), Some(old)) = (self.spec.as_mut(), stored.spec.as_ref()) else {
+            return;
+        };
+        if spec.pod_cidr.is_empty() {
+            spec.pod_cidr = old.pod_cidr.clone();
+            spec.pod_cidrs = old.pod_cidrs.clone();
+        }
+    }
+}
+
+impl Object for pb::Pod {
+    const INFO: KindInfo = KindInfo {
+        kind: "Pod",
+        api_version: "v1",
+        plural: "pods",
+        short: &["po", "pod"],
+        namespaced: true,
+    };
+    common!();
+    with_status!();
+    fn apply_defaults(&mut self) {
+        v::default_pod_spec(self.spec.get_or_insert_default());
+        let status = self.status.get_or_insert_default();
+        if status.phase.is_empty() {
+            status.phase = "Pending".into();
+        }
+    }
+    fn check(&self, errs: &mut Errors) {
+        v::check_pod_spec(errs, "spec", self.spec.as_ref());
+    }
+    fn node_name(&self) -> &str {
+        self.spec.as_ref().map_or("", |s| s.node_name.as_str())
+    }
+    fn keep_assigned(&mut self, stored: &Self) {
+        let spec = self.spec.get_or_insert_default();
+        if spec.node_name.is_empty() {
+            spec.node_name = stored.node_name().to_string();
+        }
+    }
+}
+
+impl Object for pb::Deployment {
+    const INFO: KindInfo = KindInfo {
+        kind: "Deployment",
+        api_version: "apps/v1",
+        plural: "deployments",
+        short: &["deploy", "deployment"],
+        namespaced: true,
+    };
+    common!();
+    with_status!();
+    fn apply_defaults(&mut self) {
+        v::default_deployment_spec(self.spec.get_or_insert_default());
+    }
+    fn check(&self, errs: &mut Errors) {
+        v::check_deployment_spec(errs, self.spec.as_ref());
+    }
+}
+
+impl Object for pb::Service {
+    const INFO: KindInfo = KindInfo {
+        kind: "Service",
+        api_version: "v1",
+        plural: "services",
+        short: &["svc", "service"],
+        namespaced: true,
+    };
+    const NAME_IS_LABEL: bool = true;
+    common!();
+    with_status!();
+    fn apply_defaults(&mut self) {
+        v::default_service_spec(self.spec.get_or_insert_default());
+    }
+    fn check(&self, errs: &mut Errors) {
+        v::check_service_spec(errs, self.spec.as_ref());
+    }
+    fn keep_assigned(&mut self, stored: &Self) {
+        let (Some(spec), Some(old)) = (self.spec.as_mut(), stored.spec.as_ref()) else {
+            return;
+        };
+        if spec.cluster_ip.is_empty() {
+            spec.cluster_ip = old.cluster_ip.clone();
+            spec.cluster_ips = old.cluster_ips.clone();
+        }
+    }
+}
+
+/// Endpoints' subsets travel as one message for spec comparison.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Subsets {
+    #[prost(message, repeated, tag = "1")]
+    subsets: Vec<pb::EndpointSubset>,
+}
+
+impl Object for pb::Endpoints {
+    const INFO: KindInfo = KindInfo {
+        kind: "Endpoints",
+        api_version: "v1",
+        plural: "endpoints",
+        short: &["ep"],
+        namespaced: true,
+    };
+    common!();
+    const HAS_STATUS: bool = false;
+    fn spec_bytes(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&Subsets {
+            subsets: self.subsets.clone(),
+        })
+    }
+    fn take_status_from(&mut self, _other: &Self) {}
+    fn clear_status(&mut self) {}
+    fn check(&self, errs: &mut Errors) {
+        v::check_endpoints(errs, self);
+    }
+}
+
+/// A ConfigMap's content, encoded for spec comparison.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ConfigMapData {
+    #[prost(btree_map = "string, string", tag = "1")]
+    data: std::collections::BTreeMap<String, String>,
+    #[prost(btree_map = "string, string", tag = "2")]
+    binary_data: std::collections::BTreeMap<String, String>,
+}
+
+impl Object for pb::ConfigMap {
+    const INFO: KindInfo = KindInfo {
+        kind: "ConfigMap",
+        api_version: "v1",
+        plural: "configmaps",
+        short: &["cm", "configmap"],
+        namespaced: true,
+    };
+    common!();
+    const HAS_STATUS: bool = false;
+    fn spec_bytes(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&ConfigMapData {
+            data: self.data.clone(),
+            binary_data: self.binary_data.clone(),
+        })
+    }
+    fn take_status_from(&mut self, _other: &Self) {}
+    fn clear_status(&mut self) {}
+    fn check(&self, errs: &mut Errors) {
+        v::check_config_map(errs, self);
+    }
+}
+
+impl Object for pb::Lease {
+    const INFO: KindInfo = KindInfo {
+        kind: "Lease",
+        api_version: "coordination.k8s.io/v1",
+        plural: "leases",
+        short: &["lease"],
+        namespaced: true,
+    };
+    common!();
+    const HAS_STATUS: bool = false;
+    fn spec_bytes(&self) -> Vec<u8> {
+        self.spec
+            .as_ref()
+            .map(prost::Message::encode_to_vec)
+            .unwrap_or_default()
+    }
+    fn take_status_from(&mut self, _other: &Self) {}
+    fn clear_status(&mut self) {}
+    fn check(&self, errs: &mut Errors) {
+        v::check_lease(errs, self);
+    }
+}
+
+/// An object of any kind, as read from a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyObject {
+    Namespace(pb::Namespace),
+    Node(pb::Node),
+    Pod(pb::Pod),
+    Deployment(pb::Deployment),
+    Service(pb::Service),
+    Endpoints(pb::Endpoints),
+    ConfigMap(pb::ConfigMap),
+    Lease(pb::Lease),
+}
+
+/// Runs `$body` with `$o` bound to the typed object inside an `AnyObject`.
+#[macro_export]
+macro_rules! with_object {
+    ($any:expr, $o:ident => $body:expr) => {
+        match $any {
+            $crate::AnyObject::Namespace($o) => $body,
+            $crate::AnyObject::Node($o) => $body,
+            $crate::AnyObject::Pod($o) => $body,
+            $crate::AnyObject::Deployment($o) => $body,
+            $crate::AnyObject::Service($o) => $body,
+            $crate::AnyObject::Endpoints($o) => $body,
+            $crate::AnyObject::ConfigMap($o) => $body,
+            $crate::AnyObject::Lease($o) => $body,
+        }
+    };
+}
+
+impl AnyObject {
+    pub fn info(&self) -> &'static KindInfo {
+        fn info_of<T: Object>(_: &T) -> &'static KindInfo {
+            &T::INFO
+        }
+        with_object!(self, o => info_of(o))
+    }
+
+    pub fn name(&self) -> &str {
+        with_object!(self, o => o.name())
+    }
+
+    pub fn namespace(&self) -> &str {
+        with_object!(self, o => o.namespace())
+    }
+}

@@ -1,0 +1,382 @@
+//! Manifests: YAML (one or many documents) or JSON, in Kubernetes' shape.
+//! A field Berth does not know is an error that names it, with the
+//! document and line; a `status` is ignored, as `kubectl apply` does.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
+
+use crate::kinds::KindInfo;
+use crate::kinds::KINDS;
+use crate::pb;
+use crate::AnyObject;
+use crate::Object;
+
+/// What is wrong with a manifest, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    /// 1-based document number in the file.
+    pub document: usize,
+    /// 1-based line in the file, where known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "document {}", self.document)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// One YAML document's text and the file line it starts on (0-based).
+struct Document<'a> {
+    text: &'a str,
+    first_line: usize,
+}
+
+fn split_documents(text: &str) -> Vec<Document<'_>> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut first_line = 0;
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") {
+            docs.push(Document {
+                text: &text[start..offset],
+                first_line,
+            });
+            start = offset + line.len();
+            first_line = i + 1;
+        }
+        offset += line.len();
+    }
+    docs.push(Document {
+        text: &text[start..],
+        first_line,
+    });
+    docs
+}
+
+/// Reads every object in a manifest file.
+pub fn parse(text: &str) -> Result<Vec<AnyObject>, ManifestError> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        return parse_json(text);
+    }
+    let mut objects = Vec::new();
+    let mut number = 0;
+    for doc in split_documents(text) {
+        let value: Value = match serde_yaml_ng::from_str(doc.text) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(ManifestError {
+                    document: number + 1,
+                    line: e.location().map(|l| doc.first_line + l.line()),
+                    message: format!("malformed YAML: {}", strip_location(&e.to_string())),
+                })
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        number += 1;
+        let located = |message: String, key: Option<&str>| ManifestError {
+            document: number,
+            line: key
+                .and_then(|k| line_of_key(doc.text, k))
+                .map(|l| doc.first_line + l + 1),
+            message,
+        };
+        decode_value(value, &mut objects, &located)?;
+    }
+    Ok(objects)
+}
+
+fn parse_json(text: &str) -> Result<Vec<AnyObject>, ManifestError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ManifestError {
+        document: 1,
+        line: Some(e.line()),
+        message: format!("malformed JSON: {}", strip_location(&e.to_string())),
+    })?;
+    let docs = match value {
+        serde_json::Value::Array(items) => items,
+        other => vec![other],
+    };
+    let mut objects = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let value: Value = serde_yaml_ng::to_value(doc).map_err(|e| ManifestError {
+            document: i + 1,
+            line: None,
+            message: e.to_string(),
+        })?;
+        let located = |message: String, key: Option<&str>| ManifestError {
+            document: i + 1,
+            line: key
+                .and_then(|k| line_of_key(text, &format!("\"{k}\"")))
+                .map(|l| l + 1),
+            message,
+        };
+        decode_value(value, &mut objects, &located)?;
+    }
+    Ok(objects)
+}
+
+/// Error messages of the parsers end in "at line L column C"; the caller
+/// reports the line itself.
+fn strip_location(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " at line ".len()..];
+        // Skip "N column M".
+        let skip = after
+            .find(|c: char| !(c.is_ascii_digit() || c == ' ' || "column".contains(c)))
+            .unwrap_or(after.len());
+        rest = &after[skip..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Serde names Rust types; a manifest's author knows YAML's.
+fn plain_types(message: &str) -> String {
+    ["i32", "i64", "u32", "u64"]
+        .iter()
+        .fold(message.to_string(), |m, t| {
+            m.replace(&format!("expected {t}"), "expected an integer")
+        })
+}
+
+/// The 0-based line of the first `key:` in a document, to point at a field.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|line| {
+        let l = line.trim_start().trim_start_matches("- ").trim_start();
+        l.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+    })
+}
+
+type Locate<'a> = dyn Fn(String, Option<&str>) -> ManifestError + 'a;
+
+fn decode_value(
+    mut value: Value,
+    out: &mut Vec<AnyObject>,
+    located: &Locate<'_>,
+) -> Result<(), ManifestError> {
+    let Some(map) = value.as_mapping_mut() else {
+        return Err(located(
+            "a manifest must be a mapping with apiVersion, kind and metadata".into(),
+            None,
+        ));
+    };
+    let text =
+        |m: &serde_yaml_ng::Mapping, k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+    let kind = text(map, "kind")
+        .ok_or_else(|| located("kind is missing (e.g. kind: Pod)".into(), None))?;
+    let api_version = text(map, "apiVersion")
+        .ok_or_else(|| located("apiVersion is missing (e.g. apiVersion: v1)".into(), None))?;
+    if kind == "List" {
+        let items = map.remove("items").unwrap_or(Value::Null);
+        let Value::Sequence(items) = items else {
+            return Err(located("a List needs items".into(), Some("items")));
+        };
+        for item in items {
+            decode_value(item, out, located)?;
+        }
+        return Ok(());
+    }
+    let Some(info) = KINDS.iter().find(|k| k.kind == kind) else {
+        return Err(located(
+            format!(
+                "unknown kind {kind:?}: Berth supports {}",
+                KINDS.iter().map(|k| k.kind).collect::<Vec<_>>().join(", ")
+            ),
+            Some("kind"),
+        ));
+    };
+    if api_version != info.api_version {
+        return Err(located(
+            format!(
+                "{kind} is apiVersion {:?}, not {api_version:?}",
+                info.api_version
+            ),
+            Some("apiVersion"),
+        ));
+    }
+    // Status is the system's to write; a manifest's is ignored.
+    map.remove("status");
+    let object = match info.kind {
+        "Namespace" => AnyObject::Namespace(typed(value, info, located)?),
+        "Node" => AnyObject::Node(typed(value, info, located)?),
+        "Pod" => AnyObject::Pod(typed(value, info, located)?),
+        "Deployment" => AnyObject::Deployment(typed(value, info, located)?),
+        "Service" => AnyObject::Service(typed(value, info, located)?),
+        "Endpoints" => AnyObject::Endpoints(typed(value, info, located)?),
+        "ConfigMap" => AnyObject::ConfigMap(typed(value, info, located)?),
+        _ => AnyObject::Lease(typed::<pb::Lease>(value, info, located)?),
+    };
+    out.push(object);
+    Ok(())
+}
+
+fn typed<T: Object + DeserializeOwned>(
+    value: Value,
+    info: &KindInfo,
+    located: &Locate<'_>,
+) -> Result<T, ManifestError> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let unknown = inner
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string);
+        let message = match &unknown {
+            Some(field) => {
+                let full = if path == "." {
+                    field.clone()
+                } else {
+                    path.clone()
+                };
+                format!(
+                    "{} field {full:?} is not supported by Berth ({inner})",
+                    info.kind
+                )
+            }
+            None => format!("{path}: {}", plain_types(&inner)),
+        };
+        let key = unknown.or_else(|| {
+            path.rsplit('.')
+                .next()
+                .map(|k| k.split('[').next().unwrap_or(k).to_string())
+        });
+        located(message, key.as_deref())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.25
+        ports:
+        - containerPort: 80
+        resources:
+          requests: {cpu: 100m, memory: 64Mi}
+          limits: {cpu: 1, memory: 128Mi}
+        readinessProbe:
+          httpGet: {path: /, port: 80}
+status:
+  replicas: 3
+  somethingBerthDoesNotKnow: true
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 80
+"#;
+
+    #[test]
+    fn a_kubernetes_manifest_applies_unchanged() {
+        let objects = parse(DEPLOYMENT).unwrap();
+        assert_eq!(objects.len(), 2);
+        let AnyObject::Deployment(d) = &objects[0] else {
+            panic!("{objects:?}")
+        };
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let c = &spec
+            .template
+            .as_ref()
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        assert_eq!(c.resources.as_ref().unwrap().limits["cpu"], "1");
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .port,
+            "80"
+        );
+        assert!(d.status.is_none(), "a manifest's status is ignored");
+        let AnyObject::Service(s) = &objects[1] else {
+            panic!()
+        };
+        assert_eq!(s.spec.as_ref().unwrap().ports[0].target_port, "80");
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_its_document_and_line() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: x\n    imagePullSecretz: y\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.document, 2);
+        assert_eq!(e.line, Some(13), "{e}");
+        assert!(e.message.contains("spec.containers[0]"), "{e}");
+        assert!(e.message.contains("imagePullSecretz"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_unknown_kinds_and_bad_yaml_are_refused() {
+        let e = parse("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\nspec:\n  replicas: three\n").unwrap_err();
+        assert!(
+            e.message.contains("spec.replicas") && e.message.contains("expected an integer"),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(5), "{e}");
+        let e = parse("apiVersion: v1\nkind: Secret\nmetadata: {name: a}\n").unwrap_err();
+        assert!(e.message.contains("unknown kind"), "{e}");
+        let e = parse("apiVersion: v1\nkind: Pod\nmetadata: {name: a\n").unwrap_err();
+        assert!(
+            e.message.contains("malformed YAML") && !e.message.contains("column"),
+            "{e}"
+        );
+        let e = parse("apiVersion: v1\nkind: Deployment\nmetadata: {name: a}\n").unwrap_err();
+        assert!(e.message.contains("apps/v1"), "{e}");
+    }
+
+    #[test]
+    fn json_manifests_and_lists() {
+        let objects = parse(r#"{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}}]}"#).unwrap();
+        let AnyObject::ConfigMap(cm) = &objects[0] else {
+            panic!()
+        };
+        assert_eq!(cm.data["k"], "v");
+        let e = parse("{\"apiVersion\": \"v1\",\n \"kind\": \"ConfigMap\",\n \"metadata\": {\"name\": \"a\"},\n \"datta\": {}}").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+    }
+}

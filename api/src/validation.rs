@@ -1,0 +1,805 @@
+//! Admission: defaults filled in the way Kubernetes fills them, and checks
+//! that name the field at fault and say what would be valid.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::fmt;
+
+use base64::Engine;
+
+use crate::pb;
+use crate::quantity::Quantity;
+use crate::selector::LabelSelector;
+
+/// One thing wrong with an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+/// Everything wrong with an object; never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Invalid(pub Vec<FieldError>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.field, e.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects errors under a field path.
+#[derive(Default)]
+pub struct Errors(Vec<FieldError>);
+
+impl Errors {
+    pub fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    pub fn finish(self) -> Result<(), Invalid> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(self.0))
+        }
+    }
+}
+
+const DNS_LABEL_MAX: usize = 63;
+const DNS_SUBDOMAIN_MAX: usize = 253;
+/// Kubernetes' limit on all annotations of one object together.
+const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
+
+fn is_dns_label_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A DNS-1123 label: the name of a namespace, a service, a container.
+pub fn is_dns_label(s: &str) -> bool {
+    s.len() <= DNS_LABEL_MAX && is_dns_label_chars(s)
+}
+
+/// A DNS-1123 subdomain: the name of most objects.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= DNS_SUBDOMAIN_MAX && s.split('.').all(is_dns_label_chars)
+}
+
+fn is_qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= DNS_LABEL_MAX
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// `[prefix/]name` as used for label and annotation keys.
+pub fn is_label_key(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_qualified_name_part(name),
+        None => is_qualified_name_part(s),
+    }
+}
+
+pub fn is_label_value(s: &str) -> bool {
+    s.is_empty() || is_qualified_name_part(s)
+}
+
+const NAME_RULE_SUBDOMAIN: &str = "must be lowercase letters, digits, '-' and '.', start and end with a letter or digit, at most 253 characters (e.g. my-app.v1)";
+const NAME_RULE_LABEL: &str = "must be lowercase letters, digits and '-', start and end with a letter or digit, at most 63 characters (e.g. my-app)";
+
+pub fn check_name(errs: &mut Errors, field: &str, name: &str, label_only: bool) {
+    if name.is_empty() {
+        errs.add(field, "is required");
+    } else if label_only && !is_dns_label(name) {
+        errs.add(field, format!("{name:?} {NAME_RULE_LABEL}"));
+    } else if !label_only && !is_dns_subdomain(name) {
+        errs.add(field, format!("{name:?} {NAME_RULE_SUBDOMAIN}"));
+    }
+}
+
+pub fn check_labels(errs: &mut Errors, field: &str, labels: &BTreeMap<String, String>) {
+    for (k, v) in labels {
+        if !is_label_key(k) {
+            errs.add(
+                format!("{field}[{k:?}]"),
+                "a label key is [prefix/]name: name up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit; prefix a DNS subdomain",
+            );
+        }
+        if !is_label_value(v) {
+            errs.add(
+                format!("{field}[{k:?}]"),
+                format!("label value {v:?} must be empty or up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"),
+            );
+        }
+    }
+}
+
+pub fn check_metadata(
+    errs: &mut Errors,
+    meta: Option<&pb::ObjectMeta>,
+    namespaced: bool,
+    label_name: bool,
+) {
+    let Some(meta) = meta else {
+        errs.add("metadata.name", "is required");
+        return;
+    };
+    check_name(errs, "metadata.name", &meta.name, label_name);
+    if namespaced {
+        if !meta.namespace.is_empty() && !is_dns_label(&meta.namespace) {
+            errs.add(
+                "metadata.namespace",
+                format!("{:?} {NAME_RULE_LABEL}", meta.namespace),
+            );
+        }
+    } else if !meta.namespace.is_empty() {
+        errs.add(
+            "metadata.namespace",
+            "must be empty: this kind is not namespaced",
+        );
+    }
+    check_labels(errs, "metadata.labels", &meta.labels);
+    let mut bytes = 0;
+    for k in meta.annotations.keys() {
+        if !is_label_key(k) {
+            errs.add(
+                format!("metadata.annotations[{k:?}]"),
+                "an annotation key is [prefix/]name, as a label key",
+            );
+        }
+    }
+    for (k, v) in &meta.annotations {
+        bytes += k.len() + v.len();
+    }
+    if bytes > ANNOTATIONS_MAX_BYTES {
+        errs.add(
+            "metadata.annotations",
+            format!("{bytes} bytes in total; at most {ANNOTATIONS_MAX_BYTES} are allowed"),
+        );
+    }
+}
+
+fn check_quantities(
+    errs: &mut Errors,
+    field: &str,
+    map: &BTreeMap<String, String>,
+) -> BTreeMap<String, Quantity> {
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        if !is_label_key(k) {
+            errs.add(
+                format!("{field}[{k:?}]"),
+                "is not a valid resource name (e.g. cpu, memory)",
+            );
+            continue;
+        }
+        match Quantity::parse(v) {
+            Ok(q) => {
+                out.insert(k.clone(), q);
+            }
+            Err(e) => errs.add(format!("{field}.{k}"), e.to_string()),
+        }
+    }
+    out
+}
+
+fn check_port(errs: &mut Errors, field: &str, port: i32) {
+    if !(1..=65535).contains(&port) {
+        errs.add(field, format!("{port} is not a port number (1-65535)"));
+    }
+}
+
+/// A port given by number or by the name of a container port.
+fn check_named_port(errs: &mut Errors, field: &str, port: &str) {
+    match port.parse::<i32>() {
+        Ok(n) => check_port(errs, field, n),
+        Err(_) if is_dns_label(port) && port.len() <= 15 => {}
+        Err(_) => errs.add(
+            field,
+            format!("{port:?} is neither a port number nor a port name"),
+        ),
+    }
+}
+
+fn check_protocol(errs: &mut Errors, field: &str, protocol: &str) {
+    if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
+        errs.add(field, format!("{protocol:?} must be TCP, UDP or SCTP"));
+    }
+}
+
+fn one_of(errs: &mut Errors, field: &str, value: &str, allowed: &[&str]) {
+    if !allowed.contains(&value) {
+        errs.add(
+            field,
+            format!("{value:?} must be one of {}", allowed.join(", ")),
+        );
+    }
+}
+
+// ------------------------------------------------------------------ defaults
+
+fn default_str(s: &mut String, value: &str) {
+    if s.is_empty() {
+        *s = value.to_string();
+    }
+}
+
+fn default_probe(p: &mut pb::Probe) {
+    if p.timeout_seconds == 0 {
+        p.timeout_seconds = 1;
+    }
+    if p.period_seconds == 0 {
+        p.period_seconds = 10;
+    }
+    if p.success_threshold == 0 {
+        p.success_threshold = 1;
+    }
+    if p.failure_threshold == 0 {
+        p.failure_threshold = 3;
+    }
+    if let Some(h) = &mut p.http_get {
+        default_str(&mut h.path, "/");
+        default_str(&mut h.scheme, "HTTP");
+    }
+}
+
+pub fn default_pod_spec(spec: &mut pb::PodSpec) {
+    default_str(&mut spec.restart_policy, "Always");
+    default_str(&mut spec.dns_policy, "ClusterFirst");
+    default_str(&mut spec.scheduler_name, "default-scheduler");
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    for c in &mut spec.containers {
+        for p in &mut c.ports {
+            default_str(&mut p.protocol, "TCP");
+        }
+        for p in [
+            &mut c.liveness_probe,
+            &mut c.readiness_probe,
+            &mut c.startup_probe,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            default_probe(p);
+        }
+        default_str(&mut c.termination_message_path, "/dev/termination-log");
+        default_str(&mut c.termination_message_policy, "File");
+    }
+    for t in &mut spec.tolerations {
+        default_str(&mut t.operator, "Equal");
+    }
+}
+
+pub fn default_deployment_spec(spec: &mut pb::DeploymentSpec) {
+    spec.replicas.get_or_insert(1);
+    spec.revision_history_limit.get_or_insert(10);
+    spec.progress_deadline_seconds.get_or_insert(600);
+    let strategy = spec.strategy.get_or_insert_default();
+    default_str(&mut strategy.r#type, "RollingUpdate");
+    if strategy.r#type == "RollingUpdate" {
+        let ru = strategy.rolling_update.get_or_insert_default();
+        default_str(&mut ru.max_surge, "25%");
+        default_str(&mut ru.max_unavailable, "25%");
+    }
+    if let Some(t) = &mut spec.template {
+        default_pod_spec(t.spec.get_or_insert_default());
+    }
+}
+
+pub fn default_service_spec(spec: &mut pb::ServiceSpec) {
+    default_str(&mut spec.r#type, "ClusterIP");
+    default_str(&mut spec.session_affinity, "None");
+    for p in &mut spec.ports {
+        default_str(&mut p.protocol, "TCP");
+        if p.target_port.is_empty() {
+            p.target_port = p.port.to_string();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- validation
+
+fn check_probe(errs: &mut Errors, field: &str, p: &pb::Probe) {
+    let handlers = [
+        p.exec.is_some(),
+        p.http_get.is_some(),
+        p.tcp_socket.is_some(),
+    ];
+    if handlers.iter().filter(|h| **h).count() != 1 {
+        errs.add(field, "needs exactly one of exec, httpGet or tcpSocket");
+    }
+    if let Some(e) = &p.exec {
+        if e.command.is_empty() {
+            errs.add(format!("{field}.exec.command"), "is required");
+        }
+    }
+    if let Some(h) = &p.http_get {
+        check_named_port(errs, &format!("{field}.httpGet.port"), &h.port);
+        one_of(
+            errs,
+            &format!("{field}.httpGet.scheme"),
+            &h.scheme,
+            &["HTTP", "HTTPS"],
+        );
+    }
+    if let Some(t) = &p.tcp_socket {
+        check_named_port(errs, &format!("{field}.tcpSocket.port"), &t.port);
+    }
+    for (name, v) in [
+        ("initialDelaySeconds", p.initial_delay_seconds),
+        ("timeoutSeconds", p.timeout_seconds),
+        ("periodSeconds", p.period_seconds),
+        ("successThreshold", p.success_threshold),
+        ("failureThreshold", p.failure_threshold),
+    ] {
+        if v < 0 {
+            errs.add(format!("{field}.{name}"), "must not be negative");
+        }
+    }
+}
+
+fn check_container(errs: &mut Errors, field: &str, c: &pb::Container) {
+    check_name(errs, &format!("{field}.name"), &c.name, true);
+    if c.image.is_empty() && c.command.is_empty() {
+        errs.add(
+            field,
+            "needs an image (docker runtime) or a command (process runtime)",
+        );
+    }
+    let mut port_names = BTreeSet::new();
+    for (i, p) in c.ports.iter().enumerate() {
+        let f = format!("{field}.ports[{i}]");
+        check_port(errs, &format!("{f}.containerPort"), p.container_port);
+        check_protocol(errs, &format!("{f}.protocol"), &p.protocol);
+        if p.host_port != 0 {
+            check_port(errs, &format!("{f}.hostPort"), p.host_port);
+        }
+        if !p.name.is_empty() && !port_names.insert(p.name.clone()) {
+            errs.add(
+                format!("{f}.name"),
+                format!("{:?} is used by another port", p.name),
+            );
+        }
+    }
+    for (i, e) in c.env.iter().enumerate() {
+        if e.name.is_empty() || e.name.contains('=') {
+            errs.add(
+                format!("{field}.env[{i}].name"),
+                "must be non-empty and must not contain '='",
+            );
+        }
+    }
+    if let Some(r) = &c.resources {
+        let limits = check_quantities(errs, &format!("{field}.resources.limits"), &r.limits);
+        let requests = check_quantities(errs, &format!("{field}.resources.requests"), &r.requests);
+        for (k, req) in &requests {
+            if let Some(lim) = limits.get(k) {
+                if req > lim {
+                    errs.add(
+                        format!("{field}.resources.requests.{k}"),
+                        format!("{req} is more than the limit {lim}: a request must not exceed its limit"),
+                    );
+                }
+            }
+        }
+    }
+    for (name, p) in [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+        ("startupProbe", &c.startup_probe),
+    ] {
+        if let Some(p) = p {
+            check_probe(errs, &format!("{field}.{name}"), p);
+        }
+    }
+    if !c.image_pull_policy.is_empty() {
+        one_of(
+            errs,
+            &format!("{field}.imagePullPolicy"),
+            &c.image_pull_policy,
+            &["Always", "IfNotPresent", "Never"],
+        );
+    }
+}
+
+fn check_node_selector_term(errs: &mut Errors, field: &str, t: &pb::NodeSelectorTerm) {
+    for (i, e) in t
+        .match_expressions
+        .iter()
+        .chain(&t.match_fields)
+        .enumerate()
+    {
+        let f = format!("{field}.matchExpressions[{i}]");
+        if !is_label_key(&e.key) {
+            errs.add(
+                format!("{f}.key"),
+                format!("{:?} is not a valid label key", e.key),
+            );
+        }
+        match e.operator.as_str() {
+            "In" | "NotIn" if e.values.is_empty() => errs.add(
+                format!("{f}.values"),
+                "In and NotIn need at least one value",
+            ),
+            "Exists" | "DoesNotExist" if !e.values.is_empty() => errs.add(
+                format!("{f}.values"),
+                "Exists and DoesNotExist take no values",
+            ),
+            "Gt" | "Lt" if e.values.len() != 1 || e.values[0].parse::<i64>().is_err() => {
+                errs.add(format!("{f}.values"), "Gt and Lt take one integer value")
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" | "Gt" | "Lt" => {}
+            other => errs.add(
+                format!("{f}.operator"),
+                format!("{other:?} must be In, NotIn, Exists, DoesNotExist, Gt or Lt"),
+            ),
+        }
+    }
+}
+
+pub fn check_pod_spec(errs: &mut Errors, field: &str, spec: Option<&pb::PodSpec>) {
+    let Some(spec) = spec else {
+        errs.add(field, "is required");
+        return;
+    };
+    if spec.containers.is_empty() {
+        errs.add(
+            format!("{field}.containers"),
+            "at least one container is required",
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let f = format!("{field}.containers[{i}]");
+        check_container(errs, &f, c);
+        if !names.insert(c.name.clone()) {
+            errs.add(
+                format!("{f}.name"),
+                format!("{:?} is used by another container", c.name),
+            );
+        }
+    }
+    one_of(
+        errs,
+        &format!("{field}.restartPolicy"),
+        &spec.restart_policy,
+        &["Always", "OnFailure", "Never"],
+    );
+    one_of(
+        errs,
+        &format!("{field}.dnsPolicy"),
+        &spec.dns_policy,
+        &["ClusterFirst", "Default", "None", "ClusterFirstWithHostNet"],
+    );
+    if !spec.node_name.is_empty() && !is_dns_subdomain(&spec.node_name) {
+        errs.add(
+            format!("{field}.nodeName"),
+            format!("{:?} {NAME_RULE_SUBDOMAIN}", spec.node_name),
+        );
+    }
+    if spec.termination_grace_period_seconds.is_some_and(|s| s < 0) {
+        errs.add(
+            format!("{field}.terminationGracePeriodSeconds"),
+            "must not be negative",
+        );
+    }
+    check_labels(errs, &format!("{field}.nodeSelector"), &spec.node_selector);
+    for (i, t) in spec.tolerations.iter().enumerate() {
+        let f = format!("{field}.tolerations[{i}]");
+        one_of(
+            errs,
+            &format!("{f}.operator"),
+            &t.operator,
+            &["Equal", "Exists"],
+        );
+        if t.operator == "Exists" && !t.value.is_empty() {
+            errs.add(
+                format!("{f}.value"),
+                "must be empty when the operator is Exists",
+            );
+        }
+        if !t.effect.is_empty() {
+            one_of(
+                errs,
+                &format!("{f}.effect"),
+                &t.effect,
+                &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+            );
+        }
+        if t.key.is_empty() && t.operator != "Exists" {
+            errs.add(format!("{f}.key"), "an empty key needs the operator Exists");
+        }
+    }
+    if let Some(a) = &spec.affinity {
+        if let Some(na) = &a.node_affinity {
+            if let Some(req) = &na.required_during_scheduling_ignored_during_execution {
+                for (i, t) in req.node_selector_terms.iter().enumerate() {
+                    check_node_selector_term(errs, &format!("{field}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]"), t);
+                }
+            }
+        }
+        if let Some(pa) = &a.pod_anti_affinity {
+            for (i, t) in pa
+                .required_during_scheduling_ignored_during_execution
+                .iter()
+                .enumerate()
+            {
+                let f = format!("{field}.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[{i}]");
+                if t.topology_key.is_empty() {
+                    errs.add(
+                        format!("{f}.topologyKey"),
+                        "is required (e.g. kubernetes.io/hostname)",
+                    );
+                }
+                if let Some(sel) = &t.label_selector {
+                    if let Err(e) = LabelSelector::from_proto(sel) {
+                        errs.add(format!("{f}.labelSelector"), e.to_string());
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn check_deployment_spec(errs: &mut Errors, spec: Option<&pb::DeploymentSpec>) {
+    let Some(spec) = spec else {
+        errs.add("spec", "is required");
+        return;
+    };
+    if spec.replicas.is_some_and(|r| r < 0) {
+        errs.add("spec.replicas", "must not be negative");
+    }
+    let template = spec.template.as_ref();
+    let template_labels = template
+        .and_then(|t| t.metadata.as_ref())
+        .map(|m| m.labels.clone())
+        .unwrap_or_default();
+    match &spec.selector {
+        None => errs.add(
+            "spec.selector",
+            "is required (e.g. matchLabels: {app: web})",
+        ),
+        Some(sel) if sel.match_labels.is_empty() && sel.match_expressions.is_empty() => {
+            errs.add("spec.selector", "must not be empty")
+        }
+        Some(sel) => match LabelSelector::from_proto(sel) {
+            Err(e) => errs.add("spec.selector", e.to_string()),
+            Ok(s) if !s.matches(&template_labels) => errs.add(
+                "spec.template.metadata.labels",
+                "must match spec.selector, or the deployment would never see its own pods",
+            ),
+            Ok(_) => {}
+        },
+    }
+    match template {
+        None => errs.add("spec.template", "is required"),
+        Some(t) => {
+            if let Some(m) = &t.metadata {
+                check_labels(errs, "spec.template.metadata.labels", &m.labels);
+            }
+            check_pod_spec(errs, "spec.template.spec", t.spec.as_ref());
+            if let Some(s) = &t.spec {
+                if s.restart_policy != "Always" {
+                    errs.add(
+                        "spec.template.spec.restartPolicy",
+                        "a deployment's pods must use Always",
+                    );
+                }
+            }
+        }
+    }
+    if let Some(s) = &spec.strategy {
+        one_of(
+            errs,
+            "spec.strategy.type",
+            &s.r#type,
+            &["RollingUpdate", "Recreate"],
+        );
+        if let Some(ru) = &s.rolling_update {
+            for (name, v) in [
+                ("maxSurge", &ru.max_surge),
+                ("maxUnavailable", &ru.max_unavailable),
+            ] {
+                let ok = match v.strip_suffix('%') {
+                    Some(p) => p.parse::<u32>().is_ok_and(|p| p <= 100),
+                    None => v.parse::<u32>().is_ok(),
+                };
+                if !ok {
+                    errs.add(
+                        format!("spec.strategy.rollingUpdate.{name}"),
+                        format!("{v:?} must be a count or a percentage (e.g. 1 or 25%)"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+pub fn check_service_spec(errs: &mut Errors, spec: Option<&pb::ServiceSpec>) {
+    let Some(spec) = spec else {
+        errs.add("spec", "is required");
+        return;
+    };
+    one_of(errs, "spec.type", &spec.r#type, &["ClusterIP", "NodePort"]);
+    one_of(
+        errs,
+        "spec.sessionAffinity",
+        &spec.session_affinity,
+        &["None", "ClientIP"],
+    );
+    if !spec.cluster_ip.is_empty()
+        && spec.cluster_ip != "None"
+        && spec.cluster_ip.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        errs.add(
+            "spec.clusterIP",
+            format!(
+                "{:?} must be an IPv4 address, None (headless) or empty",
+                spec.cluster_ip
+            ),
+        );
+    }
+    check_labels(errs, "spec.selector", &spec.selector);
+    let mut names = BTreeSet::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        let f = format!("spec.ports[{i}]");
+        check_port(errs, &format!("{f}.port"), p.port);
+        check_protocol(errs, &format!("{f}.protocol"), &p.protocol);
+        check_named_port(errs, &format!("{f}.targetPort"), &p.target_port);
+        if spec.ports.len() > 1 && p.name.is_empty() {
+            errs.add(
+                format!("{f}.name"),
+                "is required when a service has more than one port",
+            );
+        }
+        if !p.name.is_empty() && !names.insert(p.name.clone()) {
+            errs.add(
+                format!("{f}.name"),
+                format!("{:?} is used by another port", p.name),
+            );
+        }
+    }
+}
+
+pub fn check_node(errs: &mut Errors, node: &pb::Node) {
+    if let Some(spec) = &node.spec {
+        for (i, t) in spec.taints.iter().enumerate() {
+            let f = format!("spec.taints[{i}]");
+            if !is_label_key(&t.key) {
+                errs.add(
+                    format!("{f}.key"),
+                    format!("{:?} is not a valid taint key", t.key),
+                );
+            }
+            one_of(
+                errs,
+                &format!("{f}.effect"),
+                &t.effect,
+                &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+            );
+        }
+        if !spec.pod_cidr.is_empty() && !is_cidr(&spec.pod_cidr) {
+            errs.add(
+                "spec.podCIDR",
+                format!(
+                    "{:?} is not an IPv4 CIDR such as 10.244.1.0/24",
+                    spec.pod_cidr
+                ),
+            );
+        }
+    }
+    if let Some(status) = &node.status {
+        check_quantities(errs, "status.capacity", &status.capacity);
+        check_quantities(errs, "status.allocatable", &status.allocatable);
+    }
+}
+
+fn is_cidr(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(ip, len)| {
+        ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
+    })
+}
+
+pub fn check_config_map(errs: &mut Errors, cm: &pb::ConfigMap) {
+    let key_ok = |k: &str| {
+        !k.is_empty()
+            && k.len() <= DNS_SUBDOMAIN_MAX
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    for k in cm.data.keys().chain(cm.binary_data.keys()) {
+        if !key_ok(k) {
+            errs.add(
+                format!("data[{k:?}]"),
+                "a key is letters, digits, '-', '_' or '.'",
+            );
+        }
+    }
+    for (k, v) in &cm.binary_data {
+        if cm.data.contains_key(k) {
+            errs.add(format!("binaryData[{k:?}]"), "the key is also in data");
+        }
+        if base64::engine::general_purpose::STANDARD.decode(v).is_err() {
+            errs.add(format!("binaryData[{k:?}]"), "is not valid base64");
+        }
+    }
+}
+
+pub fn check_lease(errs: &mut Errors, lease: &pb::Lease) {
+    if let Some(spec) = &lease.spec {
+        if spec.lease_duration_seconds.is_some_and(|d| d < 0) {
+            errs.add("spec.leaseDurationSeconds", "must not be negative");
+        }
+    }
+}
+
+pub fn check_endpoints(errs: &mut Errors, ep: &pb::Endpoints) {
+    for (i, s) in ep.subsets.iter().enumerate() {
+        for (j, a) in s.addresses.iter().chain(&s.not_ready_addresses).enumerate() {
+            if a.ip.parse::<std::net::IpAddr>().is_err() {
+                errs.add(
+                    format!("subsets[{i}].addresses[{j}].ip"),
+                    format!("{:?} is not an IP address", a.ip),
+                );
+            }
+        }
+        for (j, p) in s.ports.iter().enumerate() {
+            check_port(errs, &format!("subsets[{i}].ports[{j}].port"), p.port);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_dns_subdomain("web-1.example"));
+        assert!(!is_dns_subdomain("Web"));
+        assert!(!is_dns_subdomain("-web"));
+        assert!(!is_dns_subdomain(&"a".repeat(254)));
+        assert!(is_dns_label("web-1"));
+        assert!(!is_dns_label("web.1"));
+        assert!(is_label_key("app.kubernetes.io/name"));
+        assert!(is_label_key("Tier_1"));
+        assert!(!is_label_key("/x"));
+        assert!(!is_label_key("a/b/c"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value("has space"));
+    }
+
+    #[test]
+    fn a_request_over_its_limit_is_refused() {
+        let mut errs = Errors::default();
+        let c = pb::Container {
+            name: "c".into(),
+            command: vec!["sleep".into()],
+            resources: Some(pb::ResourceRequirements {
+                limits: [("cpu".to_string(), "500m".to_string())].into(),
+                requests: [("cpu".to_string(), "1".to_string())].into(),
+            }),
+            ..Default::default()
+        };
+        check_container(&mut errs, "c", &c);
+        let e = errs.finish().unwrap_err();
+        assert!(e.to_string().contains("c.resources.requests.cpu"), "{e}");
+    }
+}

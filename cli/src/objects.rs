@@ -1,0 +1,142 @@
+//! Typed calls of the `berth.v1` API for every kind, so that CLI verbs are
+//! written once over `ClientKind` and dispatched by a kind's name.
+
+use std::future::Future;
+
+use berth_api::pb;
+use berth_api::Object;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tonic::transport::Channel;
+use tonic::Status;
+
+/// A watch event: its type (ADDED, MODIFIED, DELETED, BOOKMARK) and object.
+pub type Event<K> = (String, K);
+
+pub trait ClientKind: Object {
+    fn create(ch: Channel, o: Self) -> impl Future<Output = Result<Self, Status>> + Send;
+    fn get(ch: Channel, r: pb::GetRequest) -> impl Future<Output = Result<Self, Status>> + Send;
+    fn list(
+        ch: Channel,
+        r: pb::ListRequest,
+    ) -> impl Future<Output = Result<(Vec<Self>, pb::ListMeta), Status>> + Send;
+    fn update(ch: Channel, o: Self) -> impl Future<Output = Result<Self, Status>> + Send;
+    fn delete(
+        ch: Channel,
+        r: pb::DeleteRequest,
+    ) -> impl Future<Output = Result<Self, Status>> + Send;
+    fn watch(
+        ch: Channel,
+        r: pb::WatchRequest,
+    ) -> impl Future<Output = Result<BoxStream<'static, Result<Event<Self>, Status>>, Status>> + Send;
+}
+
+/// Largest response the CLI accepts: a long listing.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+macro_rules! client_kind {
+    ($kind:ident, $client_mod:ident, $client:ident) => {
+        impl ClientKind for pb::$kind {
+            async fn create(ch: Channel, o: Self) -> Result<Self, Status> {
+                Ok(pb::$client_mod::$client::new(ch)
+                    .create(o)
+                    .await?
+                    .into_inner())
+            }
+
+            async fn get(ch: Channel, r: pb::GetRequest) -> Result<Self, Status> {
+                Ok(pb::$client_mod::$client::new(ch).get(r).await?.into_inner())
+            }
+
+            async fn list(
+                ch: Channel,
+                r: pb::ListRequest,
+            ) -> Result<(Vec<Self>, pb::ListMeta), Status> {
+                let list = pb::$client_mod::$client::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .list(r)
+                    .await?
+                    .into_inner();
+                Ok((list.items, list.metadata.unwrap_or_default()))
+            }
+
+            async fn update(ch: Channel, o: Self) -> Result<Self, Status> {
+                Ok(pb::$client_mod::$client::new(ch)
+                    .update(o)
+                    .await?
+                    .into_inner())
+            }
+
+            async fn delete(ch: Channel, r: pb::DeleteRequest) -> Result<Self, Status> {
+                Ok(pb::$client_mod::$client::new(ch)
+                    .delete(r)
+                    .await?
+                    .into_inner())
+            }
+
+            async fn watch(
+                ch: Channel,
+                r: pb::WatchRequest,
+            ) -> Result<BoxStream<'static, Result<Event<Self>, Status>>, Status> {
+                let stream = pb::$client_mod::$client::new(ch)
+                    .watch(r)
+                    .await?
+                    .into_inner();
+                Ok(stream
+                    .map(|e| e.map(|e| (e.r#type, e.object.unwrap_or_default())))
+                    .boxed())
+            }
+        }
+    };
+}
+
+client_kind!(Namespace, namespaces_client, NamespacesClient);
+client_kind!(Node, nodes_client, NodesClient);
+client_kind!(Pod, pods_client, PodsClient);
+client_kind!(Deployment, deployments_client, DeploymentsClient);
+client_kind!(Service, services_client, ServicesClient);
+client_kind!(Endpoints, endpoints_service_client, EndpointsServiceClient);
+client_kind!(ConfigMap, config_maps_client, ConfigMapsClient);
+client_kind!(Lease, leases_client, LeasesClient);
+
+/// Runs `$body` with `$K` bound to the pb type of the kind named `$kind`
+/// (a `KindInfo::kind`).
+#[macro_export]
+macro_rules! for_kind {
+    ($kind:expr, $K:ident => $body:expr) => {
+        match $kind {
+            "Namespace" => {
+                type $K = berth_api::pb::Namespace;
+                $body
+            }
+            "Node" => {
+                type $K = berth_api::pb::Node;
+                $body
+            }
+            "Pod" => {
+                type $K = berth_api::pb::Pod;
+                $body
+            }
+            "Deployment" => {
+                type $K = berth_api::pb::Deployment;
+                $body
+            }
+            "Service" => {
+                type $K = berth_api::pb::Service;
+                $body
+            }
+            "Endpoints" => {
+                type $K = berth_api::pb::Endpoints;
+                $body
+            }
+            "ConfigMap" => {
+                type $K = berth_api::pb::ConfigMap;
+                $body
+            }
+            _ => {
+                type $K = berth_api::pb::Lease;
+                $body
+            }
+        }
+    };
+}

@@ -1,0 +1,887 @@
+//! End-to-end tests of the public API, the CLI verbs and the Python client
+//! against three real controllers on 127.0.0.1.
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::io::Write;
+use std::process::Command;
+use std::process::Output;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use berth::harness;
+use berth::harness::Cluster;
+use berth::harness::Options;
+use berth::objects::ClientKind;
+use berth_api::pb;
+use berth_api::Object;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+/// The tests each run three controllers; on two cores they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn options(extra: &[&str]) -> Options {
+    Options {
+        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        log_dir: std::env::var_os("BERTH_TEST_LOGS").map(Into::into),
+    }
+}
+
+/// A cluster whose built-in namespaces exist.
+async fn start(root: &std::path::Path, extra: &[&str]) -> Cluster {
+    let cluster = Cluster::start(BIN.as_ref(), root, 3, options(extra));
+    cluster
+        .wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ch = channel(&cluster.addr(1)).await;
+        let got = pb::Namespace::get(ch, get_req("", "default")).await;
+        if got.is_ok() {
+            return cluster;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "namespace default never appeared: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn channel(addr: &str) -> Channel {
+    berth::client::connect(&[addr.to_string()])
+        .await
+        .expect("connect")
+        .1
+}
+
+fn get_req(ns: &str, name: &str) -> pb::GetRequest {
+    pb::GetRequest {
+        namespace: ns.into(),
+        name: name.into(),
+        serializable: false,
+    }
+}
+
+fn cli(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--server")
+        .arg(cluster.addrs().join(","))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run berth");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("berth exits")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs the CLI and expects success.
+fn ok(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
+    let o = cli(cluster, args, stdin);
+    assert!(o.status.success(), "berth {args:?} failed: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// Runs the CLI and expects exit 1 with one line on stderr containing `want`.
+fn refused(cluster: &Cluster, args: &[&str], stdin: Option<&str>, want: &[&str]) -> String {
+    let o = cli(cluster, args, stdin);
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "berth {args:?} should fail; stdout {}, stderr {err}",
+        stdout(&o)
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line on stderr: {err}"
+    );
+    assert!(err.starts_with("error: "), "{err}");
+    for w in want {
+        assert!(
+            err.contains(w),
+            "stderr of berth {args:?} should mention {w:?}: {err}"
+        );
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn configmap(ns: &str, name: &str, labels: &[(&str, &str)]) -> pb::ConfigMap {
+    let mut cm = pb::ConfigMap::default();
+    let meta = cm.meta_mut();
+    meta.name = name.into();
+    meta.namespace = ns.into();
+    meta.labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    cm.data.insert("k".into(), name.into());
+    cm
+}
+
+fn pod(ns: &str, name: &str) -> pb::Pod {
+    let mut p = pb::Pod::default();
+    p.meta_mut().name = name.into();
+    p.meta_mut().namespace = ns.into();
+    p.spec = Some(pb::PodSpec {
+        containers: vec![pb::Container {
+            name: "main".into(),
+            command: vec!["sleep".into(), "3600".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    p
+}
+
+fn node(name: &str) -> pb::Node {
+    let mut n = pb::Node::default();
+    n.meta_mut().name = name.into();
+    n
+}
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.25
+        ports:
+        - containerPort: 80
+        resources:
+          requests: {cpu: 100m, memory: 64Mi}
+          limits: {cpu: 1, memory: 128Mi}
+status:
+  replicas: 7
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {mode: fast}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_are_applied_read_updated_and_deleted() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = start(root.path(), &[]).await;
+    let file = root.path().join("app.yaml");
+    std::fs::write(&file, APP).unwrap();
+    let f = file.to_str().unwrap();
+
+    let out = ok(&cluster, &["apply", "-f", f], None);
+    assert_eq!(
+        out,
+        "deployment.apps/web created\nconfigmap/settings created\n"
+    );
+    let out = ok(&cluster, &["apply", "-f", f], None);
+    assert_eq!(
+        out,
+        "deployment.apps/web unchanged\nconfigmap/settings unchanged\n"
+    );
+
+    // Server-set metadata, defaults, and the manifest's status ignored.
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(&cluster, &["get", "deploy", "web", "-o", "json"], None)).unwrap();
+    assert_eq!(d["kind"], "Deployment");
+    assert_eq!(d["apiVersion"], "apps/v1");
+    assert_eq!(d["metadata"]["namespace"], "default");
+    assert_eq!(d["metadata"]["generation"], 1);
+    assert!(d["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
+    assert!(d["metadata"]["creationTimestamp"].as_str().is_some());
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["protocol"],
+        "TCP"
+    );
+    assert!(
+        d.get("status").is_none(),
+        "a manifest's status is not stored: {d}"
+    );
+
+    // Status is written apart from spec, and apply keeps it.
+    let ch = channel(&cluster.addr(2)).await;
+    let mut dep = pb::Deployment::get(ch.clone(), get_req("default", "web"))
+        .await
+        .unwrap();
+    dep.status = Some(pb::DeploymentStatus {
+        ready_replicas: 2,
+        replicas: 2,
+        ..Default::default()
+    });
+    let with_status = pb::deployments_client::DeploymentsClient::new(ch.clone())
+        .update_status(dep)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        with_status.meta().unwrap().generation,
+        1,
+        "a status change is not a spec change"
+    );
+    let changed = APP.replace("replicas: 2", "replicas: 3");
+    let out = ok(&cluster, &["apply", "-f", "-"], Some(&changed));
+    assert!(out.starts_with("deployment.apps/web configured\n"), "{out}");
+    let dep = pb::Deployment::get(ch.clone(), get_req("default", "web"))
+        .await
+        .unwrap();
+    assert_eq!(
+        dep.status.as_ref().unwrap().ready_replicas,
+        2,
+        "apply keeps the status"
+    );
+    assert_eq!(
+        dep.meta().unwrap().generation,
+        2,
+        "a spec change raises the generation"
+    );
+    ok(
+        &cluster,
+        &["scale", "deployment", "web", "--replicas", "5"],
+        None,
+    );
+    let table = ok(&cluster, &["get", "deployments"], None);
+    assert!(
+        table.starts_with("NAME   READY   UP-TO-DATE   AVAILABLE   AGE\nweb    2/5"),
+        "{table}"
+    );
+
+    // Update with a stale resourceVersion: ABORTED, through the API and the CLI.
+    let cm = pb::ConfigMap::get(ch.clone(), get_req("default", "settings"))
+        .await
+        .unwrap();
+    let stale = cm.meta().unwrap().resource_version.clone();
+    let mut newer = cm.clone();
+    newer.data.insert("mode".into(), "slow".into());
+    pb::ConfigMap::update(ch.clone(), newer).await.unwrap();
+    let mut late = cm.clone();
+    late.data.insert("mode".into(), "late".into());
+    let err = pb::ConfigMap::update(ch.clone(), late).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    refused(
+        &cluster,
+        &[
+            "delete",
+            "configmap",
+            "settings",
+            "--resource-version",
+            &stale,
+        ],
+        None,
+        &["conflict:", "re-read and retry"],
+    );
+    let cm = pb::ConfigMap::get(ch.clone(), get_req("default", "settings"))
+        .await
+        .unwrap();
+    assert_eq!(cm.data["mode"], "slow", "the stale writes changed nothing");
+
+    // Delete, then it is gone.
+    assert_eq!(
+        ok(&cluster, &["delete", "cm", "settings"], None),
+        "configmap/settings deleted\n"
+    );
+    refused(
+        &cluster,
+        &["get", "cm", "settings"],
+        None,
+        &["configmap \"settings\"", "not found"],
+    );
+    ok(&cluster, &["apply", "-f", f], None);
+    let out = ok(&cluster, &["delete", "-f", f], None);
+    assert_eq!(
+        out,
+        "deployment.apps/web deleted\nconfigmap/settings deleted\n"
+    );
+    let err = pb::Deployment::get(ch.clone(), get_req("default", "web"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_bind_once_and_namespaces_take_their_objects_with_them() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = start(root.path(), &[]).await;
+    let ch = channel(&cluster.addr(3)).await;
+    let pods = || pb::pods_client::PodsClient::new(ch.clone());
+    let bind = |name: &str, node: &str| pb::BindRequest {
+        namespace: "default".into(),
+        name: name.into(),
+        node_name: node.into(),
+    };
+
+    pb::Node::create(ch.clone(), node("n1")).await.unwrap();
+    pb::Pod::create(ch.clone(), pod("default", "p1"))
+        .await
+        .unwrap();
+    let err = pods().bind(bind("p1", "missing")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let bound = pods().bind(bind("p1", "n1")).await.unwrap().into_inner();
+    assert_eq!(bound.spec.as_ref().unwrap().node_name, "n1");
+    let scheduled = &bound.status.as_ref().unwrap().conditions[0];
+    assert_eq!(
+        (scheduled.r#type.as_str(), scheduled.status.as_str()),
+        ("PodScheduled", "True")
+    );
+    let err = pods().bind(bind("p1", "n1")).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "a pod binds once: {err:?}"
+    );
+    let mut moved = bound.clone();
+    moved.meta_mut().resource_version.clear();
+    moved.spec.as_mut().unwrap().node_name = "n2".into();
+    let err = pb::Pod::update(ch.clone(), moved).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // Applying the pod's manifest again keeps its placement.
+    let mut again = pod("default", "p1");
+    again
+        .meta_mut()
+        .labels
+        .insert("touched".into(), "yes".into());
+    let updated = pb::Pod::update(ch.clone(), again).await.unwrap();
+    assert_eq!(updated.node_name(), "n1");
+
+    // A namespace and what is in it.
+    let mut team = pb::Namespace::default();
+    team.meta_mut().name = "team".into();
+    pb::Namespace::create(ch.clone(), team).await.unwrap();
+    pb::ConfigMap::create(ch.clone(), configmap("team", "c1", &[]))
+        .await
+        .unwrap();
+    pb::Pod::create(ch.clone(), pod("team", "p2"))
+        .await
+        .unwrap();
+    let out = ok(&cluster, &["get", "pods", "-A"], None);
+    assert!(out.contains("team        p2"), "{out}");
+    assert_eq!(
+        ok(&cluster, &["delete", "namespace", "team"], None),
+        "namespace/team deleted\n"
+    );
+    let (left, _) = pb::Pod::list(
+        ch.clone(),
+        pb::ListRequest {
+            namespace: "team".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let err = pb::ConfigMap::create(ch.clone(), configmap("team", "c2", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(
+        err.message().contains("namespace \"team\" does not exist"),
+        "{err:?}"
+    );
+    refused(&cluster, &["delete", "ns", "default"], None, &["built in"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lists_select_by_labels_and_fields_and_come_in_pages() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = start(root.path(), &[]).await;
+    let ch = channel(&cluster.addr(1)).await;
+    for i in 0..25 {
+        let tier = if i % 2 == 0 { "a" } else { "b" };
+        pb::ConfigMap::create(
+            ch.clone(),
+            configmap("default", &format!("cm-{i:02}"), &[("tier", tier)]),
+        )
+        .await
+        .unwrap();
+    }
+    let list = |selector: &str, limit: i64, token: String| pb::ListRequest {
+        namespace: "default".into(),
+        label_selector: selector.into(),
+        limit,
+        continue_token: token,
+        ..Default::default()
+    };
+    let (a, _) = pb::ConfigMap::list(ch.clone(), list("tier=a", 0, String::new()))
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 13);
+    let (none, _) = pb::ConfigMap::list(ch.clone(), list("tier in (c,d)", 0, String::new()))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let err = pb::ConfigMap::list(ch.clone(), list("tier in c", 0, String::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Pages of 10 through the 12 of tier b... and of everything.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let (items, meta) = pb::ConfigMap::list(ch.clone(), list("tier!=a", 5, token))
+            .await
+            .unwrap();
+        assert!(items.len() <= 5);
+        pages += 1;
+        seen.extend(items.iter().map(|c| c.name().to_string()));
+        if meta.continue_token.is_empty() {
+            break;
+        }
+        token = meta.continue_token;
+    }
+    assert_eq!(pages, 3);
+    let unique: BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!((seen.len(), unique.len()), (12, 12), "{seen:?}");
+    let names = ok(
+        &cluster,
+        &[
+            "get",
+            "cm",
+            "-l",
+            "tier=b",
+            "--chunk-size",
+            "4",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert_eq!(names.lines().count(), 12, "{names}");
+
+    // Field selector on spec.nodeName: pending and bound pods.
+    pb::Node::create(ch.clone(), node("n1")).await.unwrap();
+    for i in 0..4 {
+        pb::Pod::create(ch.clone(), pod("default", &format!("p{i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..2 {
+        pb::pods_client::PodsClient::new(ch.clone())
+            .bind(pb::BindRequest {
+                namespace: "default".into(),
+                name: format!("p{i}"),
+                node_name: "n1".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let by_field = |f: &str| pb::ListRequest {
+        field_selector: f.into(),
+        ..Default::default()
+    };
+    let (on_n1, _) = pb::Pod::list(ch.clone(), by_field("spec.nodeName=n1"))
+        .await
+        .unwrap();
+    let (pending, _) = pb::Pod::list(ch.clone(), by_field("spec.nodeName="))
+        .await
+        .unwrap();
+    assert_eq!((on_n1.len(), pending.len()), (2, 2));
+    let wide = ok(
+        &cluster,
+        &[
+            "get",
+            "pods",
+            "-o",
+            "wide",
+            "--field-selector",
+            "spec.nodeName=n1",
+        ],
+        None,
+    );
+    assert!(
+        wide.lines().nth(1).is_some_and(|l| l.ends_with("n1")),
+        "{wide}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_resumes_on_another_controller_when_its_controller_dies() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = start(root.path(), &[]).await;
+    // The CLI connects to the first address that answers: controller 1.
+    let mut watch = Command::new(BIN)
+        .args([
+            "--server",
+            &cluster.addrs().join(","),
+            "get",
+            "configmaps",
+            "-w",
+            "-o",
+            "name",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let out = watch.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let wait_for = |n: usize| {
+        let lines = lines.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while lines.lock().unwrap().len() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "the watch printed {:?}",
+                    lines.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Let the watch start before the first change.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ch2 = channel(&cluster.addr(2)).await;
+    for i in 0..5 {
+        pb::ConfigMap::create(ch2.clone(), configmap("default", &format!("w-{i}"), &[]))
+            .await
+            .unwrap();
+    }
+    wait_for(5).await;
+    cluster.kill(1);
+    for i in 5..10 {
+        let mut created = false;
+        for _ in 0..50 {
+            match pb::ConfigMap::create(ch2.clone(), configmap("default", &format!("w-{i}"), &[]))
+                .await
+            {
+                Ok(_) => {
+                    created = true;
+                    break;
+                }
+                Err(e) if e.code() == Code::AlreadyExists => {
+                    created = true;
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        assert!(created, "w-{i} could not be created after the kill");
+    }
+    wait_for(10).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = reader.join();
+    let printed = lines.lock().unwrap().clone();
+    let expected: Vec<String> = (0..10).map(|i| format!("configmap/w-{i}")).collect();
+    assert_eq!(
+        printed, expected,
+        "every change once, in order, across the controller's death"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_from_a_revision_no_longer_kept_is_out_of_range() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = start(root.path(), &["--watch-history", "10"]).await;
+    let ch = channel(&cluster.addr(1)).await;
+    for i in 0..30 {
+        pb::ConfigMap::create(ch.clone(), configmap("default", &format!("c{i}"), &[]))
+            .await
+            .unwrap();
+    }
+    let mut stream = match pb::ConfigMap::watch(
+        ch.clone(),
+        pb::WatchRequest {
+            resource_version: "1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+            assert!(e.message().contains("list again"), "{e:?}");
+            return;
+        }
+    };
+    use futures::StreamExt;
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("an answer");
+    let err = first.expect("an item").expect_err("OUT_OF_RANGE");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("list again"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_refused_clearly_and_changes_nothing() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = start(root.path(), &[]).await;
+    let ch = channel(&cluster.addr(1)).await;
+    let cm = pb::ConfigMap::create(ch.clone(), configmap("default", "taken", &[]))
+        .await
+        .unwrap();
+    let stale = cm.meta().unwrap().resource_version.clone();
+    pb::ConfigMap::update(ch.clone(), configmap("default", "taken", &[("v", "2")]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = harness::status(&cluster.addr(1)).await.unwrap().revision;
+
+    let apply =
+        |text: &str, want: &[&str]| refused(&cluster, &["apply", "-f", "-"], Some(text), want);
+    apply(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n",
+        &["malformed YAML", "line"],
+    );
+    apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n",
+        &["unknown kind \"Secret\"", "line 2"],
+    );
+    apply(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  labelz: {a: b}\n",
+        &["metadata.labelz", "not supported", "line 5"],
+    );
+    apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replicas: many\n",
+        &["spec.replicas", "expected an integer"],
+    );
+    apply(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Not_Valid}\n",
+        &["metadata.name", "\"Not_Valid\""],
+    );
+    apply(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: nowhere}\n",
+        &["namespace \"nowhere\" does not exist"],
+    );
+    apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers:\n  - name: c\n    command: [sleep]\n    resources:\n      requests: {cpu: lots}\n",
+        &["spec.containers[0].resources.requests.cpu", "not a quantity"],
+    );
+    let big = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big}}\ndata:\n  a: {}\n",
+        "x".repeat(1_100_000)
+    );
+    apply(&big, &["1 MiB"]);
+    refused(
+        &cluster,
+        &["delete", "cm", "taken", "--resource-version", &stale],
+        None,
+        &["conflict:", "re-read and retry"],
+    );
+    refused(
+        &cluster,
+        &["get", "widgets"],
+        None,
+        &["unknown kind \"widgets\""],
+    );
+    let err = pb::ConfigMap::create(ch.clone(), configmap("default", "taken", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert!(err.message().contains("already exists"), "{err:?}");
+    let mut huge = configmap("default", "huge", &[]);
+    huge.data.insert("a".into(), "x".repeat(5 << 20));
+    let err = pb::ConfigMap::create(ch.clone(), huge.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("1 MiB"), "{err:?}");
+    huge.data.insert("a".into(), "x".repeat(9 << 20));
+    let err = pb::ConfigMap::create(ch.clone(), huge).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::OutOfRange,
+        "the transport cuts off a huge request: {err:?}"
+    );
+    let o = Command::new(BIN)
+        .args(["--server", "127.0.0.1:1,127.0.0.1:2", "get", "pods"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("127.0.0.1:1, 127.0.0.1:2") && e.contains("no controller reachable"),
+        "{e}"
+    );
+
+    let after = harness::status(&cluster.addr(1)).await.unwrap().revision;
+    assert_eq!(before, after, "bad input changed the stored state");
+    let cm = pb::ConfigMap::get(ch.clone(), get_req("default", "taken"))
+        .await
+        .unwrap();
+    assert_eq!(cm.meta().unwrap().labels["v"], "2");
+
+    // Generic gRPC tooling: health and reflection.
+    let health = tonic_health::pb::health_client::HealthClient::new(ch.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let services = reflected_services(ch.clone()).await;
+    for s in [
+        "berth.v1.Pods",
+        "berth.v1.ConfigMaps",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.contains(&s.to_string()), "{services:?}");
+    }
+}
+
+async fn reflected_services(ch: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(ch)
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = responses
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection answer");
+    match resp.message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_client_creates_a_configmap_and_watches_pods() {
+    let _serial = SERIAL.lock().await;
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .args(["-c", "import grpc, google.protobuf"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("a python3 with grpcio: apt-get install python3-grpcio python3-protobuf protobuf-compiler-grpc");
+    let root = tempfile::tempdir().unwrap();
+    let cluster = start(root.path(), &[]).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/python-client/client.py"
+    );
+    let mut child = Command::new(python)
+        .args([
+            script,
+            "--server",
+            &cluster.addr(2),
+            "--configmap",
+            "from-python",
+            "--max-events",
+            "2",
+            "--timeout",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !printed.iter().any(|l: &String| l == "watching pods") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => printed.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                let o = child.wait_with_output().unwrap();
+                panic!(
+                    "the python client printed {printed:?}; stderr {}",
+                    stderr(&o)
+                );
+            }
+        }
+    }
+    let ch = channel(&cluster.addr(1)).await;
+    pb::Pod::create(ch.clone(), pod("default", "py-1"))
+        .await
+        .unwrap();
+    pb::Pod::create(ch.clone(), pod("default", "py-2"))
+        .await
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    printed.extend(rx.try_iter());
+    assert!(o.status.success(), "python client failed: {}", stderr(&o));
+    assert!(
+        printed[0].starts_with("created configmap default/from-python"),
+        "{printed:?}"
+    );
+    assert!(
+        printed.contains(&"ADDED pod default/py-1 node=<pending> phase=Pending".to_string()),
+        "{printed:?}"
+    );
+    assert!(
+        printed.contains(&"ADDED pod default/py-2 node=<pending> phase=Pending".to_string()),
+        "{printed:?}"
+    );
+    let cm = pb::ConfigMap::get(ch, get_req("default", "from-python"))
+        .await
+        .unwrap();
+    assert_eq!(cm.data["greeting"], "hello from python");
+}

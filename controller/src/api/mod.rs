@@ -1,0 +1,16 @@
+//! The public `berth.v1` API server: admission, the verbs of every kind
+//! over the replicated store, and the built-in namespaces.
+
+mod objects;
+mod services;
+mod special;
+
+pub use services::ConfigMapService;
+pub use services::DeploymentService;
+pub use services::EndpointsService;
+pub use services::LeaseService;
+pub use services::NamespaceService;
+pub use services::NodeService;
+pub use services::PodService;
+pub use services::ServiceService;
+pub use special::ensure_builtin_namespaces;

@@ -1,0 +1,577 @@
+//! The verbs of every kind, once, over the replicated store: objects are
+//! protobuf-encoded under `/registry/<plural>/[<namespace>/]<name>`, and an
+//! object's resourceVersion is the store revision of its last change.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+use std::time::SystemTime;
+
+use berth_api::kinds::list_prefix;
+use berth_api::kinds::object_key;
+use berth_api::pb;
+use berth_api::selector::Field;
+use berth_api::selector::FieldSelector;
+use berth_api::selector::LabelSelector;
+use berth_api::Object;
+use berth_raft::KeyRange;
+use berth_raft::KeyValue;
+use berth_raft::Op;
+use berth_raft::Precondition;
+use berth_raft::Store;
+use berth_raft::Txn;
+use berth_raft::TxnFailure;
+use berth_raft::TxnOutcome;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tonic::Status;
+
+/// Largest encoded object.
+pub const MAX_OBJECT_BYTES: usize = 1 << 20;
+/// Read-modify-write rounds before an update without a precondition gives
+/// up under contention.
+const UPDATE_ATTEMPTS: usize = 8;
+const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A watch's typed events: (ADDED | MODIFIED | DELETED | BOOKMARK, object).
+pub type Events<K> = BoxStream<'static, Result<(String, K), Status>>;
+
+pub struct Api<K> {
+    pub store: Store,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for Api<K> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn failure_status(kind: &str, namespace: &str, name: &str, f: &TxnFailure) -> Status {
+    let what = describe(kind, namespace, name);
+    match f {
+        TxnFailure::AlreadyExists { .. } => Status::already_exists(format!(
+            "{what} already exists: use apply or update to change it"
+        )),
+        TxnFailure::NotFound { key, .. } if key.starts_with(b"/registry/namespaces/") => {
+            Status::not_found(format!("namespace {namespace:?} does not exist: create it first"))
+        }
+        TxnFailure::NotFound { .. } => Status::not_found(format!("{what} not found")),
+        TxnFailure::RevisionMismatch { key, .. } if key.starts_with(b"/registry/namespaces/") => {
+            Status::failed_precondition(format!(
+                "namespace {namespace:?} is being deleted: no new objects can be created in it"
+            ))
+        }
+        TxnFailure::RevisionMismatch { expected, actual, .. } => Status::aborted(format!(
+            "conflict: {what} was changed (resourceVersion {actual}, not {expected}): re-read and retry"
+        )),
+        TxnFailure::Invalid { reason } => Status::invalid_argument(reason.clone()),
+    }
+}
+
+pub fn describe(kind: &str, namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        format!("{} {name:?}", kind.to_lowercase())
+    } else {
+        format!(
+            "{} {name:?} in namespace {namespace:?}",
+            kind.to_lowercase()
+        )
+    }
+}
+
+fn parse_revision(text: &str, field: &str) -> Result<Option<u64>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field} {text:?} is not a resourceVersion (a number)"
+        ))
+    })
+}
+
+impl<K: Object> Api<K> {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            kind: PhantomData,
+        }
+    }
+
+    fn namespace_of(&self, requested: &str) -> String {
+        if K::INFO.namespaced && requested.is_empty() {
+            "default".to_string()
+        } else if K::INFO.namespaced {
+            requested.to_string()
+        } else {
+            String::new()
+        }
+    }
+
+    fn key(&self, namespace: &str, name: &str) -> Vec<u8> {
+        object_key(&K::INFO, namespace, name).into_bytes()
+    }
+
+    fn decode(&self, kv: &KeyValue) -> Result<K, Status> {
+        let mut obj = K::decode(kv.value.as_slice()).map_err(|e| {
+            Status::internal(format!(
+                "stored {} at {:?} cannot be decoded: {e}",
+                K::INFO.kind,
+                String::from_utf8_lossy(&kv.key)
+            ))
+        })?;
+        obj.set_type_meta();
+        obj.meta_mut().resource_version = kv.mod_revision.to_string();
+        Ok(obj)
+    }
+
+    fn encode(&self, obj: &K) -> Result<Vec<u8>, Status> {
+        let mut stored = obj.clone();
+        // Derived on every read; storing them would only waste bytes.
+        stored.meta_mut().resource_version.clear();
+        stored.set_type_meta();
+        let bytes = stored.encode_to_vec();
+        if bytes.len() > MAX_OBJECT_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "{} is {} bytes encoded; objects are limited to {MAX_OBJECT_BYTES} bytes (1 MiB): split it",
+                describe(K::INFO.kind, obj.namespace(), obj.name()),
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Validates, then runs `ops`; maps a refusal to the status a client
+    /// can act on.
+    async fn commit(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<u64, Status> {
+        match self.store.txn(Txn { ops }).await? {
+            TxnOutcome::Committed { revision, .. } => Ok(revision),
+            TxnOutcome::Failed(f) => Err(failure_status(K::INFO.kind, namespace, name, &f)),
+        }
+    }
+
+    async fn read(
+        &self,
+        namespace: &str,
+        name: &str,
+        serializable: bool,
+    ) -> Result<Option<(K, u64)>, Status> {
+        let key = self.key(namespace, name);
+        let result = self
+            .store
+            .range(KeyRange::key(key), 1, serializable)
+            .await?;
+        match result.kvs.first() {
+            Some(kv) => Ok(Some((self.decode(kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    async fn read_existing(&self, namespace: &str, name: &str) -> Result<(K, u64), Status> {
+        self.read(namespace, name, false).await?.ok_or_else(|| {
+            Status::not_found(format!(
+                "{} not found",
+                describe(K::INFO.kind, namespace, name)
+            ))
+        })
+    }
+
+    /// The namespace must exist and be Active: its revision, checked again
+    /// when the write applies.
+    async fn namespace_revision(&self, namespace: &str) -> Result<Option<u64>, Status> {
+        if !K::INFO.namespaced {
+            return Ok(None);
+        }
+        let ns = Api::<pb::Namespace>::new(self.store.clone());
+        match ns.read(namespace, namespace, false).await? {
+            None => Err(Status::not_found(format!(
+                "namespace {namespace:?} does not exist: create it first (berth apply -f a Namespace manifest)"
+            ))),
+            Some((n, _)) if n.meta().is_some_and(|m| !m.deletion_timestamp.is_empty()) => {
+                Err(Status::failed_precondition(format!(
+                    "namespace {namespace:?} is being deleted: no new objects can be created in it"
+                )))
+            }
+            Some((_, rev)) => Ok(Some(rev)),
+        }
+    }
+
+    fn admit(&self, obj: &mut K) -> Result<(), Status> {
+        let ns = self.namespace_of(obj.namespace());
+        obj.meta_mut().namespace = ns;
+        obj.apply_defaults();
+        obj.validate()
+            .map_err(|e| Status::invalid_argument(format!("invalid {}: {e}", K::INFO.kind)))
+    }
+
+    pub async fn create(&self, mut obj: K) -> Result<K, Status> {
+        if !K::HAS_STATUS || K::INFO.kind != "Node" {
+            // Status is written by the system, through update-status; an
+            // agent registering its Node may bring the node's capacity.
+            obj.clear_status();
+        }
+        self.admit(&mut obj)?;
+        let (namespace, name) = (obj.namespace().to_string(), obj.name().to_string());
+        let meta = obj.meta_mut();
+        meta.uid = uuid::Uuid::new_v4().to_string();
+        meta.creation_timestamp = now_rfc3339();
+        meta.deletion_timestamp.clear();
+        meta.generation = 1;
+        let mut ops = Vec::with_capacity(2);
+        if let Some(rev) = self.namespace_revision(&namespace).await? {
+            ops.push(Op::Check {
+                key: object_key(&pb::Namespace::INFO, "", &namespace).into_bytes(),
+                precondition: Precondition::ModRevision(rev),
+            });
+        }
+        ops.push(Op::Put {
+            key: self.key(&namespace, &name),
+            value: self.encode(&obj)?,
+            precondition: Precondition::Absent,
+        });
+        let revision = self.commit(&namespace, &name, ops).await?;
+        obj.set_type_meta();
+        obj.meta_mut().resource_version = revision.to_string();
+        Ok(obj)
+    }
+
+    pub async fn get(&self, req: pb::GetRequest) -> Result<K, Status> {
+        let namespace = self.namespace_of(&req.namespace);
+        self.read(&namespace, &req.name, req.serializable)
+            .await?
+            .map(|(o, _)| o)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "{} not found",
+                    describe(K::INFO.kind, &namespace, &req.name)
+                ))
+            })
+    }
+
+    /// Objects matching the request, at most `limit`, and where to go on.
+    pub async fn list(&self, req: pb::ListRequest) -> Result<(Vec<K>, pb::ListMeta), Status> {
+        let labels = LabelSelector::parse(&req.label_selector)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let fields = FieldSelector::parse(&req.field_selector, K::INFO.kind == "Pod")
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if req.limit < 0 {
+            return Err(Status::invalid_argument("limit must not be negative"));
+        }
+        let prefix = KeyRange::prefix(list_prefix(&K::INFO, &req.namespace).into_bytes());
+        let mut start = prefix.start.clone();
+        if !req.continue_token.is_empty() {
+            let after = decode_continue(&req.continue_token)?;
+            if !prefix.contains(&after) {
+                return Err(Status::invalid_argument(
+                    "the continue token belongs to another listing: list again without it",
+                ));
+            }
+            start = after;
+            start.push(0);
+        }
+        let limit = req.limit as usize;
+        let page = if limit == 0 {
+            10_000
+        } else {
+            (limit + 1).max(64)
+        };
+        let mut items = Vec::new();
+        let mut revision = None;
+        let mut next = None;
+        'pages: loop {
+            let range = KeyRange {
+                start: start.clone(),
+                end: prefix.end.clone(),
+            };
+            // Only the first page waits for a read index: later pages are
+            // at least as new.
+            let serializable = req.serializable || revision.is_some();
+            let result = self.store.range(range, page, serializable).await?;
+            revision.get_or_insert(result.revision);
+            for kv in &result.kvs {
+                let obj = self.decode(kv)?;
+                if !self.selected(&obj, &labels, &fields) {
+                    continue;
+                }
+                if limit > 0 && items.len() == limit {
+                    next = Some(encode_continue(&items_last_key(&items, self)));
+                    break 'pages;
+                }
+                items.push(obj);
+            }
+            match result.kvs.last() {
+                Some(last) if result.more => {
+                    start = last.key.clone();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok((
+            items,
+            pb::ListMeta {
+                resource_version: revision.unwrap_or_default().to_string(),
+                continue_token: next.unwrap_or_default(),
+            },
+        ))
+    }
+
+    fn selected(&self, obj: &K, labels: &LabelSelector, fields: &FieldSelector) -> bool {
+        let empty = Default::default();
+        let obj_labels = obj.meta().map_or(&empty, |m| &m.labels);
+        labels.matches(obj_labels)
+            && fields.matches(|f| match f {
+                Field::NodeName => obj.node_name().to_string(),
+                Field::Name => obj.name().to_string(),
+                Field::Namespace => obj.namespace().to_string(),
+            })
+    }
+
+    /// Replaces the object but its status (or only its status), keeping what
+    /// the server owns; retries a lost race unless the caller set a
+    /// resourceVersion precondition.
+    pub async fn update(&self, mut obj: K, status_only: bool) -> Result<K, Status> {
+        if !status_only {
+            self.admit(&mut obj)?;
+        } else {
+            let ns = self.namespace_of(obj.namespace());
+            obj.meta_mut().namespace = ns;
+        }
+        let (namespace, name) = (obj.namespace().to_string(), obj.name().to_string());
+        if name.is_empty() {
+            return Err(Status::invalid_argument("metadata.name is required"));
+        }
+        let precondition =
+            parse_revision(&obj.meta_mut().resource_version, "metadata.resourceVersion")?;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let (stored, rev) = self.read_existing(&namespace, &name).await?;
+            if let Some(expected) = precondition {
+                if expected != rev {
+                    return Err(failure_status(
+                        K::INFO.kind,
+                        &namespace,
+                        &name,
+                        &TxnFailure::RevisionMismatch {
+                            op: 0,
+                            key: Vec::new(),
+                            expected,
+                            actual: rev,
+                        },
+                    ));
+                }
+            }
+            let next = if status_only {
+                let mut next = stored.clone();
+                next.take_status_from(&obj);
+                next
+            } else {
+                self.merge_update(&stored, obj.clone())?
+            };
+            if next == stored {
+                return Ok(stored);
+            }
+            let ops = vec![Op::Put {
+                key: self.key(&namespace, &name),
+                value: self.encode(&next)?,
+                precondition: Precondition::ModRevision(rev),
+            }];
+            match self.commit(&namespace, &name, ops).await {
+                Ok(revision) => {
+                    let mut next = next;
+                    next.set_type_meta();
+                    next.meta_mut().resource_version = revision.to_string();
+                    return Ok(next);
+                }
+                Err(s) if s.code() == tonic::Code::Aborted && precondition.is_none() => continue,
+                Err(s) => return Err(s),
+            }
+        }
+        Err(Status::aborted(format!(
+            "conflict: {} kept changing during the update: re-read and retry",
+            describe(K::INFO.kind, &namespace, &name)
+        )))
+    }
+
+    fn merge_update(&self, stored: &K, mut next: K) -> Result<K, Status> {
+        next.keep_assigned(stored);
+        if next.node_name() != stored.node_name() {
+            return Err(Status::invalid_argument(format!(
+                "spec.nodeName cannot be changed by an update (it is {:?}): a pending pod is placed with Bind",
+                stored.node_name()
+            )));
+        }
+        let old = stored.meta().cloned().unwrap_or_default();
+        next.take_status_from(stored);
+        let spec_changed = next.spec_bytes() != stored.spec_bytes();
+        let meta = next.meta_mut();
+        meta.uid = old.uid;
+        meta.creation_timestamp = old.creation_timestamp;
+        meta.deletion_timestamp = old.deletion_timestamp;
+        meta.resource_version = old.resource_version;
+        meta.generation = old.generation + i64::from(spec_changed);
+        Ok(next)
+    }
+
+    pub async fn delete(&self, req: pb::DeleteRequest) -> Result<K, Status> {
+        let namespace = self.namespace_of(&req.namespace);
+        let precondition = parse_revision(&req.resource_version, "resourceVersion")?;
+        let (stored, rev) = self.read_existing(&namespace, &req.name).await?;
+        if let Some(expected) = precondition {
+            if expected != rev {
+                return Err(failure_status(
+                    K::INFO.kind,
+                    &namespace,
+                    &req.name,
+                    &TxnFailure::RevisionMismatch {
+                        op: 0,
+                        key: Vec::new(),
+                        expected,
+                        actual: rev,
+                    },
+                ));
+            }
+        }
+        let ops = vec![Op::Delete {
+            key: self.key(&namespace, &req.name),
+            precondition: Precondition::ModRevision(rev),
+        }];
+        self.commit(&namespace, &req.name, ops).await?;
+        Ok(stored)
+    }
+
+    /// Events for a watch request as typed (type, object) pairs, with a
+    /// BOOKMARK every interval carrying the revision seen so far.
+    pub fn watch(&self, req: pb::WatchRequest) -> Result<Events<K>, Status> {
+        let labels = LabelSelector::parse(&req.label_selector)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let fields = FieldSelector::parse(&req.field_selector, K::INFO.kind == "Pod")
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let start = parse_revision(&req.resource_version, "resourceVersion")?;
+        let from = start.map_or(0, |r| r + 1);
+        let range = KeyRange::prefix(list_prefix(&K::INFO, &req.namespace).into_bytes());
+        let changes = self.store.watch(range, from)?;
+        let interval = match req.bookmark_interval_seconds {
+            n if n > 0 => Duration::from_secs(n as u64),
+            _ => DEFAULT_BOOKMARK_INTERVAL,
+        };
+        let this = self.clone();
+        let initial = start.unwrap_or_else(|| self.store.revision());
+        Ok(typed_events(
+            this, changes, labels, fields, interval, initial,
+        ))
+    }
+}
+
+fn items_last_key<K: Object>(items: &[K], api: &Api<K>) -> Vec<u8> {
+    items
+        .last()
+        .map(|o| api.key(o.namespace(), o.name()))
+        .unwrap_or_default()
+}
+
+fn encode_continue(key: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+}
+
+fn decode_continue(token: &str) -> Result<Vec<u8>, Status> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| {
+            Status::invalid_argument("the continue token is not valid: list again without it")
+        })
+}
+
+type Changes = BoxStream<'static, Result<berth_raft::WatchBatch, berth_raft::StoreError>>;
+
+/// Merges store changes with a bookmark timer into typed events.
+fn typed_events<K: Object>(
+    api: Api<K>,
+    changes: Changes,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    interval: Duration,
+    initial: u64,
+) -> Events<K> {
+    struct State<K> {
+        api: Api<K>,
+        changes: Changes,
+        labels: LabelSelector,
+        fields: FieldSelector,
+        ticker: tokio::time::Interval,
+        seen: u64,
+        pending: std::collections::VecDeque<(String, K)>,
+        done: bool,
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.reset();
+    let state = State {
+        api,
+        changes,
+        labels,
+        fields,
+        ticker,
+        seen: initial,
+        pending: Default::default(),
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(ev) = st.pending.pop_front() {
+                return Some((Ok(ev), st));
+            }
+            if st.done {
+                return None;
+            }
+            tokio::select! {
+                batch = st.changes.next() => match batch {
+                    None => return None,
+                    Some(Err(e)) => {
+                        st.done = true;
+                        return Some((Err(Status::from(e)), st));
+                    }
+                    Some(Ok(batch)) => {
+                        st.seen = st.seen.max(batch.revision);
+                        for e in batch.events {
+                            match typed_event(&st.api, &e) {
+                                Ok((t, obj)) if st.api.selected(&obj, &st.labels, &st.fields) => {
+                                    st.pending.push_back((t, obj));
+                                }
+                                Ok(_) => {}
+                                Err(s) => {
+                                    st.done = true;
+                                    return Some((Err(s), st));
+                                }
+                            }
+                        }
+                    }
+                },
+                _ = st.ticker.tick() => {
+                    let mut bookmark = K::default();
+                    bookmark.set_type_meta();
+                    bookmark.meta_mut().resource_version = st.seen.to_string();
+                    return Some((Ok(("BOOKMARK".to_string(), bookmark)), st));
+                }
+            }
+        }
+    }))
+}
+
+fn typed_event<K: Object>(api: &Api<K>, e: &berth_raft::Event) -> Result<(String, K), Status> {
+    let obj = api.decode(&e.kv)?;
+    let t = match e.kind {
+        berth_raft::EventKind::Delete => "DELETED",
+        berth_raft::EventKind::Put if e.kv.create_revision == e.kv.mod_revision => "ADDED",
+        berth_raft::EventKind::Put => "MODIFIED",
+    };
+    Ok((t.to_string(), obj))
+}
