@@ -154,12 +154,16 @@ fn plain_types(message: &str) -> String {
         })
 }
 
-/// The 0-based line of the first `key:` in a document, to point at a field.
+/// The 0-based line of the first `key:` in a document (block or flow
+/// style), to point at a field.
 fn line_of_key(text: &str, key: &str) -> Option<usize> {
     text.lines().position(|line| {
-        let l = line.trim_start().trim_start_matches("- ").trim_start();
-        l.strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        line.match_indices(key).any(|(i, _)| {
+            let before = line[..i].chars().next_back();
+            let after = line[i + key.len()..].trim_start_matches('"').trim_start();
+            before.is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.'))
+                && after.starts_with(':')
+        })
     })
 }
 

@@ -79,7 +79,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         peers.len(),
         data_dir.display()
     );
-    println!("  reach it with:   berth --server {servers} cluster status");
+    println!("  reach it with:   berth --server {servers} get namespaces");
+    println!("                   berth --server {servers} apply -f MANIFEST.yaml");
     println!("  (the default --server 127.0.0.1:7001 works when --port-base is 7001)");
     println!("  stop with Ctrl-C; the next `berth dev` reuses the data");
     let mut failed = None;

@@ -3,6 +3,7 @@
 
 use clap::Subcommand;
 
+mod api;
 mod failover;
 mod latency;
 mod store;
@@ -11,6 +12,8 @@ mod store;
 pub enum BenchCommand {
     /// Concurrent clients writing small values (and reading a sample back).
     Store(store::StoreArgs),
+    /// The public API under a mixed load, then watch fan-out.
+    Api(api::ApiArgs),
     /// Repeatedly SIGKILL the leader of a 3-controller cluster under writes.
     Failover(failover::FailoverArgs),
 }
@@ -19,5 +22,6 @@ pub async fn run(cmd: BenchCommand, addrs: &[String]) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(a) => store::run(a, addrs).await,
         BenchCommand::Failover(a) => failover::run(a).await,
+        BenchCommand::Api(a) => api::run(a, addrs).await,
     }
 }

@@ -174,23 +174,25 @@ impl<K: Object> Api<K> {
         }
     }
 
-    async fn read_existing(&self, namespace: &str, name: &str) -> Result<(K, u64), Status> {
-        self.read(namespace, name, false).await?.ok_or_else(|| {
-            Status::not_found(format!(
-                "{} not found",
-                describe(K::INFO.kind, namespace, name)
-            ))
-        })
+    fn not_found(&self, namespace: &str, name: &str) -> Status {
+        Status::not_found(format!(
+            "{} not found",
+            describe(K::INFO.kind, namespace, name)
+        ))
     }
 
     /// The namespace must exist and be Active: its revision, checked again
     /// when the write applies.
-    async fn namespace_revision(&self, namespace: &str) -> Result<Option<u64>, Status> {
+    async fn namespace_revision(
+        &self,
+        namespace: &str,
+        fresh: bool,
+    ) -> Result<Option<u64>, Status> {
         if !K::INFO.namespaced {
             return Ok(None);
         }
         let ns = Api::<pb::Namespace>::new(self.store.clone());
-        match ns.read(namespace, namespace, false).await? {
+        match ns.read(namespace, namespace, !fresh).await? {
             None => Err(Status::not_found(format!(
                 "namespace {namespace:?} does not exist: create it first (berth apply -f a Namespace manifest)"
             ))),
@@ -224,22 +226,71 @@ impl<K: Object> Api<K> {
         meta.creation_timestamp = now_rfc3339();
         meta.deletion_timestamp.clear();
         meta.generation = 1;
+        let value = self.encode(&obj)?;
+        // The namespace is read locally first: the Check below confirms it
+        // when the write applies, so a stale answer costs only a second,
+        // linearizable try.
+        let mut outcome = Err(Status::internal("no attempt"));
+        for fresh in [false, true] {
+            outcome = self
+                .create_once(&namespace, &name, value.clone(), fresh)
+                .await;
+            match &outcome {
+                Err(s)
+                    if !fresh
+                        && matches!(
+                            s.code(),
+                            tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                        ) =>
+                {
+                    continue
+                }
+                _ => break,
+            }
+        }
+        let revision = outcome?;
+        obj.set_type_meta();
+        obj.meta_mut().resource_version = revision.to_string();
+        Ok(obj)
+    }
+
+    async fn create_once(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: Vec<u8>,
+        fresh: bool,
+    ) -> Result<u64, Status> {
         let mut ops = Vec::with_capacity(2);
-        if let Some(rev) = self.namespace_revision(&namespace).await? {
+        if let Some(rev) = self.namespace_revision(namespace, fresh).await? {
             ops.push(Op::Check {
-                key: object_key(&pb::Namespace::INFO, "", &namespace).into_bytes(),
+                key: object_key(&pb::Namespace::INFO, "", namespace).into_bytes(),
                 precondition: Precondition::ModRevision(rev),
             });
         }
         ops.push(Op::Put {
-            key: self.key(&namespace, &name),
-            value: self.encode(&obj)?,
+            key: self.key(namespace, name),
+            value,
             precondition: Precondition::Absent,
         });
-        let revision = self.commit(&namespace, &name, ops).await?;
-        obj.set_type_meta();
-        obj.meta_mut().resource_version = revision.to_string();
-        Ok(obj)
+        self.commit(namespace, name, ops).await
+    }
+
+    /// The stored object for a write: the local copy first (the write's
+    /// revision precondition catches a stale one), the leader's on a retry.
+    async fn read_for_write(
+        &self,
+        namespace: &str,
+        name: &str,
+        attempt: usize,
+    ) -> Result<Option<(K, u64)>, Status> {
+        if attempt == 0 {
+            if let Some(found) = self.read(namespace, name, true).await? {
+                return Ok(Some(found));
+            }
+            return Ok(None);
+        }
+        self.read(namespace, name, false).await
     }
 
     pub async fn get(&self, req: pb::GetRequest) -> Result<K, Status> {
@@ -247,12 +298,7 @@ impl<K: Object> Api<K> {
         self.read(&namespace, &req.name, req.serializable)
             .await?
             .map(|(o, _)| o)
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "{} not found",
-                    describe(K::INFO.kind, &namespace, &req.name)
-                ))
-            })
+            .ok_or_else(|| self.not_found(&namespace, &req.name))
     }
 
     /// Objects matching the request, at most `limit`, and where to go on.
@@ -350,9 +396,16 @@ impl<K: Object> Api<K> {
         }
         let precondition =
             parse_revision(&obj.meta_mut().resource_version, "metadata.resourceVersion")?;
-        for _ in 0..UPDATE_ATTEMPTS {
-            let (stored, rev) = self.read_existing(&namespace, &name).await?;
+        for attempt in 0..UPDATE_ATTEMPTS {
+            let (stored, rev) = match self.read_for_write(&namespace, &name, attempt).await? {
+                Some(found) => found,
+                None if attempt == 0 => continue,
+                None => return Err(self.not_found(&namespace, &name)),
+            };
             if let Some(expected) = precondition {
+                if expected != rev && attempt == 0 {
+                    continue;
+                }
                 if expected != rev {
                     return Err(failure_status(
                         K::INFO.kind,
@@ -375,6 +428,10 @@ impl<K: Object> Api<K> {
                 self.merge_update(&stored, obj.clone())?
             };
             if next == stored {
+                // Nothing to write, if the local copy was current.
+                if attempt == 0 {
+                    continue;
+                }
                 return Ok(stored);
             }
             let ops = vec![Op::Put {
@@ -394,7 +451,7 @@ impl<K: Object> Api<K> {
             }
         }
         Err(Status::aborted(format!(
-            "conflict: {} kept changing during the update: re-read and retry",
+            "conflict: {} kept changing during the change: re-read and retry",
             describe(K::INFO.kind, &namespace, &name)
         )))
     }
@@ -421,29 +478,40 @@ impl<K: Object> Api<K> {
 
     pub async fn delete(&self, req: pb::DeleteRequest) -> Result<K, Status> {
         let namespace = self.namespace_of(&req.namespace);
+        let name = req.name.as_str();
         let precondition = parse_revision(&req.resource_version, "resourceVersion")?;
-        let (stored, rev) = self.read_existing(&namespace, &req.name).await?;
-        if let Some(expected) = precondition {
-            if expected != rev {
-                return Err(failure_status(
-                    K::INFO.kind,
-                    &namespace,
-                    &req.name,
-                    &TxnFailure::RevisionMismatch {
-                        op: 0,
-                        key: Vec::new(),
-                        expected,
-                        actual: rev,
-                    },
-                ));
+        for attempt in 0..UPDATE_ATTEMPTS {
+            let (stored, rev) = match self.read_for_write(&namespace, name, attempt).await? {
+                Some(found) => found,
+                None if attempt == 0 => continue,
+                None => return Err(self.not_found(&namespace, name)),
+            };
+            if let Some(expected) = precondition.filter(|e| *e != rev) {
+                if attempt == 0 {
+                    continue;
+                }
+                let mismatch = TxnFailure::RevisionMismatch {
+                    op: 0,
+                    key: Vec::new(),
+                    expected,
+                    actual: rev,
+                };
+                return Err(failure_status(K::INFO.kind, &namespace, name, &mismatch));
+            }
+            let ops = vec![Op::Delete {
+                key: self.key(&namespace, name),
+                precondition: Precondition::ModRevision(rev),
+            }];
+            match self.commit(&namespace, name, ops).await {
+                Ok(_) => return Ok(stored),
+                Err(s) if s.code() == tonic::Code::Aborted && precondition.is_none() => continue,
+                Err(s) => return Err(s),
             }
         }
-        let ops = vec![Op::Delete {
-            key: self.key(&namespace, &req.name),
-            precondition: Precondition::ModRevision(rev),
-        }];
-        self.commit(&namespace, &req.name, ops).await?;
-        Ok(stored)
+        Err(Status::aborted(format!(
+            "conflict: {} kept changing during the change: re-read and retry",
+            describe(K::INFO.kind, &namespace, name)
+        )))
     }
 
     /// Events for a watch request as typed (type, object) pairs, with a
