@@ -14,6 +14,11 @@ mod verbs;
 
 use berth::client::parse_addrs;
 
+// glibc's malloc spent a fifth of a loaded controller's CPU in contended
+// arenas (perf, `berth bench api`); mimalloc's per-thread heaps do not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "berth",

@@ -44,17 +44,21 @@ pub enum Precondition {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         precondition: Precondition,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         precondition: Precondition,
     },
     /// Writes nothing: the transaction commits only if the precondition
     /// holds (an object's namespace still exists, unchanged).
     Check {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         precondition: Precondition,
     },
@@ -110,7 +114,9 @@ impl fmt::Display for Request {
 /// A key's stored state.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,
@@ -122,12 +128,21 @@ pub struct KeyValue {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum TxnFailure {
     /// Operation `op` required the key to be absent.
-    AlreadyExists { op: u32, key: Vec<u8> },
+    AlreadyExists {
+        op: u32,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// Operation `op` required the key to exist.
-    NotFound { op: u32, key: Vec<u8> },
+    NotFound {
+        op: u32,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// Operation `op` required another mod_revision.
     RevisionMismatch {
         op: u32,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         expected: u64,
         actual: u64,
@@ -229,4 +244,48 @@ pub fn validate_txn(txn: &Txn) -> Result<(), TxnFailure> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Op` as it was encoded before its byte fields were marked
+    /// `serde_bytes`: logs and snapshots written then must still decode.
+    #[derive(Serialize)]
+    enum OpBefore {
+        Put {
+            key: Vec<u8>,
+            value: Vec<u8>,
+            precondition: Precondition,
+        },
+        Delete {
+            key: Vec<u8>,
+            precondition: Precondition,
+        },
+    }
+
+    #[test]
+    fn byte_fields_encode_as_before() {
+        let now = Op::Put {
+            key: b"/registry/pods/default/web".to_vec(),
+            value: vec![0, 1, 2, 255],
+            precondition: Precondition::ModRevision(7),
+        };
+        let before = OpBefore::Put {
+            key: b"/registry/pods/default/web".to_vec(),
+            value: vec![0, 1, 2, 255],
+            precondition: Precondition::ModRevision(7),
+        };
+        assert_eq!(crate::codec::encode(&now), crate::codec::encode(&before));
+        let now = Op::Delete {
+            key: b"k".to_vec(),
+            precondition: Precondition::Absent,
+        };
+        let before = OpBefore::Delete {
+            key: b"k".to_vec(),
+            precondition: Precondition::Absent,
+        };
+        assert_eq!(crate::codec::encode(&now), crate::codec::encode(&before));
+    }
 }

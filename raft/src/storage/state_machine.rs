@@ -60,6 +60,7 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 /// A key's value and history as stored; the key itself is the RocksDB key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct StoredValue {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,
