@@ -58,6 +58,7 @@ pub async fn run(
     // Installed before the node starts, so that it registers its metrics.
     let prometheus = config.metrics_listen.map(|_| http::prometheus());
     let node = Node::open(config.node.clone()).await?;
+    api::describe_metrics();
     let listener =
         TcpListener::bind(config.listen)
             .await
@@ -119,7 +120,11 @@ pub async fn run(
     let outcome = tokio::select! {
         r = bootstrap::ensure_member(&node, &config) => match r {
             Ok(()) => {
-                tokio::spawn(api::ensure_builtin_namespaces(store.clone()));
+                let store = store.clone();
+                tokio::spawn(async move {
+                    api::ensure_builtin_namespaces(store.clone()).await;
+                    api::finish_namespace_deletions(store).await;
+                });
                 (&mut shutdown).await;
                 Ok(())
             }

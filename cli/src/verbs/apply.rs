@@ -96,7 +96,7 @@ fn read_sources(f: &str) -> Result<Vec<(String, String)>> {
 
 pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<()> {
     let objects = read_objects(&args.files, &args.ns)?;
-    let ch = ctx.channel().await?;
+    let ch = ctx.leader_channel().await?;
     for o in objects {
         let line = with_object!(o, obj => apply_one(ch.clone(), obj).await)?;
         println!("{line}");
@@ -187,7 +187,7 @@ pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> Result<()> {
             targets.push((info, ns.clone(), n.clone()));
         }
     }
-    let ch = ctx.channel().await?;
+    let ch = ctx.leader_channel().await?;
     let single = targets.len() == 1;
     let mut failed = None;
     for (info, namespace, name) in targets {
@@ -231,7 +231,7 @@ pub async fn scale(ctx: &Ctx, args: ScaleArgs) -> Result<()> {
     if args.replicas < 0 {
         bail!("--replicas must not be negative");
     }
-    let ch = ctx.channel().await?;
+    let ch = ctx.leader_channel().await?;
     // Read, change, write at that revision; a concurrent change means read again.
     for _ in 0..5 {
         let mut d = pb::Deployment::get(

@@ -36,6 +36,33 @@ impl Ctx {
     pub async fn channel(&self) -> Result<Channel> {
         Ok(client::connect(&self.addrs).await?.1)
     }
+
+    /// A channel to the leader, for writes: any controller would forward
+    /// them, but going straight there saves a hop. Falls back to the first
+    /// controller that answers when the leader is unknown or unreachable.
+    pub async fn leader_channel(&self) -> Result<Channel> {
+        let (addr, ch) = client::connect(&self.addrs).await?;
+        let mut req = tonic::Request::new(berth_proto::cluster::StatusRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        let status = berth_proto::cluster::cluster_client::ClusterClient::new(ch.clone())
+            .status(req)
+            .await;
+        let leader_addr = status.ok().and_then(|s| {
+            let s = s.into_inner();
+            let leader = s.leader?;
+            s.members
+                .into_iter()
+                .find(|m| m.id == leader)
+                .map(|m| m.addr)
+        });
+        match leader_addr {
+            Some(l) if l != addr => match client::connect(std::slice::from_ref(&l)).await {
+                Ok((_, leader)) => Ok(leader),
+                Err(_) => Ok(ch),
+            },
+            _ => Ok(ch),
+        }
+    }
 }
 
 /// Turns a gRPC error into the one line the CLI prints.

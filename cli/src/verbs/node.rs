@@ -12,7 +12,7 @@ use super::Ctx;
 
 /// Sets or clears `spec.unschedulable`.
 pub async fn cordon(ctx: &Ctx, node: &str, unschedulable: bool) -> Result<()> {
-    let ch = ctx.channel().await?;
+    let ch = ctx.leader_channel().await?;
     for _ in 0..5 {
         let mut n = pb::Node::get(
             ch.clone(),
@@ -59,7 +59,7 @@ pub async fn cordon(ctx: &Ctx, node: &str, unschedulable: bool) -> Result<()> {
 /// owners replace them elsewhere.
 pub async fn drain(ctx: &Ctx, node: &str) -> Result<()> {
     cordon(ctx, node, true).await?;
-    let ch = ctx.channel().await?;
+    let ch = ctx.leader_channel().await?;
     let (pods, _) = pb::Pod::list(
         ch.clone(),
         pb::ListRequest {

@@ -5,6 +5,7 @@ mod objects;
 mod services;
 mod special;
 
+pub use services::describe_metrics;
 pub use services::ConfigMapService;
 pub use services::DeploymentService;
 pub use services::EndpointsService;
@@ -14,3 +15,4 @@ pub use services::NodeService;
 pub use services::PodService;
 pub use services::ServiceService;
 pub use special::ensure_builtin_namespaces;
+pub use special::finish_namespace_deletions;

@@ -223,3 +223,16 @@ object_service!(
     [delete],
     {}
 );
+
+/// Names the API's metrics with their help text.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "berth_api_requests_total",
+        "Public API calls by kind, verb and gRPC status code"
+    );
+    metrics::describe_histogram!(
+        "berth_api_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer a public API call (to open a watch), by kind and verb"
+    );
+}

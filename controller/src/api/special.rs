@@ -201,3 +201,29 @@ pub async fn ensure_builtin_namespaces(store: berth_raft::Store) {
         }
     }
 }
+
+/// Finishes deletions of namespaces left Terminating by a controller that
+/// stopped part-way; each controller runs it once it has a quorum.
+pub async fn finish_namespace_deletions(store: berth_raft::Store) {
+    let api = Api::<pb::Namespace>::new(store);
+    let listed = api.list(pb::ListRequest::default()).await;
+    let Ok((namespaces, _)) = listed else {
+        return;
+    };
+    for ns in namespaces {
+        if ns.meta().is_some_and(|m| m.deletion_timestamp.is_empty()) {
+            continue;
+        }
+        let name = ns.name().to_string();
+        let req = pb::DeleteRequest {
+            name: name.clone(),
+            ..Default::default()
+        };
+        match api.delete_namespace(req).await {
+            Ok(_) => tracing::info!(namespace = %name, "finished deleting a terminating namespace"),
+            Err(s) => {
+                tracing::warn!(namespace = %name, error = %s.message(), "could not finish deleting a terminating namespace")
+            }
+        }
+    }
+}
