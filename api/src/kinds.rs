@@ -271,6 +271,14 @@ impl Object for pb::Service {
     }
 }
 
+macro_rules! without_status {
+    () => {
+        const HAS_STATUS: bool = false;
+        fn take_status_from(&mut self, _other: &Self) {}
+        fn clear_status(&mut self) {}
+    };
+}
+
 /// Endpoints' subsets travel as one message for spec comparison.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Subsets {
@@ -287,14 +295,12 @@ impl Object for pb::Endpoints {
         namespaced: true,
     };
     common!();
-    const HAS_STATUS: bool = false;
+    without_status!();
     fn spec_bytes(&self) -> Vec<u8> {
         prost::Message::encode_to_vec(&Subsets {
             subsets: self.subsets.clone(),
         })
     }
-    fn take_status_from(&mut self, _other: &Self) {}
-    fn clear_status(&mut self) {}
     fn check(&self, errs: &mut Errors) {
         v::check_endpoints(errs, self);
     }
@@ -318,15 +324,13 @@ impl Object for pb::ConfigMap {
         namespaced: true,
     };
     common!();
-    const HAS_STATUS: bool = false;
+    without_status!();
     fn spec_bytes(&self) -> Vec<u8> {
         prost::Message::encode_to_vec(&ConfigMapData {
             data: self.data.clone(),
             binary_data: self.binary_data.clone(),
         })
     }
-    fn take_status_from(&mut self, _other: &Self) {}
-    fn clear_status(&mut self) {}
     fn check(&self, errs: &mut Errors) {
         v::check_config_map(errs, self);
     }
@@ -341,15 +345,13 @@ impl Object for pb::Lease {
         namespaced: true,
     };
     common!();
-    const HAS_STATUS: bool = false;
+    without_status!();
     fn spec_bytes(&self) -> Vec<u8> {
         self.spec
             .as_ref()
             .map(prost::Message::encode_to_vec)
             .unwrap_or_default()
     }
-    fn take_status_from(&mut self, _other: &Self) {}
-    fn clear_status(&mut self) {}
     fn check(&self, errs: &mut Errors) {
         v::check_lease(errs, self);
     }

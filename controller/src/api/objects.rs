@@ -148,6 +148,15 @@ impl<K: Object> Api<K> {
         Ok(bytes)
     }
 
+    /// Writes `obj` under its key if the key is still at `rev`.
+    pub(super) fn put_at(&self, obj: &K, rev: u64) -> Result<Op, Status> {
+        Ok(Op::Put {
+            key: self.key(obj.namespace(), obj.name()),
+            value: self.encode(obj)?,
+            precondition: Precondition::ModRevision(rev),
+        })
+    }
+
     /// Validates, then runs `ops`; maps a refusal to the status a client
     /// can act on.
     async fn commit(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<u64, Status> {

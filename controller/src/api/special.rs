@@ -68,13 +68,7 @@ impl Api<pb::Namespace> {
             .meta()
             .and_then(|m| m.resource_version.parse().ok())
             .unwrap_or(0);
-        let mut stored = ns.clone();
-        stored.meta_mut().resource_version.clear();
-        let ops = vec![Op::Put {
-            key: object_key(&pb::Namespace::INFO, "", &name).into_bytes(),
-            value: prost::Message::encode_to_vec(&stored),
-            precondition: Precondition::ModRevision(rev),
-        }];
+        let ops = vec![self.put_at(&ns, rev)?];
         match self.store.txn(berth_raft::Txn { ops }).await? {
             TxnOutcome::Committed { revision, .. } => {
                 ns.meta_mut().resource_version = revision.to_string();
@@ -148,19 +142,13 @@ impl Api<pb::Pod> {
             last_transition_time: now_rfc3339(),
             ..Default::default()
         });
-        let mut stored = pod.clone();
-        stored.meta_mut().resource_version.clear();
         let node_key = object_key(&pb::Node::INFO, "", &req.node_name).into_bytes();
         let ops = vec![
             Op::Check {
                 key: node_key,
                 precondition: Precondition::Present,
             },
-            Op::Put {
-                key: object_key(&pb::Pod::INFO, &namespace, &req.name).into_bytes(),
-                value: prost::Message::encode_to_vec(&stored),
-                precondition: Precondition::ModRevision(rev),
-            },
+            self.put_at(&pod, rev)?,
         ];
         match self.store.txn(berth_raft::Txn { ops }).await? {
             TxnOutcome::Committed { revision, .. } => {
