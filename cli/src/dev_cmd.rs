@@ -26,6 +26,41 @@ pub struct DevArgs {
     /// Where the controllers keep their data (default: ./berth-dev).
     #[arg(long, default_value = "berth-dev")]
     data_dir: PathBuf,
+    /// Manifests to apply once the cluster is up (a file, a directory or -).
+    #[arg(long)]
+    apply: Vec<String>,
+}
+
+/// Applies `files` once the cluster takes writes and has its built-in
+/// namespaces (a few seconds on a first start).
+async fn apply_when_ready(ctx: &crate::verbs::Ctx, files: &[String]) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ready = match ctx.channel().await {
+            Ok(ch) => {
+                let req = berth_api::pb::GetRequest {
+                    name: "default".into(),
+                    ..Default::default()
+                };
+                <berth_api::pb::Namespace as berth::objects::ClientKind>::get(ch, req)
+                    .await
+                    .is_ok()
+            }
+            Err(_) => false,
+        };
+        if ready {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the cluster did not become ready within 60 s; --apply was not done");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let args = crate::verbs::apply::ApplyArgs {
+        files: files.to_vec(),
+        ns: crate::verbs::NamespaceArgs { namespace: None },
+    };
+    crate::verbs::apply(ctx, args).await
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -83,6 +118,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("                   berth --server {servers} apply -f MANIFEST.yaml");
     println!("  (the default --server 127.0.0.1:7001 works when --port-base is 7001)");
     println!("  stop with Ctrl-C; the next `berth dev` reuses the data");
+    if !args.apply.is_empty() {
+        let ctx = crate::verbs::Ctx {
+            addrs: peers.iter().map(|(_, a)| a.clone()).collect(),
+        };
+        // A bad manifest should not take the cluster down with it.
+        if let Err(e) = apply_when_ready(&ctx, &args.apply).await {
+            eprintln!("error: --apply: {e:#}");
+        }
+    }
     let mut failed = None;
     tokio::select! {
         _ = crate::signals::shutdown() => {}
