@@ -75,7 +75,6 @@ pub trait Object:
     const INFO: KindInfo;
     /// Namespaces and services are named by DNS labels, the rest by subdomains.
     const NAME_IS_LABEL: bool = false;
-    const HAS_STATUS: bool;
 
     fn meta(&self) -> Option<&pb::ObjectMeta>;
     fn meta_mut(&mut self) -> &mut pb::ObjectMeta;
@@ -135,7 +134,6 @@ macro_rules! common {
 
 macro_rules! with_status {
     () => {
-        const HAS_STATUS: bool = true;
         fn spec_bytes(&self) -> Vec<u8> {
             self.spec
                 .as_ref()
@@ -273,7 +271,6 @@ impl Object for pb::Service {
 
 macro_rules! without_status {
     () => {
-        const HAS_STATUS: bool = false;
         fn take_status_from(&mut self, _other: &Self) {}
         fn clear_status(&mut self) {}
     };

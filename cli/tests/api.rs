@@ -653,6 +653,47 @@ async fn a_watch_from_a_revision_no_longer_kept_is_out_of_range() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bookmarks_carry_the_revision_a_quiet_watch_has_seen() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = start(root.path(), &[]).await;
+    let ch = channel(&cluster.addr(2)).await;
+    let (_, meta) = pb::ConfigMap::list(ch.clone(), pb::ListRequest::default())
+        .await
+        .unwrap();
+    let req = pb::WatchRequest {
+        resource_version: meta.resource_version.clone(),
+        bookmark_interval_seconds: 1,
+        ..Default::default()
+    };
+    let mut stream = pb::ConfigMap::watch(ch.clone(), req).await.unwrap();
+    // Changes to other kinds move the revision; the configmap watch stays quiet.
+    let mut last = 0;
+    for i in 0..3 {
+        let p = pb::Pod::create(ch.clone(), pod("default", &format!("b{i}")))
+            .await
+            .unwrap();
+        last = p.meta().unwrap().resource_version.parse::<u64>().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    use futures::StreamExt;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (kind, obj) = tokio::time::timeout(left, stream.next())
+            .await
+            .expect("a bookmark in time")
+            .expect("the watch stays open")
+            .expect("no error");
+        assert_eq!(kind, "BOOKMARK", "the watch saw only other kinds change");
+        let rv: u64 = obj.meta().unwrap().resource_version.parse().unwrap();
+        if rv >= last {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_refused_clearly_and_changes_nothing() {
     let _serial = SERIAL.lock().await;
     let root = tempfile::tempdir().unwrap();
@@ -665,6 +706,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     pb::ConfigMap::update(ch.clone(), configmap("default", "taken", &[("v", "2")]))
         .await
         .unwrap();
+    pb::Node::create(ch.clone(), node("n1")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = harness::status(&cluster.addr(1)).await.unwrap().revision;
 
@@ -734,6 +776,17 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         Code::OutOfRange,
         "the transport cuts off a huge request: {err:?}"
     );
+    let mut bad_status = node("n1");
+    bad_status.status = Some(pb::NodeStatus {
+        allocatable: [("cpu".to_string(), "lots".to_string())].into(),
+        ..Default::default()
+    });
+    let err = pb::nodes_client::NodesClient::new(ch.clone())
+        .update_status(bad_status)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("status.allocatable.cpu"), "{err:?}");
     let o = Command::new(BIN)
         .args(["--server", "127.0.0.1:1,127.0.0.1:2", "get", "pods"])
         .output()

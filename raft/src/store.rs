@@ -311,6 +311,7 @@ impl Store {
             live: sub.live,
             range,
             last: sub.revision,
+            reported: sub.revision,
             last_sent: Instant::now(),
             done: false,
         };
@@ -321,8 +322,8 @@ impl Store {
 
 /// Changes from a watch, and how far it has seen: every change in its range
 /// up to `revision` has been delivered. A batch may be empty, only to report
-/// progress (at most once a second while other keys change), so that a
-/// watcher resumes from a recent revision.
+/// progress (at most once a second, and within a second of the last change
+/// elsewhere), so that a watcher resumes from a recent revision.
 #[derive(Debug, Clone)]
 pub struct WatchBatch {
     pub events: Vec<Event>,
@@ -335,9 +336,23 @@ const WATCH_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 struct WatchState {
     live: broadcast::Receiver<HubItem>,
     range: KeyRange,
+    /// Every change up to here has been seen.
     last: u64,
+    /// The revision of the last batch sent.
+    reported: u64,
     last_sent: Instant,
     done: bool,
+}
+
+impl WatchState {
+    fn batch(&mut self, events: Vec<Event>) -> WatchBatch {
+        self.last_sent = Instant::now();
+        self.reported = self.last;
+        WatchBatch {
+            events,
+            revision: self.last,
+        }
+    }
 }
 
 pub type WatchItem = Result<WatchBatch, StoreError>;
@@ -354,21 +369,26 @@ async fn next_watch_batch(mut st: WatchState) -> Option<(WatchItem, WatchState)>
                 oldest,
             }))
         };
-        match st.live.recv().await {
+        let received = if st.last > st.reported {
+            // Unreported progress goes out when the throttle allows, even
+            // if nothing else changes.
+            let due = tokio::time::Instant::from_std(st.last_sent + WATCH_PROGRESS_EVERY);
+            match tokio::time::timeout_at(due, st.live.recv()).await {
+                Ok(r) => r,
+                Err(_) => return Some((Ok(st.batch(Vec::new())), st)),
+            }
+        } else {
+            st.live.recv().await
+        };
+        match received {
             Ok(HubItem::Event(e)) => {
                 st.last = e.revision();
                 let matches = st.range.contains(&e.kv.key);
-                if matches || st.last_sent.elapsed() >= WATCH_PROGRESS_EVERY {
-                    st.last_sent = Instant::now();
-                    let batch = WatchBatch {
-                        events: if matches {
-                            vec![(*e).clone()]
-                        } else {
-                            Vec::new()
-                        },
-                        revision: st.last,
-                    };
-                    return Some((Ok(batch), st));
+                if matches {
+                    return Some((Ok(st.batch(vec![(*e).clone()])), st));
+                }
+                if st.last_sent.elapsed() >= WATCH_PROGRESS_EVERY {
+                    return Some((Ok(st.batch(Vec::new())), st));
                 }
             }
             Ok(HubItem::Reset { revision }) => {

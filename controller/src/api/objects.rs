@@ -223,7 +223,7 @@ impl<K: Object> Api<K> {
     }
 
     pub async fn create(&self, mut obj: K) -> Result<K, Status> {
-        if !K::HAS_STATUS || K::INFO.kind != "Node" {
+        if K::INFO.kind != "Node" {
             // Status is written by the system, through update-status; an
             // agent registering its Node may bring the node's capacity.
             obj.clear_status();
@@ -432,6 +432,9 @@ impl<K: Object> Api<K> {
             let next = if status_only {
                 let mut next = stored.clone();
                 next.take_status_from(&obj);
+                next.validate().map_err(|e| {
+                    Status::invalid_argument(format!("invalid {} status: {e}", K::INFO.kind))
+                })?;
                 next
             } else {
                 self.merge_update(&stored, obj.clone())?
@@ -539,7 +542,10 @@ impl<K: Object> Api<K> {
             _ => DEFAULT_BOOKMARK_INTERVAL,
         };
         let this = self.clone();
-        let initial = start.unwrap_or_else(|| self.store.revision());
+        // A watch "from now" has no revision to report until the store's
+        // first progress; a bookmark before that would let a resuming
+        // client skip changes still on their way.
+        let initial = start.unwrap_or(0);
         Ok(typed_events(
             this, changes, labels, fields, interval, initial,
         ))
@@ -610,6 +616,9 @@ fn typed_events<K: Object>(
                 return None;
             }
             tokio::select! {
+                // Changes first: a bookmark must not overtake events that
+                // are already waiting.
+                biased;
                 batch = st.changes.next() => match batch {
                     None => return None,
                     Some(Err(e)) => {
@@ -632,7 +641,7 @@ fn typed_events<K: Object>(
                         }
                     }
                 },
-                _ = st.ticker.tick() => {
+                _ = st.ticker.tick(), if st.seen > 0 => {
                     let mut bookmark = K::default();
                     bookmark.set_type_meta();
                     bookmark.meta_mut().resource_version = st.seen.to_string();
