@@ -377,6 +377,29 @@ async fn pods_bind_once_and_namespaces_take_their_objects_with_them() {
     let updated = pb::Pod::update(ch.clone(), again).await.unwrap();
     assert_eq!(updated.node_name(), "n1");
 
+    let described = ok(&cluster, &["describe", "pod", "p1"], None);
+    assert!(described.contains("Name:               p1"), "{described}");
+    assert!(described.contains("nodeName: n1"), "{described}");
+    assert!(described.contains("PodScheduled       True"), "{described}");
+
+    // Cordon and drain.
+    assert_eq!(ok(&cluster, &["cordon", "n1"], None), "node/n1 cordoned\n");
+    let nodes = ok(&cluster, &["get", "nodes"], None);
+    assert!(nodes.contains("SchedulingDisabled"), "{nodes}");
+    let drained = ok(&cluster, &["drain", "n1"], None);
+    assert!(
+        drained.contains("pod/p1 evicted") && drained.ends_with("node/n1 drained\n"),
+        "{drained}"
+    );
+    let err = pb::Pod::get(ch.clone(), get_req("default", "p1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(
+        ok(&cluster, &["uncordon", "n1"], None),
+        "node/n1 uncordoned\n"
+    );
+
     // A namespace and what is in it.
     let mut team = pb::Namespace::default();
     team.meta_mut().name = "team".into();
