@@ -293,13 +293,7 @@ impl<K: Object> Api<K> {
         name: &str,
         attempt: usize,
     ) -> Result<Option<(K, u64)>, Status> {
-        if attempt == 0 {
-            if let Some(found) = self.read(namespace, name, true).await? {
-                return Ok(Some(found));
-            }
-            return Ok(None);
-        }
-        self.read(namespace, name, false).await
+        self.read(namespace, name, attempt == 0).await
     }
 
     pub async fn get(&self, req: pb::GetRequest) -> Result<K, Status> {
