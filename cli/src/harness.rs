@@ -48,14 +48,22 @@ pub struct Cluster {
     pub controllers: BTreeMap<u64, Controller>,
 }
 
-/// A free port on 127.0.0.1. The port is released before use, so another
-/// process could take it in between; tests run few enough for that to be
-/// rare, and a failed bind shows up as a controller that exits.
+/// A free port on 127.0.0.1, below Linux's ephemeral range (32768 and up by
+/// default): a port the kernel hands out for binding can be handed out
+/// again as the source port of an outgoing connection before the
+/// controller binds it, and a controller that cannot listen never joins.
+/// Checked free by binding; tests start few enough processes for a race
+/// with another binder to be rare.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between 20000 and 32000")
 }
 
 impl Cluster {

@@ -583,18 +583,18 @@ async fn a_watch_resumes_on_another_controller_when_its_controller_dies() {
             }
         })
     };
+    let errors = {
+        let err = watch.stderr.take().unwrap();
+        std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default())
+    };
     let wait_for = |n: usize| {
         let lines = lines.clone();
         async move {
             let deadline = Instant::now() + Duration::from_secs(30);
-            while lines.lock().unwrap().len() < n {
-                assert!(
-                    Instant::now() < deadline,
-                    "the watch printed {:?}",
-                    lines.lock().unwrap()
-                );
+            while lines.lock().unwrap().len() < n && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            lines.lock().unwrap().len() >= n
         }
     };
     // Let the watch start before the first change.
@@ -605,7 +605,18 @@ async fn a_watch_resumes_on_another_controller_when_its_controller_dies() {
             .await
             .unwrap();
     }
-    wait_for(5).await;
+    let fail = |watch: &mut std::process::Child, errors: std::thread::JoinHandle<String>| -> ! {
+        let _ = watch.kill();
+        let status = watch.wait();
+        panic!(
+            "the watch printed {:?}; it ended with {status:?} and stderr {:?}",
+            lines.lock().unwrap(),
+            errors.join().unwrap_or_default()
+        );
+    };
+    if !wait_for(5).await {
+        fail(&mut watch, errors);
+    }
     cluster.kill(1);
     for i in 5..10 {
         let mut created = false;
@@ -626,7 +637,9 @@ async fn a_watch_resumes_on_another_controller_when_its_controller_dies() {
         }
         assert!(created, "w-{i} could not be created after the kill");
     }
-    wait_for(10).await;
+    if !wait_for(10).await {
+        fail(&mut watch, errors);
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = watch.kill();
     let _ = watch.wait();

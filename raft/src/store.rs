@@ -310,8 +310,10 @@ impl Store {
         let state = WatchState {
             live: sub.live,
             range,
-            last: sub.revision,
-            reported: sub.revision,
+            // A controller that has not applied the watcher's start yet
+            // must not send it what it has already seen elsewhere.
+            last: sub.revision.max(start_revision.saturating_sub(1)),
+            reported: sub.revision.max(start_revision.saturating_sub(1)),
             last_sent: Instant::now(),
             done: false,
         };
@@ -381,6 +383,7 @@ async fn next_watch_batch(mut st: WatchState) -> Option<(WatchItem, WatchState)>
             st.live.recv().await
         };
         match received {
+            Ok(HubItem::Event(e)) if e.revision() <= st.last => {}
             Ok(HubItem::Event(e)) => {
                 st.last = e.revision();
                 let matches = st.range.contains(&e.kv.key);

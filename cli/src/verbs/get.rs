@@ -201,6 +201,46 @@ fn print_objects<K: Row>(
     Ok(())
 }
 
+/// A failure of the connection or of the controller, not of the request:
+/// worth trying again, on another controller if need be. (A controller
+/// killed mid-connect shows up as Unknown or Cancelled, not Unavailable.)
+fn is_transient(s: &tonic::Status) -> bool {
+    !matches!(
+        s.code(),
+        tonic::Code::InvalidArgument
+            | tonic::Code::NotFound
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+            | tonic::Code::Unimplemented
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::OutOfRange
+    )
+}
+
+/// The watcher fell too far behind: prints a fresh listing and returns its
+/// revision to watch from.
+async fn relist<K: ClientKind + Row>(
+    ctx: &Ctx,
+    args: &GetArgs,
+    namespace: &str,
+    out: Output,
+) -> Result<String> {
+    let ch = ctx.channel().await?;
+    let (items, meta) = K::list(
+        ch,
+        pb::ListRequest {
+            namespace: namespace.to_string(),
+            label_selector: args.selector.clone().unwrap_or_default(),
+            field_selector: field_selector(args),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(status_error)?;
+    print_objects(&items, out, args.all_namespaces, false, None)?;
+    Ok(meta.resource_version)
+}
+
 /// Prints changes from `revision` on, reconnecting (to any controller) and
 /// resuming where it left off; lists again if the revision is gone.
 async fn watch<K: ClientKind + Row>(
@@ -225,7 +265,11 @@ async fn watch<K: ClientKind + Row>(
         };
         let mut stream = match stream {
             Ok(s) => s,
-            Err(s) if s.code() == tonic::Code::Unavailable => {
+            Err(s) if s.code() == tonic::Code::OutOfRange => {
+                revision = relist::<K>(ctx, args, &namespace, out).await?;
+                continue;
+            }
+            Err(s) if is_transient(&s) => {
                 let since = *lost_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > RECONNECT_FOR {
                     return Err(status_error(s));
@@ -251,21 +295,7 @@ async fn watch<K: ClientKind + Row>(
                     }
                 }
                 Err(s) if s.code() == tonic::Code::OutOfRange => {
-                    // Too far behind: start over from a fresh listing.
-                    let ch = ctx.channel().await?;
-                    let (items, meta) = K::list(
-                        ch,
-                        pb::ListRequest {
-                            namespace: namespace.clone(),
-                            label_selector: args.selector.clone().unwrap_or_default(),
-                            field_selector: field_selector(args),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map_err(status_error)?;
-                    print_objects(&items, out, args.all_namespaces, false, None)?;
-                    revision = meta.resource_version;
+                    revision = relist::<K>(ctx, args, &namespace, out).await?;
                     break;
                 }
                 // The controller went away: resume elsewhere.
