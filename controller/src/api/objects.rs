@@ -60,7 +60,9 @@ fn failure_status(kind: &str, namespace: &str, name: &str, f: &TxnFailure) -> St
             "{what} already exists: use apply or update to change it"
         )),
         TxnFailure::NotFound { key, .. } if key.starts_with(b"/registry/namespaces/") => {
-            Status::not_found(format!("namespace {namespace:?} does not exist: create it first"))
+            Status::not_found(format!(
+                "namespace {namespace:?} does not exist: create it first"
+            ))
         }
         TxnFailure::NotFound { .. } => Status::not_found(format!("{what} not found")),
         TxnFailure::RevisionMismatch { key, .. } if key.starts_with(b"/registry/namespaces/") => {
@@ -68,11 +70,19 @@ fn failure_status(kind: &str, namespace: &str, name: &str, f: &TxnFailure) -> St
                 "namespace {namespace:?} is being deleted: no new objects can be created in it"
             ))
         }
-        TxnFailure::RevisionMismatch { expected, actual, .. } => Status::aborted(format!(
-            "conflict: {what} was changed (resourceVersion {actual}, not {expected}): re-read and retry"
-        )),
+        TxnFailure::RevisionMismatch {
+            expected, actual, ..
+        } => conflict(kind, namespace, name, *expected, *actual),
         TxnFailure::Invalid { reason } => Status::invalid_argument(reason.clone()),
     }
+}
+
+/// A resourceVersion precondition that does not hold.
+fn conflict(kind: &str, namespace: &str, name: &str, expected: u64, actual: u64) -> Status {
+    Status::aborted(format!(
+        "conflict: {} was changed (resourceVersion {actual}, not {expected}): re-read and retry",
+        describe(kind, namespace, name)
+    ))
 }
 
 pub fn describe(kind: &str, namespace: &str, name: &str) -> String {
@@ -239,24 +249,20 @@ impl<K: Object> Api<K> {
         // The namespace is read locally first: the Check below confirms it
         // when the write applies, so a stale answer costs only a second,
         // linearizable try.
-        let mut outcome = Err(Status::internal("no attempt"));
-        for fresh in [false, true] {
-            outcome = self
-                .create_once(&namespace, &name, value.clone(), fresh)
-                .await;
-            match &outcome {
-                Err(s)
-                    if !fresh
-                        && matches!(
-                            s.code(),
-                            tonic::Code::NotFound | tonic::Code::FailedPrecondition
-                        ) =>
-                {
-                    continue
-                }
-                _ => break,
+        let first = self
+            .create_once(&namespace, &name, value.clone(), false)
+            .await;
+        let outcome = match first {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                self.create_once(&namespace, &name, value, true).await
             }
-        }
+            other => other,
+        };
         let revision = outcome?;
         obj.set_type_meta();
         obj.meta_mut().resource_version = revision.to_string();
@@ -350,7 +356,8 @@ impl<K: Object> Api<K> {
                     continue;
                 }
                 if limit > 0 && items.len() == limit {
-                    next = Some(encode_continue(&items_last_key(&items, self)));
+                    let last = items.last().map(|o: &K| self.key(o.namespace(), o.name()));
+                    next = Some(encode_continue(&last.unwrap_or_default()));
                     break 'pages;
                 }
                 items.push(obj);
@@ -405,23 +412,12 @@ impl<K: Object> Api<K> {
                 None if attempt == 0 => continue,
                 None => return Err(self.not_found(&namespace, &name)),
             };
-            if let Some(expected) = precondition {
-                if expected != rev && attempt == 0 {
+            if let Some(expected) = precondition.filter(|e| *e != rev) {
+                // The local copy may be behind: decide on the leader's.
+                if attempt == 0 {
                     continue;
                 }
-                if expected != rev {
-                    return Err(failure_status(
-                        K::INFO.kind,
-                        &namespace,
-                        &name,
-                        &TxnFailure::RevisionMismatch {
-                            op: 0,
-                            key: Vec::new(),
-                            expected,
-                            actual: rev,
-                        },
-                    ));
-                }
+                return Err(conflict(K::INFO.kind, &namespace, &name, expected, rev));
             }
             let next = if status_only {
                 let mut next = stored.clone();
@@ -493,16 +489,11 @@ impl<K: Object> Api<K> {
                 None => return Err(self.not_found(&namespace, name)),
             };
             if let Some(expected) = precondition.filter(|e| *e != rev) {
+                // The local copy may be behind: decide on the leader's.
                 if attempt == 0 {
                     continue;
                 }
-                let mismatch = TxnFailure::RevisionMismatch {
-                    op: 0,
-                    key: Vec::new(),
-                    expected,
-                    actual: rev,
-                };
-                return Err(failure_status(K::INFO.kind, &namespace, name, &mismatch));
+                return Err(conflict(K::INFO.kind, &namespace, name, expected, rev));
             }
             let ops = vec![Op::Delete {
                 key: self.key(&namespace, name),
@@ -544,13 +535,6 @@ impl<K: Object> Api<K> {
             this, changes, labels, fields, interval, initial,
         ))
     }
-}
-
-fn items_last_key<K: Object>(items: &[K], api: &Api<K>) -> Vec<u8> {
-    items
-        .last()
-        .map(|o| api.key(o.namespace(), o.name()))
-        .unwrap_or_default()
 }
 
 fn encode_continue(key: &[u8]) -> String {
