@@ -91,6 +91,11 @@ pub trait Object:
     /// service's ClusterIP, a node's pod CIDR) when an update leaves it
     /// empty, as `kubectl apply` of the original manifest does.
     fn keep_assigned(&mut self, _stored: &Self) {}
+    /// Refuses an update that may not follow the stored object (a field
+    /// that cannot change once set); says why.
+    fn check_update(&self, _stored: &Self) -> Result<(), String> {
+        Ok(())
+    }
     /// `spec.nodeName` for field selectors; empty for kinds without one.
     fn node_name(&self) -> &str {
         ""
@@ -220,6 +225,12 @@ impl Object for pb::Pod {
         if spec.node_name.is_empty() {
             spec.node_name = stored.node_name().to_string();
         }
+    }
+    fn check_update(&self, stored: &Self) -> Result<(), String> {
+        if crate::resources::pod_requests(self) != crate::resources::pod_requests(stored) {
+            return Err("a pod's resource requests cannot change once it exists (its node counted them): delete the pod and create it again".into());
+        }
+        Ok(())
     }
 }
 
@@ -351,6 +362,28 @@ impl Object for pb::Lease {
     }
     fn check(&self, errs: &mut Errors) {
         v::check_lease(errs, self);
+    }
+    fn check_update(&self, stored: &Self) -> Result<(), String> {
+        let epoch = crate::resources::lease_epoch;
+        let holder = |l: &Self| {
+            l.spec
+                .as_ref()
+                .map(|s| s.holder_identity.clone())
+                .unwrap_or_default()
+        };
+        if epoch(self) < epoch(stored) {
+            return Err(format!(
+                "spec.leaseTransitions cannot go down (it is {}): it fences former holders",
+                epoch(stored)
+            ));
+        }
+        if holder(self) != holder(stored)
+            && !holder(self).is_empty()
+            && epoch(self) == epoch(stored)
+        {
+            return Err(format!("a new holder must raise spec.leaseTransitions (it is {}): it fences the former holder", epoch(stored)));
+        }
+        Ok(())
     }
 }
 

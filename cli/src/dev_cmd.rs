@@ -99,6 +99,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let stopped = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        crate::server_cmd::spawn_scheduler(&config, berth_scheduler::SchedulerConfig::default())?;
         let span = tracing::info_span!("controller", id = *id);
         tasks.push(tokio::spawn(
             berth_controller::run(config, stopped).instrument(span),

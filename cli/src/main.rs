@@ -8,6 +8,7 @@ use clap::Subcommand;
 mod bench;
 mod cluster_cmd;
 mod dev_cmd;
+mod scheduler_cmd;
 mod server_cmd;
 mod signals;
 mod verbs;
@@ -42,6 +43,8 @@ struct Cli {
 enum Command {
     /// Run a controller.
     Server(server_cmd::ServerArgs),
+    /// Run a scheduler on its own (controllers run one each by default).
+    Scheduler(scheduler_cmd::SchedulerArgs),
     /// Run a local cluster in the foreground.
     Dev(dev_cmd::DevArgs),
     /// Inspect and change the controller group.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
+            Command::Scheduler(args) => scheduler_cmd::run(args, &addrs).await,
             Command::Dev(args) => dev_cmd::run(args).await,
             Command::Cluster(cmd) => cluster_cmd::run(cmd, &addrs).await,
             Command::Bench(cmd) => bench::run(cmd, &addrs).await,

@@ -60,6 +60,13 @@ pub struct ServerArgs {
     /// How long a write or linearizable read waits for a quorum before it fails with UNAVAILABLE.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// Do not run a scheduler in this controller (run `berth scheduler`
+    /// elsewhere, or bind pods yourself).
+    #[arg(long)]
+    no_scheduler: bool,
+    /// Settings for this controller's scheduler (YAML or JSON).
+    #[arg(long)]
+    scheduler_config: Option<PathBuf>,
 }
 
 /// Parses `1=127.0.0.1:7001,2=...`.
@@ -137,9 +144,40 @@ impl ServerArgs {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let scheduler = match args.no_scheduler {
+        true => None,
+        false => Some(crate::scheduler_cmd::load_config(
+            args.scheduler_config.as_ref(),
+        )?),
+    };
     let config = args.into_config()?;
+    if let Some(scheduler) = scheduler {
+        spawn_scheduler(&config, scheduler)?;
+    }
     berth_controller::run(config, crate::signals::shutdown()).await?;
     Ok(())
+}
+
+/// The controller's own scheduler: it talks to this controller first (its
+/// watches are served locally) and to the peers if this one fails.
+pub fn spawn_scheduler(
+    config: &ServerConfig,
+    scheduler: berth_scheduler::SchedulerConfig,
+) -> anyhow::Result<()> {
+    let mut addrs = vec![config.advertise.clone()];
+    addrs.extend(
+        config
+            .peers
+            .iter()
+            .map(|(_, a)| a.clone())
+            .filter(|a| *a != config.advertise),
+    );
+    let identity = crate::scheduler_cmd::identity(&format!("controller-{}", config.id));
+    crate::scheduler_cmd::spawn(
+        addrs,
+        scheduler,
+        berth_scheduler::ElectionConfig::new(identity),
+    )
 }
 
 #[cfg(test)]

@@ -24,9 +24,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_berth");
 /// The tests each run three controllers; on two cores they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Controllers without their schedulers: these tests bind pods themselves.
 fn options(extra: &[&str]) -> Options {
     Options {
-        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        extra_args: ["--no-scheduler"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect(),
         log_dir: std::env::var_os("BERTH_TEST_LOGS").map(Into::into),
     }
 }
@@ -155,9 +160,22 @@ fn pod(ns: &str, name: &str) -> pb::Pod {
     p
 }
 
+/// A Ready node with room for a few pods.
 fn node(name: &str) -> pb::Node {
     let mut n = pb::Node::default();
     n.meta_mut().name = name.into();
+    n.status = Some(pb::NodeStatus {
+        allocatable: [("cpu", "4"), ("memory", "8Gi"), ("pods", "10")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        conditions: vec![pb::Condition {
+            r#type: "Ready".into(),
+            status: "True".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
     n
 }
 
@@ -342,6 +360,7 @@ async fn pods_bind_once_and_namespaces_take_their_objects_with_them() {
         namespace: "default".into(),
         name: name.into(),
         node_name: node.into(),
+        epoch: 0,
     };
 
     pb::Node::create(ch.clone(), node("n1")).await.unwrap();
@@ -520,6 +539,7 @@ async fn lists_select_by_labels_and_fields_and_come_in_pages() {
                 namespace: "default".into(),
                 name: format!("p{i}"),
                 node_name: "n1".into(),
+                epoch: 0,
             })
             .await
             .unwrap();

@@ -37,6 +37,9 @@ pub fn prometheus() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("_reads".into()), COUNT_BUCKETS)
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_binds".into()), COUNT_BUCKETS)
+                })
                 .expect("bucket lists are non-empty")
                 .install_recorder()
                 .expect("the Prometheus recorder is installed once")
@@ -56,6 +59,20 @@ pub async fn serve(listener: TcpListener, raft: Raft, prometheus: PrometheusHand
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "metrics server failed");
+    }
+}
+
+/// `/metrics` alone, for a process without a Raft node (the scheduler).
+pub async fn serve_metrics(listener: TcpListener, prometheus: PrometheusHandle) {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || async move {
+            prometheus.run_upkeep();
+            prometheus.render()
+        }),
+    );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "metrics server failed");
     }

@@ -57,6 +57,7 @@ fn failure_status(f: &TxnFailure) -> Status {
         TxnFailure::NotFound { .. } => Status::not_found(msg),
         TxnFailure::RevisionMismatch { .. } => Status::aborted(msg),
         TxnFailure::Invalid { .. } => Status::invalid_argument(msg),
+        TxnFailure::BindRefused { .. } => Status::failed_precondition(msg),
     }
 }
 

@@ -4,9 +4,10 @@
 //! `/metrics` and `/healthz`.
 
 mod api;
+pub mod bind_rules;
 mod bootstrap;
 mod cluster_service;
-mod http;
+pub mod http;
 mod kv_service;
 pub mod server;
 

@@ -57,7 +57,8 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     // Installed before the node starts, so that it registers its metrics.
     let prometheus = config.metrics_listen.map(|_| http::prometheus());
-    let node = Node::open(config.node.clone()).await?;
+    let rules = Box::new(crate::bind_rules::PlacementRules::new());
+    let node = Node::open(config.node.clone(), rules).await?;
     api::describe_metrics();
     let listener =
         TcpListener::bind(config.listen)

@@ -10,6 +10,7 @@ use crate::identity::Identity;
 use crate::identity::IdentityError;
 use crate::network::Channels;
 use crate::network::Network;
+use crate::rules::BindRules;
 use crate::service::RaftService;
 use crate::storage::db;
 use crate::storage::state_machine::applied_revision;
@@ -104,7 +105,8 @@ pub struct Node {
 }
 
 impl Node {
-    pub async fn open(config: NodeConfig) -> Result<Self, NodeError> {
+    /// Opens the data dir and starts Raft; `rules` decide binds.
+    pub async fn open(config: NodeConfig, rules: Box<dyn BindRules>) -> Result<Self, NodeError> {
         let io = |path: &PathBuf| {
             let path = path.display().to_string();
             move |source| NodeError::Io { path, source }
@@ -116,8 +118,9 @@ impl Node {
         let revision = applied_revision(&database).map_err(io(&config.data_dir))?;
         let hub = WatchHub::new(revision, config.watch_history_events, DEFAULT_BUFFER_BYTES);
         let log_store = LogStore::new(database.clone());
-        let state_machine = StateMachine::new(database.clone(), snapshot_dir.clone(), hub.clone())
-            .map_err(io(&snapshot_dir))?;
+        let state_machine =
+            StateMachine::new(database.clone(), snapshot_dir.clone(), hub.clone(), rules)
+                .map_err(io(&snapshot_dir))?;
         let channels = Channels::default();
         let network = Network::new(identity.clone(), channels.clone());
         let raft = Raft::new(

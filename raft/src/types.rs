@@ -5,6 +5,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::rules::BindRefusal;
+
 openraft::declare_raft_types!(
     /// Berth's openraft configuration: node ids are `u64`, nodes are known by
     /// their gRPC address, and one log entry carries a batch of transactions.
@@ -62,12 +64,24 @@ pub enum Op {
         key: Vec<u8>,
         precondition: Precondition,
     },
+    /// Places a pending pod on a node, decided at apply by the store's
+    /// `BindRules` (fencing epoch, node state, resources).
+    Bind {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        node: String,
+        epoch: u64,
+        time: String,
+    },
 }
 
 impl Op {
     pub fn key(&self) -> &[u8] {
         match self {
-            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Check { key, .. } => key,
+            Op::Put { key, .. }
+            | Op::Delete { key, .. }
+            | Op::Check { key, .. }
+            | Op::Bind { key, .. } => key,
         }
     }
 
@@ -76,6 +90,7 @@ impl Op {
             Op::Put { precondition, .. }
             | Op::Delete { precondition, .. }
             | Op::Check { precondition, .. } => *precondition,
+            Op::Bind { .. } => Precondition::Present,
         }
     }
 
@@ -83,6 +98,9 @@ impl Op {
         match self {
             Op::Put { key, value, .. } => key.len() + value.len() + 16,
             Op::Delete { key, .. } | Op::Check { key, .. } => key.len() + 16,
+            Op::Bind {
+                key, node, time, ..
+            } => key.len() + node.len() + time.len() + 24,
         }
     }
 }
@@ -149,6 +167,12 @@ pub enum TxnFailure {
     },
     /// The transaction is malformed (empty key, too large, too many ops).
     Invalid { reason: String },
+    /// The store's bind rules refused operation `op`.
+    BindRefused {
+        op: u32,
+        reason: BindRefusal,
+        message: String,
+    },
 }
 
 impl fmt::Display for TxnFailure {
@@ -168,6 +192,7 @@ impl fmt::Display for TxnFailure {
                 k(key)
             ),
             TxnFailure::Invalid { reason } => f.write_str(reason),
+            TxnFailure::BindRefused { message, .. } => f.write_str(message),
         }
     }
 }
@@ -222,6 +247,17 @@ pub fn validate_txn(txn: &Txn) -> Result<(), TxnFailure> {
             "a transaction has {} operations; at most {MAX_TXN_OPS} are allowed",
             txn.ops.len()
         ));
+    }
+    if txn
+        .ops
+        .iter()
+        .filter(|op| matches!(op, Op::Bind { .. }))
+        .count()
+        > 1
+    {
+        // The bind rules see the state before the transaction, so a second
+        // bind in it could not count the first.
+        return invalid("a transaction may hold at most one bind".into());
     }
     for op in &txn.ops {
         let key = op.key();

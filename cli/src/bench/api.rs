@@ -353,7 +353,12 @@ pub async fn run(args: ApiArgs, addrs: &[String]) -> anyhow::Result<()> {
     let addrs: Vec<String> = if args.spawn {
         let binary = std::env::current_exe().context("locate the berth binary")?;
         let root = tempfile::tempdir().context("create a temporary directory")?;
-        let cluster = Cluster::start(&binary, root.path(), 3, harness::Options::default());
+        // Without schedulers: the bench's pods are not meant to be placed.
+        let options = harness::Options {
+            extra_args: vec!["--no-scheduler".into()],
+            ..Default::default()
+        };
+        let cluster = Cluster::start(&binary, root.path(), 3, options);
         if cluster
             .wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
             .await

@@ -6,6 +6,7 @@ use clap::Subcommand;
 mod api;
 mod failover;
 mod latency;
+mod schedule;
 mod store;
 
 #[derive(Subcommand)]
@@ -14,6 +15,8 @@ pub enum BenchCommand {
     Store(store::StoreArgs),
     /// The public API under a mixed load, then watch fan-out.
     Api(api::ApiArgs),
+    /// Place pods in bulk on many agent-less nodes of a spawned cluster.
+    Schedule(schedule::ScheduleArgs),
     /// Repeatedly SIGKILL the leader of a 3-controller cluster under writes.
     Failover(failover::FailoverArgs),
 }
@@ -23,5 +26,6 @@ pub async fn run(cmd: BenchCommand, addrs: &[String]) -> anyhow::Result<()> {
         BenchCommand::Store(a) => store::run(a, addrs).await,
         BenchCommand::Failover(a) => failover::run(a).await,
         BenchCommand::Api(a) => api::run(a, addrs).await,
+        BenchCommand::Schedule(a) => schedule::run(a).await,
     }
 }

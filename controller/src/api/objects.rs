@@ -74,6 +74,7 @@ fn failure_status(kind: &str, namespace: &str, name: &str, f: &TxnFailure) -> St
             expected, actual, ..
         } => conflict(kind, namespace, name, *expected, *actual),
         TxnFailure::Invalid { reason } => Status::invalid_argument(reason.clone()),
+        TxnFailure::BindRefused { message, .. } => Status::failed_precondition(message.clone()),
     }
 }
 
@@ -460,6 +461,9 @@ impl<K: Object> Api<K> {
 
     fn merge_update(&self, stored: &K, mut next: K) -> Result<K, Status> {
         next.keep_assigned(stored);
+        next.check_update(stored).map_err(|e| {
+            Status::invalid_argument(format!("invalid {} update: {e}", K::INFO.kind))
+        })?;
         if next.node_name() != stored.node_name() {
             return Err(Status::invalid_argument(format!(
                 "spec.nodeName cannot be changed by an update (it is {:?}): a pending pod is placed with Bind",

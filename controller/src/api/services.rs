@@ -161,6 +161,20 @@ object_service!(
         async fn bind(&self, r: Request<pb::BindRequest>) -> Result<Response<pb::Pod>, Status> {
             observe("Pod", "bind", self.0.bind(r.into_inner())).await
         }
+
+        async fn bind_batch(
+            &self,
+            r: Request<pb::BindBatchRequest>,
+        ) -> Result<Response<pb::BindBatchResponse>, Status> {
+            observe("Pod", "bind_batch", self.0.bind_batch(r.into_inner())).await
+        }
+
+        async fn create_batch(
+            &self,
+            r: Request<pb::CreatePodsRequest>,
+        ) -> Result<Response<pb::CreatePodsResponse>, Status> {
+            observe("Pod", "create_batch", self.0.create_batch(r.into_inner())).await
+        }
     }
 );
 object_service!(

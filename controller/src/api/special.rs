@@ -6,13 +6,14 @@ use berth_api::kinds::object_key;
 use berth_api::kinds::KINDS;
 use berth_api::pb;
 use berth_api::Object;
+use berth_raft::BindRefusal;
 use berth_raft::KeyRange;
 use berth_raft::Op;
 use berth_raft::Precondition;
+use berth_raft::TxnFailure;
 use berth_raft::TxnOutcome;
 use tonic::Status;
 
-use super::objects::describe;
 use super::objects::now_rfc3339;
 use super::objects::Api;
 
@@ -104,67 +105,142 @@ impl Api<pb::Namespace> {
     }
 }
 
+/// Most binds (or pods) one `BindBatch` (`CreateBatch`) call may carry.
+pub const MAX_BINDS_PER_BATCH: usize = 10_000;
+
 impl Api<pb::Pod> {
-    /// Binds a pending pod to an existing node, once.
+    /// Binds a pending pod to a node, once; the state machine's bind rules
+    /// decide (see `bind_rules`).
     pub async fn bind(&self, req: pb::BindRequest) -> Result<pb::Pod, Status> {
-        let namespace = if req.namespace.is_empty() {
-            "default".to_string()
-        } else {
-            req.namespace.clone()
-        };
-        if req.node_name.is_empty() {
-            return Err(Status::invalid_argument("node_name is required"));
+        let namespace = namespace_or_default(&req.namespace).to_string();
+        let epoch = req.epoch;
+        let result = self.bind_one(req.clone(), epoch, &now_rfc3339()).await;
+        if result.code != 0 {
+            return Err(Status::new(tonic::Code::from(result.code), result.message));
         }
-        let mut pod = self
-            .get(pb::GetRequest {
-                namespace: namespace.clone(),
-                name: req.name.clone(),
-                serializable: false,
-            })
-            .await?;
-        let rev: u64 = pod
-            .meta()
-            .and_then(|m| m.resource_version.parse().ok())
-            .unwrap_or(0);
-        let what = describe("Pod", &namespace, &req.name);
-        if !pod.node_name().is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "{what} is already bound to node {:?}; a pod is placed once",
-                pod.node_name()
+        self.get(pb::GetRequest {
+            namespace,
+            name: req.name,
+            serializable: false,
+        })
+        .await
+    }
+
+    /// Decides every bind on its own; they share Raft entries.
+    pub async fn bind_batch(
+        &self,
+        req: pb::BindBatchRequest,
+    ) -> Result<pb::BindBatchResponse, Status> {
+        if req.binds.len() > MAX_BINDS_PER_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} binds in one batch; at most {MAX_BINDS_PER_BATCH} are allowed: split the batch",
+                req.binds.len()
             )));
         }
-        pod.spec.get_or_insert_default().node_name = req.node_name.clone();
-        let status = pod.status.get_or_insert_default();
-        status.conditions.retain(|c| c.r#type != "PodScheduled");
-        status.conditions.push(pb::Condition {
-            r#type: "PodScheduled".into(),
-            status: "True".into(),
-            last_transition_time: now_rfc3339(),
-            ..Default::default()
-        });
-        let node_key = object_key(&pb::Node::INFO, "", &req.node_name).into_bytes();
-        let ops = vec![
-            Op::Check {
-                key: node_key,
-                precondition: Precondition::Present,
-            },
-            self.put_at(&pod, rev)?,
-        ];
-        match self.store.txn(berth_raft::Txn { ops }).await? {
-            TxnOutcome::Committed { revision, .. } => {
-                pod.meta_mut().resource_version = revision.to_string();
-                Ok(pod)
-            }
-            TxnOutcome::Failed(berth_raft::TxnFailure::NotFound { op: 0, .. }) => {
-                Err(Status::not_found(format!(
-                    "node {:?} does not exist: bind to a registered node",
-                    req.node_name
-                )))
-            }
-            TxnOutcome::Failed(_) => Err(Status::aborted(format!(
-                "conflict: {what} changed during the bind: re-read and retry"
-            ))),
+        let time = now_rfc3339();
+        let results = futures::future::join_all(
+            req.binds
+                .into_iter()
+                .map(|b| self.bind_one(b, req.epoch, &time)),
+        )
+        .await;
+        Ok(pb::BindBatchResponse { results })
+    }
+
+    /// Creates every pod on its own; their writes share Raft entries.
+    pub async fn create_batch(
+        &self,
+        req: pb::CreatePodsRequest,
+    ) -> Result<pb::CreatePodsResponse, Status> {
+        if req.items.len() > MAX_BINDS_PER_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} pods in one batch; at most {MAX_BINDS_PER_BATCH} are allowed: split the batch",
+                req.items.len()
+            )));
         }
+        let results = futures::future::join_all(req.items.into_iter().map(|pod| async move {
+            match self.create(pod).await {
+                Ok(created) => pb::CreateResult {
+                    resource_version: created
+                        .meta()
+                        .map(|m| m.resource_version.clone())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                },
+                Err(s) => pb::CreateResult {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                    resource_version: String::new(),
+                },
+            }
+        }))
+        .await;
+        Ok(pb::CreatePodsResponse { results })
+    }
+
+    async fn bind_one(&self, req: pb::BindRequest, epoch: u64, time: &str) -> pb::BindResult {
+        let refused = |code: tonic::Code, reason: &str, message: String| pb::BindResult {
+            code: code as i32,
+            message,
+            reason: reason.to_string(),
+            resource_version: String::new(),
+        };
+        if req.name.is_empty() || req.node_name.is_empty() {
+            return refused(
+                tonic::Code::InvalidArgument,
+                "invalid",
+                "a bind needs the pod's name and a node_name".into(),
+            );
+        }
+        let namespace = namespace_or_default(&req.namespace);
+        let key = object_key(&pb::Pod::INFO, namespace, &req.name).into_bytes();
+        let op = Op::Bind {
+            key,
+            node: req.node_name,
+            epoch,
+            time: time.to_string(),
+        };
+        match self.store.txn(berth_raft::Txn { ops: vec![op] }).await {
+            Ok(TxnOutcome::Committed { revision, .. }) => pb::BindResult {
+                resource_version: revision.to_string(),
+                ..Default::default()
+            },
+            Ok(TxnOutcome::Failed(TxnFailure::BindRefused {
+                reason, message, ..
+            })) => refused(refusal_code(reason), reason.as_str(), message),
+            Ok(TxnOutcome::Failed(TxnFailure::NotFound { .. })) => refused(
+                tonic::Code::NotFound,
+                BindRefusal::PodNotFound.as_str(),
+                format!("pod {namespace}/{} not found", req.name),
+            ),
+            Ok(TxnOutcome::Failed(f)) => {
+                refused(tonic::Code::InvalidArgument, "invalid", f.to_string())
+            }
+            Err(e) => {
+                let status = Status::from(e);
+                refused(status.code(), "unavailable", status.message().to_string())
+            }
+        }
+    }
+}
+
+fn namespace_or_default(namespace: &str) -> &str {
+    if namespace.is_empty() {
+        "default"
+    } else {
+        namespace
+    }
+}
+
+fn refusal_code(reason: BindRefusal) -> tonic::Code {
+    match reason {
+        BindRefusal::PodNotFound | BindRefusal::NodeNotFound => tonic::Code::NotFound,
+        BindRefusal::Invalid => tonic::Code::InvalidArgument,
+        BindRefusal::StaleEpoch
+        | BindRefusal::AlreadyBound
+        | BindRefusal::NodeNotReady
+        | BindRefusal::NodeUnschedulable
+        | BindRefusal::Insufficient => tonic::Code::FailedPrecondition,
     }
 }
 

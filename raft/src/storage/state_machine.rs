@@ -34,6 +34,9 @@ use super::snapshot;
 use super::snapshot::SnapshotFile;
 use crate::codec;
 use crate::codec::io_error;
+use crate::rules::BindOp;
+use crate::rules::BindRefusal;
+use crate::rules::BindRules;
 use crate::types::validate_txn;
 use crate::types::Event;
 use crate::types::EventKind;
@@ -84,6 +87,7 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     hub: WatchHub,
     revision: u64,
+    rules: Box<dyn BindRules>,
 }
 
 /// Reads the applied state of a state machine meta column family.
@@ -108,16 +112,48 @@ pub fn snapshot_revision(db: &DB, snap: &rocksdb::Snapshot<'_>) -> io::Result<u6
 }
 
 impl StateMachine {
-    pub fn new(db: Arc<DB>, snapshot_dir: PathBuf, hub: WatchHub) -> io::Result<Self> {
+    pub fn new(
+        db: Arc<DB>,
+        snapshot_dir: PathBuf,
+        hub: WatchHub,
+        rules: Box<dyn BindRules>,
+    ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         snapshot::remove_partials(&snapshot_dir)?;
         let revision = applied_revision(&db)?;
-        Ok(Self {
+        let mut sm = Self {
             db,
             snapshot_dir,
             hub,
             revision,
-        })
+            rules,
+        };
+        sm.rebuild_rules()?;
+        Ok(sm)
+    }
+
+    /// Shows the bind rules every stored key they watch, so that what they
+    /// derive matches the state exactly (at start, after a snapshot).
+    fn rebuild_rules(&mut self) -> io::Result<()> {
+        let started = Instant::now();
+        self.rules.reset();
+        let prefix = self.rules.observed_prefix();
+        let iter = self.db.iterator_cf(
+            cf(&self.db, CF_KV),
+            IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        let mut keys = 0usize;
+        for item in iter {
+            let (key, raw) = item.map_err(io_error)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let stored: StoredValue = codec::decode("stored value", &raw).map_err(io_error)?;
+            self.rules.observe(&key, Some(&stored.value));
+            keys += 1;
+        }
+        tracing::info!(keys, elapsed = ?started.elapsed(), "bind rules rebuilt from the key space");
+        Ok(())
     }
 
     fn current(
@@ -138,7 +174,7 @@ impl StateMachine {
     /// Applies one transaction on top of `overlay` (the batch's writes so
     /// far), or leaves everything untouched and says why not.
     fn apply_txn(
-        &self,
+        &mut self,
         txn: &Txn,
         overlay: &mut HashMap<Vec<u8>, Option<StoredValue>>,
         batch: &mut WriteBatch,
@@ -162,10 +198,34 @@ impl StateMachine {
             if let Err(f) = check(i as u32, key, op.precondition(), cur.as_ref()) {
                 return Ok(TxnOutcome::Failed(f));
             }
+            let new_value = match op {
+                Op::Put { value, .. } => Some(value.clone()),
+                Op::Bind {
+                    node, epoch, time, ..
+                } => {
+                    let bind = BindOp {
+                        pod_key: key,
+                        node,
+                        epoch: *epoch,
+                        time,
+                    };
+                    match self.decide_bind(&bind, overlay, &local)? {
+                        Ok(value) => Some(value),
+                        Err((reason, message)) => {
+                            return Ok(TxnOutcome::Failed(TxnFailure::BindRefused {
+                                op: i as u32,
+                                reason,
+                                message,
+                            }))
+                        }
+                    }
+                }
+                Op::Delete { .. } | Op::Check { .. } => None,
+            };
             match op {
-                Op::Put { value, .. } => {
+                Op::Put { .. } | Op::Bind { .. } => {
                     let stored = StoredValue {
-                        value: value.clone(),
+                        value: new_value.unwrap_or_default(),
                         create_revision: cur.as_ref().map_or(rev, |c| c.create_revision),
                         mod_revision: rev,
                         version: cur.as_ref().map_or(1, |c| c.version + 1),
@@ -199,10 +259,15 @@ impl StateMachine {
             });
         }
         let kv = cf(&self.db, CF_KV);
+        let observed = self.rules.observed_prefix();
         for (key, value) in local {
             match &value {
                 Some(v) => batch.put_cf(kv, &key, codec::encode(v)),
                 None => batch.delete_cf(kv, &key),
+            }
+            if key.starts_with(observed) {
+                self.rules
+                    .observe(&key, value.as_ref().map(|v| v.value.as_slice()));
             }
             overlay.insert(key, value);
         }
@@ -212,6 +277,24 @@ impl StateMachine {
             revision: rev,
             prev,
         })
+    }
+
+    /// Asks the rules about a bind, letting them read any key as this
+    /// transaction sees it.
+    fn decide_bind(
+        &self,
+        bind: &BindOp<'_>,
+        overlay: &HashMap<Vec<u8>, Option<StoredValue>>,
+        local: &HashMap<Vec<u8>, Option<StoredValue>>,
+    ) -> io::Result<Result<Vec<u8>, (BindRefusal, String)>> {
+        let mut read = |key: &[u8]| -> io::Result<Option<Vec<u8>>> {
+            let cur = match local.get(key) {
+                Some(v) => v.clone(),
+                None => self.current(overlay, key)?,
+            };
+            Ok(cur.map(|c| c.value))
+        };
+        self.rules.bind(bind, &mut read)
     }
 
     fn meta(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -341,6 +424,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(io_error)??;
         self.revision = revision;
+        self.rebuild_rules()?;
         self.hub.reset(revision);
         metrics::counter!("berth_raft_snapshots_installed_total").increment(1);
         Ok(())
@@ -472,8 +556,13 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let database = db::open(&dir.path().join("db")).unwrap();
             let hub = WatchHub::new(0, 1000, usize::MAX);
-            let sm =
-                StateMachine::new(database, dir.path().join("snapshots"), hub.clone()).unwrap();
+            let sm = StateMachine::new(
+                database,
+                dir.path().join("snapshots"),
+                hub.clone(),
+                Box::new(crate::rules::NoBinds),
+            )
+            .unwrap();
             Self {
                 _dir: dir,
                 sm,

@@ -140,3 +140,27 @@ macro_rules! for_kind {
         }
     };
 }
+
+/// Pod calls beyond the common verbs.
+pub mod pods {
+    use berth_api::pb;
+    use tonic::transport::Channel;
+    use tonic::Status;
+
+    pub async fn update_status(ch: Channel, pod: pb::Pod) -> Result<pb::Pod, Status> {
+        Ok(pb::pods_client::PodsClient::new(ch)
+            .update_status(pod)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn bind_batch(
+        ch: Channel,
+        req: pb::BindBatchRequest,
+    ) -> Result<pb::BindBatchResponse, Status> {
+        Ok(pb::pods_client::PodsClient::new(ch)
+            .bind_batch(req)
+            .await?
+            .into_inner())
+    }
+}

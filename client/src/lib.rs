@@ -1,0 +1,17 @@
+//! berth-client is how programs reach a Berth cluster: connecting to the
+//! first controller that answers (or to all of them, balanced), typed calls
+//! of the `berth.v1` API for every kind, and a watcher that lists, follows
+//! changes, resumes after a lost controller and lists again when its
+//! revision has been compacted away. The CLI, the scheduler and the agent
+//! build on it.
+
+#![forbid(unsafe_code)]
+
+pub mod connect;
+pub mod objects;
+pub mod watcher;
+
+pub use connect::connect;
+pub use connect::parse_addrs;
+pub use connect::ClientError;
+pub use objects::ClientKind;

@@ -1,0 +1,73 @@
+//! berth-scheduler places pending pods on nodes. It keeps a cache of nodes
+//! and pods fed by watches, queues pending pods (with back-off for those
+//! that do not fit), filters and scores nodes with the plugins in
+//! `plugins`, and commits placements in batches of binds. Only the holder
+//! of Lease `berth-system/berth-scheduler` binds, and every bind carries
+//! the lease's epoch, so the state machine refuses a former holder's.
+//!
+//! It talks to the cluster through `berth-client` only: it runs the same
+//! inside a controller (the default) or alone (`berth scheduler`).
+
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod config;
+pub mod election;
+pub mod plugins;
+pub mod queue;
+pub mod scheduler;
+
+use berth_api::pb;
+use berth_client::connect::Connector;
+use berth_client::watcher;
+use tokio::sync::mpsc;
+use tokio::sync::watch;
+
+pub use config::SchedulerConfig;
+pub use election::ElectionConfig;
+
+/// Registers the scheduler's metrics with their help texts.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "berth_scheduler_queue_pods",
+        "Pending pods waiting to be placed"
+    );
+    metrics::describe_gauge!(
+        "berth_scheduler_leader",
+        "1 while this scheduler holds the lease"
+    );
+    metrics::describe_counter!(
+        "berth_scheduler_attempts_total",
+        "Placement attempts by result (scheduled, unschedulable)"
+    );
+    metrics::describe_counter!(
+        "berth_scheduler_binds_total",
+        "Binds by result (ok, or the store's reason for refusing)"
+    );
+    metrics::describe_histogram!(
+        "berth_scheduler_scheduling_duration_seconds",
+        "From a pod seen pending to its bind committed"
+    );
+    metrics::describe_histogram!("berth_scheduler_batch_binds", "Binds per batch sent");
+}
+
+/// Runs a scheduler against the cluster at `conn` until the process ends.
+pub async fn run(conn: Connector, config: SchedulerConfig, election: ElectionConfig) {
+    let (leader_tx, leader_rx) = watch::channel(None);
+    tokio::spawn(election::run(conn.clone(), election, leader_tx));
+    let (node_tx, node_rx) = mpsc::channel(4096);
+    tokio::spawn(watcher::run::<pb::Node>(
+        conn.clone(),
+        watcher::Scope::default(),
+        node_tx,
+    ));
+    let (pod_tx, pod_rx) = mpsc::channel(65_536);
+    tokio::spawn(watcher::run::<pb::Pod>(
+        conn.clone(),
+        watcher::Scope::default(),
+        pod_tx,
+    ));
+    scheduler::Scheduler::new(config, conn)
+        .run(node_rx, pod_rx, leader_rx)
+        .await;
+}
