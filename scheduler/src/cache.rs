@@ -5,7 +5,6 @@
 //! forgotten if the bind is refused.
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use berth_api::pb;
@@ -17,6 +16,9 @@ use berth_api::resources::pod_requests;
 use berth_api::resources::Resources;
 use berth_api::selector::LabelSelector;
 use berth_api::Object;
+// Looked up per node for every pod placed: FxHash, not SipHash (no
+// untrusted keys can flood these maps; their keys come from the store).
+use rustc_hash::FxHashMap as HashMap;
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
@@ -55,8 +57,10 @@ pub struct PodInfo {
     pub node_affinity: Option<pb::NodeSelector>,
     pub tolerations: Vec<pb::Toleration>,
     pub anti_affinity: Vec<AntiAffinityTerm>,
-    /// The owning controller's uid: the pods a spread score keeps apart.
-    pub workload: Option<Arc<str>>,
+    /// The owning controller's uid, hashed (counted per node for every
+    /// candidate, so cheap to look up; a collision only blurs a score):
+    /// the pods a spread score keeps apart.
+    pub workload: Option<Workload>,
 }
 
 impl PodInfo {
@@ -91,7 +95,7 @@ impl PodInfo {
             .owner_references
             .iter()
             .find(|o| o.controller == Some(true))
-            .map(|o| Arc::from(o.uid.as_str()));
+            .map(|o| workload_id(&o.uid));
         Self {
             key: pod_key(pod),
             namespace,
@@ -108,6 +112,15 @@ impl PodInfo {
             workload,
         }
     }
+}
+
+pub type Workload = u64;
+
+pub fn workload_id(uid: &str) -> Workload {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(uid.as_bytes());
+    h.finish()
 }
 
 /// A selector no labels match (a term without one selects nothing).
@@ -131,7 +144,7 @@ pub struct NodeInfo {
     /// How many of the pods here have required anti-affinity terms: when
     /// none, an incoming pod need not look at them.
     pub with_anti_affinity: usize,
-    pub per_workload: HashMap<Arc<str>, u32>,
+    pub per_workload: HashMap<Workload, u32>,
 }
 
 impl NodeInfo {
@@ -160,8 +173,8 @@ impl NodeInfo {
         if !pod.anti_affinity.is_empty() {
             self.with_anti_affinity += 1;
         }
-        if let Some(w) = &pod.workload {
-            *self.per_workload.entry(w.clone()).or_default() += 1;
+        if let Some(w) = pod.workload {
+            *self.per_workload.entry(w).or_default() += 1;
         }
         self.pods.insert(pod.key.clone(), pod);
     }
@@ -172,19 +185,19 @@ impl NodeInfo {
         if !pod.anti_affinity.is_empty() {
             self.with_anti_affinity -= 1;
         }
-        if let Some(w) = &pod.workload {
-            if let Some(n) = self.per_workload.get_mut(w) {
+        if let Some(w) = pod.workload {
+            if let Some(n) = self.per_workload.get_mut(&w) {
                 *n -= 1;
                 if *n == 0 {
-                    self.per_workload.remove(w);
+                    self.per_workload.remove(&w);
                 }
             }
         }
         Some(pod)
     }
 
-    pub fn workload_count(&self, workload: &str) -> u32 {
-        self.per_workload.get(workload).copied().unwrap_or(0)
+    pub fn workload_count(&self, workload: Workload) -> u32 {
+        self.per_workload.get(&workload).copied().unwrap_or(0)
     }
 }
 
@@ -203,7 +216,7 @@ pub struct Cache {
     /// Pods bound to nodes the scheduler has not seen (yet).
     orphans: HashMap<String, Vec<Arc<PodInfo>>>,
     /// A workload's pods per zone.
-    per_zone: HashMap<(Arc<str>, Arc<str>), u32>,
+    per_zone: HashMap<(Workload, Arc<str>), u32>,
 }
 
 impl Cache {
@@ -215,9 +228,9 @@ impl Cache {
         self.index.get(name).map(|&i| &self.nodes[i])
     }
 
-    pub fn zone_count(&self, workload: &Arc<str>, zone: &Arc<str>) -> u32 {
+    pub fn zone_count(&self, workload: Workload, zone: &Arc<str>) -> u32 {
         self.per_zone
-            .get(&(workload.clone(), zone.clone()))
+            .get(&(workload, zone.clone()))
             .copied()
             .unwrap_or(0)
     }
@@ -261,9 +274,9 @@ impl Cache {
     /// Counts `pod` against `node`; `assumed` until its bind is seen.
     pub fn place(&mut self, pod: Arc<PodInfo>, node: &str, assumed: bool) {
         self.unplace(&pod.key);
-        if let (Some(w), Some(zone)) = (&pod.workload, self.node(node).and_then(|n| n.zone.clone()))
+        if let (Some(w), Some(zone)) = (pod.workload, self.node(node).and_then(|n| n.zone.clone()))
         {
-            *self.per_zone.entry((w.clone(), zone)).or_default() += 1;
+            *self.per_zone.entry((w, zone)).or_default() += 1;
         }
         self.placed.insert(
             pod.key.clone(),
@@ -292,8 +305,8 @@ impl Cache {
         };
         let zone = self.node(&p.node).and_then(|n| n.zone.clone());
         if let (Some(pod), Some(zone)) = (removed, zone) {
-            if let Some(w) = &pod.workload {
-                let k = (w.clone(), zone);
+            if let Some(w) = pod.workload {
+                let k = (w, zone);
                 if let Some(n) = self.per_zone.get_mut(&k) {
                     *n -= 1;
                     if *n == 0 {

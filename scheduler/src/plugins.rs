@@ -12,6 +12,7 @@ use berth_api::resources::Shortfall;
 
 use crate::cache::NodeInfo;
 use crate::cache::PodInfo;
+use crate::cache::Workload;
 use crate::cache::HOSTNAME_LABEL;
 use crate::config::SchedulerConfig;
 use crate::config::Strategy;
@@ -271,9 +272,9 @@ fn fractions_after(pod: &PodInfo, node: &NodeInfo) -> (f64, f64) {
 pub fn spread_counts(
     pod: &PodInfo,
     node: &NodeInfo,
-    zone_count: impl Fn(&Arc<str>, &Arc<str>) -> u32,
+    mut zone_count: impl FnMut(Workload, &Arc<str>) -> u32,
 ) -> (u32, u32) {
-    let Some(w) = &pod.workload else {
+    let Some(w) = pod.workload else {
         return (0, 0);
     };
     let on_node = node.workload_count(w);
@@ -283,7 +284,6 @@ pub fn spread_counts(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use berth_api::resources::Resources;
     use berth_api::selector::LabelSelector;
@@ -823,16 +823,13 @@ mod tests {
             zone: Some("a".into()),
             ..node()
         };
-        n.per_workload = HashMap::from([(Arc::from("rs-1"), 3)]);
+        let rs = crate::cache::workload_id("rs-1");
+        n.per_workload = [(rs, 3)].into_iter().collect();
         let p = PodInfo {
-            workload: Some("rs-1".into()),
+            workload: Some(rs),
             ..pod()
         };
-        let counts = spread_counts(
-            &p,
-            &n,
-            |w, z| if &**w == "rs-1" && &**z == "a" { 5 } else { 0 },
-        );
+        let counts = spread_counts(&p, &n, |w, z| if w == rs && &**z == "a" { 5 } else { 0 });
         assert_eq!(counts, (3, 5));
         assert_eq!(
             spread_counts(&pod(), &n, |_, _| 9),

@@ -296,9 +296,19 @@ impl Scheduler {
         if feasible.is_empty() {
             return Err(unschedulable_message(n, &unfit));
         }
+        // Few zones, many nodes: count each zone once.
+        let mut zones: Vec<(Arc<str>, u32)> = Vec::new();
+        let mut zone_count = |w, z: &Arc<str>| match zones.iter().find(|(k, _)| k == z) {
+            Some((_, n)) => *n,
+            None => {
+                let n = self.cache.zone_count(w, z);
+                zones.push((z.clone(), n));
+                n
+            }
+        };
         let counts: Vec<(u32, u32)> = feasible
             .iter()
-            .map(|&i| plugins::spread_counts(pod, &nodes[i], |w, z| self.cache.zone_count(w, z)))
+            .map(|&i| plugins::spread_counts(pod, &nodes[i], &mut zone_count))
             .collect();
         let max_on_node = counts.iter().map(|c| c.0).max().unwrap_or(0);
         let max_in_zone = counts.iter().map(|c| c.1).max().unwrap_or(0);
