@@ -206,3 +206,108 @@ impl BindRules for PlacementRules {
         self.decide(bind, read)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn pod(name: &str, cpu: &str, node: &str, phase: &str) -> Vec<u8> {
+        let mut p = pb::Pod::default();
+        p.meta_mut().name = name.into();
+        p.meta_mut().namespace = "default".into();
+        p.spec = Some(pb::PodSpec {
+            node_name: node.into(),
+            containers: vec![pb::Container {
+                resources: Some(pb::ResourceRequirements {
+                    requests: [("cpu".to_string(), cpu.to_string())].into(),
+                    limits: Default::default(),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        p.status = Some(pb::PodStatus {
+            phase: phase.into(),
+            ..Default::default()
+        });
+        p.encode_to_vec()
+    }
+
+    fn node() -> Vec<u8> {
+        let mut n = pb::Node::default();
+        n.meta_mut().name = "n1".into();
+        n.status = Some(pb::NodeStatus {
+            allocatable: [("cpu", "1"), ("memory", "1Gi"), ("pods", "10")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            conditions: vec![pb::Condition {
+                r#type: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        n.encode_to_vec()
+    }
+
+    fn key(name: &str) -> Vec<u8> {
+        format!("/registry/pods/default/{name}").into_bytes()
+    }
+
+    #[test]
+    fn what_a_node_holds_follows_its_pods() {
+        let mut rules = PlacementRules::new();
+        let cpu = |r: &PlacementRules| r.used("n1").cpu_millis;
+        rules.observe(&key("a"), Some(&pod("a", "300m", "n1", "Running")));
+        rules.observe(&key("b"), Some(&pod("b", "200m", "n1", "Running")));
+        rules.observe(
+            &key("pending"),
+            Some(&pod("pending", "900m", "", "Pending")),
+        );
+        assert_eq!(cpu(&rules), 500);
+        // Rewriting a pod does not count it twice; finishing releases it.
+        rules.observe(&key("a"), Some(&pod("a", "300m", "n1", "Running")));
+        assert_eq!(cpu(&rules), 500);
+        rules.observe(&key("a"), Some(&pod("a", "300m", "n1", "Succeeded")));
+        assert_eq!(cpu(&rules), 200);
+        rules.observe(&key("b"), None);
+        assert_eq!(rules.used("n1"), Resources::default());
+        rules.observe(&key("b"), Some(&pod("b", "200m", "n1", "Running")));
+        rules.reset();
+        assert_eq!(cpu(&rules), 0);
+    }
+
+    #[test]
+    fn binds_are_decided_against_what_is_held() {
+        let mut rules = PlacementRules::new();
+        let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        store.insert(b"/registry/nodes/n1".to_vec(), node());
+        store.insert(key("new"), pod("new", "600m", "", "Pending"));
+        rules.observe(&key("old"), Some(&pod("old", "500m", "n1", "Running")));
+        let decide = |rules: &PlacementRules, store: &BTreeMap<Vec<u8>, Vec<u8>>| {
+            let bind = BindOp {
+                pod_key: &key("new"),
+                node: "n1",
+                epoch: 0,
+                time: "2026-01-01T00:00:00Z",
+            };
+            let mut read = |k: &[u8]| Ok(store.get(k).cloned());
+            rules.bind(&bind, &mut read).unwrap()
+        };
+        let (reason, message) = decide(&rules, &store).unwrap_err();
+        assert_eq!(reason, BindRefusal::Insufficient);
+        assert!(message.contains("Insufficient cpu"), "{message}");
+        rules.observe(&key("old"), None);
+        let bound = pb::Pod::decode(decide(&rules, &store).unwrap().as_slice()).unwrap();
+        assert_eq!(bound.node_name(), "n1");
+        let cond = &bound.status.unwrap().conditions[0];
+        assert_eq!(
+            (cond.r#type.as_str(), cond.status.as_str()),
+            ("PodScheduled", "True")
+        );
+        assert_eq!(cond.last_transition_time, "2026-01-01T00:00:00Z");
+    }
+}

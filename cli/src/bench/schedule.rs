@@ -46,6 +46,10 @@ pub struct ScheduleArgs {
     /// text or json.
     #[arg(short = 'o', long, default_value = "text")]
     output: String,
+    /// Run one standalone `berth scheduler` instead of one per controller
+    /// (which keeps two standbys watching every pod).
+    #[arg(long)]
+    standalone_scheduler: bool,
 }
 
 const NAMESPACE: &str = "default";
@@ -214,18 +218,57 @@ async fn overcommitted(conn: &Connector) -> anyhow::Result<(usize, usize)> {
     Ok((over, unbound))
 }
 
+/// A `berth scheduler` child process, killed when dropped.
+struct StandaloneScheduler(std::process::Child);
+
+impl StandaloneScheduler {
+    fn start(
+        binary: &std::path::Path,
+        addrs: &[String],
+        root: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(root.join("scheduler.log"))?;
+        let child = std::process::Command::new(binary)
+            .args(["--server", &addrs.join(","), "scheduler"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start berth scheduler")?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for StandaloneScheduler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.pods == 0 {
         bail!("--nodes and --pods must be at least 1");
     }
     let binary = std::env::current_exe().context("locate the berth binary")?;
     let root = tempfile::tempdir().context("create a temporary directory")?;
+    // The watch history must cover a watcher's lag under the burst.
+    let mut extra_args = vec!["--watch-history".to_string(), "1000000".to_string()];
+    if args.standalone_scheduler {
+        extra_args.push("--no-scheduler".into());
+    }
     let options = harness::Options {
-        // The watch history must cover a watcher's lag under the burst.
-        extra_args: vec!["--watch-history".into(), "1000000".into()],
+        extra_args,
         ..Default::default()
     };
     let cluster = Cluster::start(&binary, root.path(), 3, options);
+    let _scheduler = match args.standalone_scheduler {
+        true => Some(StandaloneScheduler::start(
+            &binary,
+            &cluster.addrs(),
+            root.path(),
+        )?),
+        false => None,
+    };
     if cluster
         .wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
         .await
