@@ -183,18 +183,27 @@ impl SchedulerProcess {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
-    /// The sum of `berth_scheduler_binds_total` with this result label.
-    async fn binds(&self, result: &str) -> u64 {
-        let mut s = tokio::net::TcpStream::connect(&self.metrics).await.unwrap();
+    /// A counter's value (0 before it exists or while the endpoint is not
+    /// up yet).
+    async fn counter(&self, series: &str) -> u64 {
+        let Ok(mut s) = tokio::net::TcpStream::connect(&self.metrics).await else {
+            return 0;
+        };
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).await.unwrap();
-        let prefix = format!("berth_scheduler_binds_total{{result=\"{result}\"}} ");
+        let prefix = format!("{series} ");
         text.lines()
             .filter_map(|l| l.strip_prefix(&prefix))
             .filter_map(|v| v.trim().parse::<f64>().ok())
             .map(|v| v as u64)
             .sum()
+    }
+
+    /// Binds the store answered with this result.
+    async fn binds(&self, result: &str) -> u64 {
+        self.counter(&format!("berth_scheduler_binds_total{{result=\"{result}\"}}"))
+            .await
     }
 }
 
@@ -515,6 +524,16 @@ async fn two_active_schedulers_never_overcommit_or_place_a_pod_twice() {
     let force = ["--force-active"];
     let one = SchedulerProcess::start(&cluster, root.path(), "one", &force);
     let two = SchedulerProcess::start(&cluster, root.path(), "two", &force);
+    // Both are active and watching once both have tried a pod that fits
+    // nowhere; the pods created after that reach both at once.
+    let mut probe = pod("probe", "100m");
+    probe.spec.as_mut().unwrap().node_selector = [("fits".to_string(), "nowhere".to_string())].into();
+    pb::Pod::create(ch.clone(), probe).await.unwrap();
+    let unschedulable = "berth_scheduler_attempts_total{result=\"unschedulable\"}";
+    eventually("both schedulers are active", Duration::from_secs(20), || async {
+        one.counter(unschedulable).await > 0 && two.counter(unschedulable).await > 0
+    })
+    .await;
     // Record every placement as the store reports it.
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let conn = berth_client::connect::Connector::new(cluster.addrs()).unwrap();

@@ -243,11 +243,28 @@ impl Cache {
         *self = Self::default();
     }
 
-    pub fn set_node(&mut self, node: &pb::Node) {
+    /// Adds or refreshes a node; returns whether what the filters see of
+    /// it changed (so that pods waiting for room are worth another try).
+    pub fn set_node(&mut self, node: &pb::Node) -> bool {
         let name = node.name().to_string();
         if let Some(&i) = self.index.get(&name) {
-            self.nodes[i].describe(node);
-            return;
+            let info = &mut self.nodes[i];
+            let before = (
+                info.allocatable,
+                info.ready,
+                info.cordoned,
+                std::mem::take(&mut info.labels),
+                std::mem::take(&mut info.taints),
+            );
+            info.describe(node);
+            return before
+                != (
+                    info.allocatable,
+                    info.ready,
+                    info.cordoned,
+                    info.labels.clone(),
+                    info.taints.clone(),
+                );
         }
         let mut info = NodeInfo::from_node(node);
         for pod in self.orphans.remove(&name).unwrap_or_default() {
@@ -255,6 +272,7 @@ impl Cache {
         }
         self.index.insert(name, self.nodes.len());
         self.nodes.push(info);
+        true
     }
 
     pub fn remove_node(&mut self, name: &str) {

@@ -2,6 +2,7 @@
 //! not be placed, each waiting out its back-off (1 s doubling to 10 s by
 //! default) or until the cluster changes in a way that may make room.
 
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub struct Queue {
     pods: HashMap<PodKey, Pending>,
     /// Backing off until the instant.
     waiting: HashMap<PodKey, Instant>,
+    /// The same, in the order they end.
+    ends: BTreeSet<(Instant, PodKey)>,
 }
 
 impl Queue {
@@ -69,10 +72,17 @@ impl Queue {
     pub fn retain(&mut self, keep: impl Fn(&PodKey) -> bool) {
         self.pods.retain(|k, _| keep(k));
         self.waiting.retain(|k, _| keep(k));
+        self.ends.retain(|(_, k)| keep(k));
+    }
+
+    fn stop_waiting(&mut self, key: &str) {
+        if let Some((key, until)) = self.waiting.remove_entry(key) {
+            self.ends.remove(&(until, key));
+        }
     }
 
     pub fn remove(&mut self, key: &str) -> Option<Pending> {
-        self.waiting.remove(key);
+        self.stop_waiting(key);
         // Left in `active` if there: popping skips keys no longer pending.
         self.pods.remove(key)
     }
@@ -102,13 +112,16 @@ impl Queue {
         let delay = initial
             .saturating_mul(1 << (p.attempts - 1).min(16))
             .min(max);
-        self.waiting.insert(key, Instant::now() + delay);
+        self.stop_waiting(&key);
+        let until = Instant::now() + delay;
+        self.waiting.insert(key.clone(), until);
+        self.ends.insert((until, key));
     }
 
     /// Tries a pod again at once (its bind failed for a passing reason).
     pub fn retry(&mut self, key: PodKey) {
         if self.pods.contains_key(&key) {
-            self.waiting.remove(&key);
+            self.stop_waiting(&key);
             self.active.push_back(key);
         }
     }
@@ -118,13 +131,11 @@ impl Queue {
     /// waiting pod, since room may have appeared.
     pub fn release(&mut self, cluster_changed: bool) {
         let now = Instant::now();
-        let ready: Vec<PodKey> = self
-            .waiting
-            .iter()
-            .filter(|(_, until)| **until <= now || cluster_changed)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in ready {
+        while let Some((until, _)) = self.ends.first() {
+            if *until > now && !cluster_changed {
+                break;
+            }
+            let (_, key) = self.ends.pop_first().expect("not empty");
             self.waiting.remove(&key);
             self.active.push_back(key);
         }
@@ -132,7 +143,7 @@ impl Queue {
 
     /// When the next back-off ends.
     pub fn next_release(&self) -> Option<Instant> {
-        self.waiting.values().min().copied()
+        self.ends.first().map(|(until, _)| *until)
     }
 }
 

@@ -102,8 +102,7 @@ impl Scheduler {
         loop {
             let mut changed = false;
             while let Ok(c) = nodes.try_recv() {
-                self.on_node(c);
-                changed = true;
+                changed |= self.on_node(c);
             }
             for _ in 0..50_000 {
                 let Ok(c) = pods.try_recv() else { break };
@@ -130,21 +129,22 @@ impl Scheduler {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
                 c = nodes.recv() => match c {
-                    Some(c) => self.on_node(c),
+                    Some(c) => if self.on_node(c) { self.queue.release(true) },
                     None => return,
                 },
                 c = pods.recv() => match c {
-                    Some(c) => { self.on_pod(c); }
+                    Some(c) => if self.on_pod(c) { self.queue.release(true) },
                     None => return,
                 },
-                Some(r) = self.results_rx.recv() => { self.on_result(r); }
+                Some(r) = self.results_rx.recv() => if self.on_result(r) { self.queue.release(true) },
                 r = leader.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
     }
 
-    fn on_node(&mut self, change: Change<pb::Node>) {
+    /// Returns whether the change may have made room.
+    fn on_node(&mut self, change: Change<pb::Node>) -> bool {
         match change {
             Change::Listed(items) => {
                 let names: std::collections::HashSet<String> =
@@ -162,11 +162,14 @@ impl Scheduler {
                 for n in &items {
                     self.cache.set_node(n);
                 }
+                true
             }
             Change::Applied(n) => self.cache.set_node(&n),
-            Change::Deleted(n) => self.cache.remove_node(n.name()),
+            Change::Deleted(n) => {
+                self.cache.remove_node(n.name());
+                false
+            }
         }
-        self.queue.release(true);
     }
 
     /// Returns whether the change may have made room.
@@ -385,8 +388,10 @@ impl Scheduler {
                 return true;
             }
         };
+        let mut freed = false;
         for ((key, node), r) in result.binds.into_iter().zip(results) {
             let reason = if r.code == 0 { "ok" } else { r.reason.as_str() };
+            freed |= reason != "ok";
             metrics::counter!("berth_scheduler_binds_total", "result" => reason.to_string())
                 .increment(1);
             match reason {
@@ -417,7 +422,7 @@ impl Scheduler {
                 }
             }
         }
-        true
+        freed
     }
 }
 
