@@ -202,8 +202,10 @@ impl SchedulerProcess {
 
     /// Binds the store answered with this result.
     async fn binds(&self, result: &str) -> u64 {
-        self.counter(&format!("berth_scheduler_binds_total{{result=\"{result}\"}}"))
-            .await
+        self.counter(&format!(
+            "berth_scheduler_binds_total{{result=\"{result}\"}}"
+        ))
+        .await
     }
 }
 
@@ -527,12 +529,15 @@ async fn two_active_schedulers_never_overcommit_or_place_a_pod_twice() {
     // Both are active and watching once both have tried a pod that fits
     // nowhere; the pods created after that reach both at once.
     let mut probe = pod("probe", "100m");
-    probe.spec.as_mut().unwrap().node_selector = [("fits".to_string(), "nowhere".to_string())].into();
+    probe.spec.as_mut().unwrap().node_selector =
+        [("fits".to_string(), "nowhere".to_string())].into();
     pb::Pod::create(ch.clone(), probe).await.unwrap();
     let unschedulable = "berth_scheduler_attempts_total{result=\"unschedulable\"}";
-    eventually("both schedulers are active", Duration::from_secs(20), || async {
-        one.counter(unschedulable).await > 0 && two.counter(unschedulable).await > 0
-    })
+    eventually(
+        "both schedulers are active",
+        Duration::from_secs(20),
+        || async { one.counter(unschedulable).await > 0 && two.counter(unschedulable).await > 0 },
+    )
     .await;
     // Record every placement as the store reports it.
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);

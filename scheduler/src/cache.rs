@@ -217,6 +217,8 @@ pub struct Cache {
     orphans: HashMap<String, Vec<Arc<PodInfo>>>,
     /// A workload's pods per zone.
     per_zone: HashMap<(Workload, Arc<str>), u32>,
+    /// One `Arc` per zone name, so that zones compare by pointer.
+    zones: HashMap<String, Arc<str>>,
 }
 
 impl Cache {
@@ -247,7 +249,18 @@ impl Cache {
     /// it changed (so that pods waiting for room are worth another try).
     pub fn set_node(&mut self, node: &pb::Node) -> bool {
         let name = node.name().to_string();
-        if let Some(&i) = self.index.get(&name) {
+        let changed = self.describe_node(&name, node);
+        if let Some(i) = self.index.get(&name) {
+            let info = &mut self.nodes[*i];
+            if let Some(z) = info.zone.take() {
+                info.zone = Some(self.zones.entry(z.to_string()).or_insert(z).clone());
+            }
+        }
+        changed
+    }
+
+    fn describe_node(&mut self, name: &str, node: &pb::Node) -> bool {
+        if let Some(&i) = self.index.get(name) {
             let info = &mut self.nodes[i];
             let before = (
                 info.allocatable,
@@ -267,10 +280,10 @@ impl Cache {
                 );
         }
         let mut info = NodeInfo::from_node(node);
-        for pod in self.orphans.remove(&name).unwrap_or_default() {
+        for pod in self.orphans.remove(name).unwrap_or_default() {
             info.add_pod(pod);
         }
-        self.index.insert(name, self.nodes.len());
+        self.index.insert(name.to_string(), self.nodes.len());
         self.nodes.push(info);
         true
     }

@@ -301,7 +301,7 @@ impl Scheduler {
         }
         // Few zones, many nodes: count each zone once.
         let mut zones: Vec<(Arc<str>, u32)> = Vec::new();
-        let mut zone_count = |w, z: &Arc<str>| match zones.iter().find(|(k, _)| k == z) {
+        let mut zone_count = |w, z: &Arc<str>| match zones.iter().find(|(k, _)| Arc::ptr_eq(k, z)) {
             Some((_, n)) => *n,
             None => {
                 let n = self.cache.zone_count(w, z);
