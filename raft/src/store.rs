@@ -240,6 +240,13 @@ impl Store {
             self.linearize().await?;
         }
         let db = self.inner.db.clone();
+        if range.end.is_none() {
+            // A point read is two lookups, nearly always in memory: cheaper
+            // here than a hop to the blocking pool (which every create's
+            // namespace check made; the pool grew to ~140 threads under
+            // `berth bench schedule`).
+            return read_range(&db, &range, limit);
+        }
         tokio::task::spawn_blocking(move || read_range(&db, &range, limit))
             .await
             .map_err(|e| StoreError::Storage(e.to_string()))?
