@@ -375,12 +375,10 @@ impl Cache {
         let key = pod_key(pod);
         match pod_holds_node(pod) {
             Some(node) => {
-                let same = self
-                    .placed
-                    .get(&key)
-                    .is_some_and(|p| p.node == node && !p.assumed);
-                if !same {
-                    self.place(Arc::new(PodInfo::new(pod)), node, false);
+                match self.placed.get_mut(&key) {
+                    // Confirms an assumed placement (or repeats a known one).
+                    Some(p) if p.node == node => p.assumed = false,
+                    _ => self.place(Arc::new(PodInfo::new(pod)), node, false),
                 }
                 false
             }
