@@ -61,13 +61,7 @@ pub async fn run(conn: Connector, config: SchedulerConfig, election: ElectionCon
         watcher::Scope::default(),
         node_tx,
     ));
-    let (pod_tx, pod_rx) = mpsc::channel(65_536);
-    tokio::spawn(watcher::run::<pb::Pod>(
-        conn.clone(),
-        watcher::Scope::default(),
-        pod_tx,
-    ));
     scheduler::Scheduler::new(config, conn)
-        .run(node_rx, pod_rx, leader_rx)
+        .run(node_rx, leader_rx)
         .await;
 }

@@ -13,6 +13,7 @@ use berth_api::pb;
 use berth_api::Object;
 use berth_client::connect::Connector;
 use berth_client::objects::pods;
+use berth_client::watcher;
 use berth_client::watcher::Change;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -56,6 +57,8 @@ pub struct Scheduler {
     results_rx: mpsc::UnboundedReceiver<BatchResult>,
     /// When each pending pod was first seen, for the latency histogram.
     seen: std::collections::HashMap<PodKey, Instant>,
+    /// The first node list arrived.
+    nodes_listed: bool,
 }
 
 /// Why a pod cannot be placed now, in kubectl's words.
@@ -90,22 +93,29 @@ impl Scheduler {
             results_tx,
             results_rx,
             seen: Default::default(),
+            nodes_listed: false,
         }
     }
 
     pub async fn run(
         mut self,
         mut nodes: mpsc::Receiver<Change<pb::Node>>,
-        mut pods: mpsc::Receiver<Change<pb::Pod>>,
         mut leader: LeaderState,
     ) {
+        let mut pods = PodWatch::default();
         loop {
+            let epoch = (*leader.borrow())
+                .filter(|l| l.is_valid() && Some(l.epoch) != self.refused_epoch)
+                .map(|l| l.epoch);
+            if epoch.is_some() != pods.is_running() {
+                self.follow_pods(&mut pods, epoch.is_some());
+            }
             let mut changed = false;
             while let Ok(c) = nodes.try_recv() {
                 changed |= self.on_node(c);
             }
             for _ in 0..50_000 {
-                let Ok(c) = pods.try_recv() else { break };
+                let Some(c) = pods.try_recv() else { break };
                 changed |= self.on_pod(c);
             }
             while let Ok(r) = self.results_rx.try_recv() {
@@ -113,15 +123,13 @@ impl Scheduler {
             }
             self.queue.release(changed);
             metrics::gauge!("berth_scheduler_queue_pods").set(self.queue.len() as f64);
-            let epoch = (*leader.borrow())
-                .filter(|l| l.is_valid() && Some(l.epoch) != self.refused_epoch)
-                .map(|l| l.epoch);
-            if let Some(epoch) = epoch {
-                if self.in_flight < self.config.max_in_flight_batches && self.queue.active_len() > 0
-                {
-                    self.schedule_batch(epoch).await;
-                    continue;
-                }
+            let ready = self.nodes_listed
+                && pods.listed
+                && self.in_flight < self.config.max_in_flight_batches
+                && self.queue.active_len() > 0;
+            if let (Some(epoch), true) = (epoch, ready) {
+                self.schedule_batch(epoch).await;
+                continue;
             }
             let wake = self
                 .queue
@@ -132,10 +140,7 @@ impl Scheduler {
                     Some(c) => if self.on_node(c) { self.queue.release(true) },
                     None => return,
                 },
-                c = pods.recv() => match c {
-                    Some(c) => if self.on_pod(c) { self.queue.release(true) },
-                    None => return,
-                },
+                Some(c) = pods.recv() => if self.on_pod(c) { self.queue.release(true) },
                 Some(r) = self.results_rx.recv() => if self.on_result(r) { self.queue.release(true) },
                 r = leader.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep_until(wake) => {}
@@ -143,10 +148,35 @@ impl Scheduler {
         }
     }
 
+    /// Starts following pods on becoming active, and stops (forgetting
+    /// them) on standing by: a standby keeps its node cache warm but not
+    /// the pods, whose watch costs every controller and every scheduler
+    /// CPU in proportion to the cluster's churn. Taking over costs one list.
+    fn follow_pods(&mut self, pods: &mut PodWatch, active: bool) {
+        pods.stop();
+        self.cache.retain_pods(&Default::default());
+        self.queue.clear();
+        self.seen.clear();
+        if active {
+            let (tx, rx) = mpsc::channel(65_536);
+            let task = tokio::spawn(watcher::run::<pb::Pod>(
+                self.conn.clone(),
+                watcher::Scope::default(),
+                tx,
+            ));
+            *pods = PodWatch {
+                rx: Some(rx),
+                task: Some(task),
+                listed: false,
+            };
+        }
+    }
+
     /// Returns whether the change may have made room.
     fn on_node(&mut self, change: Change<pb::Node>) -> bool {
         match change {
             Change::Listed(items) => {
+                self.nodes_listed = true;
                 let names: std::collections::HashSet<String> =
                     items.iter().map(|n| n.name().to_string()).collect();
                 let gone: Vec<String> = self
@@ -423,6 +453,49 @@ impl Scheduler {
             }
         }
         freed
+    }
+}
+
+/// The pod watch of an active scheduler.
+#[derive(Default)]
+struct PodWatch {
+    rx: Option<mpsc::Receiver<Change<pb::Pod>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// The first list arrived: the cache knows every bound pod.
+    listed: bool,
+}
+
+impl PodWatch {
+    fn is_running(&self) -> bool {
+        self.task.is_some()
+    }
+
+    fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        *self = Self::default();
+    }
+
+    fn note(&mut self, change: Option<Change<pb::Pod>>) -> Option<Change<pb::Pod>> {
+        if matches!(change, Some(Change::Listed(_))) {
+            self.listed = true;
+        }
+        change
+    }
+
+    fn try_recv(&mut self) -> Option<Change<pb::Pod>> {
+        let change = self.rx.as_mut()?.try_recv().ok();
+        self.note(change)
+    }
+
+    /// The next change; never, while there is no watch.
+    async fn recv(&mut self) -> Option<Change<pb::Pod>> {
+        let change = match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        };
+        self.note(change)
     }
 }
 
