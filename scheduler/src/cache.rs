@@ -201,6 +201,17 @@ impl NodeInfo {
     }
 }
 
+/// A pod as the scheduler sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodState {
+    /// Needs a node.
+    Pending,
+    /// Its bind is in flight.
+    Binding,
+    /// Bound (or finished): nothing more to do.
+    Placed,
+}
+
 /// Where a pod that holds a node holds it.
 #[derive(Clone, Debug)]
 struct Placement {
@@ -369,9 +380,8 @@ impl Cache {
         }
     }
 
-    /// Brings a pod's state from the store into the cache. Returns whether
-    /// the pod is pending (needs placing).
-    pub fn observe_pod(&mut self, pod: &pb::Pod) -> bool {
+    /// Brings a pod's state from the store into the cache.
+    pub fn observe_pod(&mut self, pod: &pb::Pod) -> PodState {
         let key = pod_key(pod);
         match pod_holds_node(pod) {
             Some(node) => {
@@ -380,18 +390,15 @@ impl Cache {
                     Some(p) if p.node == node => p.assumed = false,
                     _ => self.place(Arc::new(PodInfo::new(pod)), node, false),
                 }
-                false
+                PodState::Placed
             }
-            None => {
-                let bound = !pod.node_name().is_empty();
-                if bound {
-                    // Finished: it holds nothing any more.
-                    self.unplace(&key);
-                    return false;
-                }
-                // Pending; an assumed placement waits for its bind result.
-                !self.placed.get(&key).is_some_and(|p| p.assumed)
+            None if !pod.node_name().is_empty() => {
+                // Finished: it holds nothing any more.
+                self.unplace(&key);
+                PodState::Placed
             }
+            None if self.placed.get(&key).is_some_and(|p| p.assumed) => PodState::Binding,
+            None => PodState::Pending,
         }
     }
 }

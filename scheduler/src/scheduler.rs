@@ -23,6 +23,7 @@ use crate::cache::pod_key;
 use crate::cache::Cache;
 use crate::cache::PodInfo;
 use crate::cache::PodKey;
+use crate::cache::PodState;
 use crate::config::SchedulerConfig;
 use crate::election::LeaderState;
 use crate::plugins;
@@ -59,6 +60,7 @@ pub struct Scheduler {
     seen: std::collections::HashMap<PodKey, Instant>,
     /// The first node list arrived.
     nodes_listed: bool,
+    status_writes: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a pod cannot be placed now, in kubectl's words.
@@ -94,6 +96,7 @@ impl Scheduler {
             results_rx,
             seen: Default::default(),
             nodes_listed: false,
+            status_writes: Arc::new(tokio::sync::Semaphore::new(32)),
         }
     }
 
@@ -217,13 +220,17 @@ impl Scheduler {
             Change::Applied(pod) => {
                 let key = pod_key(&pod);
                 let held = self.cache.is_placed(&key);
-                let pending = self.cache.observe_pod(&pod);
-                if pending && wants_us(&pod) {
-                    self.seen.entry(key.clone()).or_insert_with(Instant::now);
-                    self.queue.upsert(pod);
-                } else if !pending {
-                    self.queue.remove(&key);
-                    self.seen.remove(&key);
+                match self.cache.observe_pod(&pod) {
+                    PodState::Pending if wants_us(&pod) => {
+                        self.seen.entry(key.clone()).or_insert_with(Instant::now);
+                        self.queue.upsert(pod);
+                    }
+                    // The bind's result decides what happens to it.
+                    PodState::Binding => {}
+                    PodState::Pending | PodState::Placed => {
+                        self.queue.remove(&key);
+                        self.seen.remove(&key);
+                    }
                 }
                 held && !self.cache.is_placed(&key)
             }
@@ -392,7 +399,13 @@ impl Scheduler {
             ..Default::default()
         });
         let conn = self.conn.clone();
+        let writes = self.status_writes.clone();
         tokio::spawn(async move {
+            // Bounded, so that a cluster full of pods that fit nowhere does
+            // not flood the controllers with status writes.
+            let Ok(_permit) = writes.acquire_owned().await else {
+                return;
+            };
             let Ok(ch) = conn.channel().await else { return };
             // At the revision the decision saw: a pod bound meanwhile keeps
             // its PodScheduled=True.
@@ -625,5 +638,39 @@ mod tests {
             .decide(&pod("1"))
             .unwrap_err()
             .contains("4 Insufficient cpu"));
+    }
+
+    #[tokio::test]
+    async fn a_pod_whose_bind_is_in_flight_stays_queued_until_the_result() {
+        let mut s = scheduler(&[node("a", "4", None)]);
+        s.nodes_listed = true;
+        let mut p = pb::Pod::default();
+        p.meta_mut().name = "p".into();
+        p.meta_mut().namespace = "default".into();
+        s.on_pod(Change::Applied(p.clone()));
+        let (key, _) = s.queue.pop().unwrap();
+        s.cache.place(Arc::new(PodInfo::new(&p)), "a", true);
+        s.in_flight = 1;
+        // An update of the still pending pod (its status, a label) arrives
+        // while the bind is in flight.
+        s.on_pod(Change::Applied(p.clone()));
+        assert_eq!(s.queue.len(), 1);
+        let refused = pb::BindResult {
+            code: tonic::Code::FailedPrecondition as i32,
+            reason: "insufficient".into(),
+            ..Default::default()
+        };
+        let freed = s.on_result(BatchResult {
+            epoch: 1,
+            binds: vec![(key, "a".into())],
+            outcome: Ok(vec![refused]),
+        });
+        assert!(freed);
+        assert_eq!(
+            s.queue.len(),
+            1,
+            "the pod is tried again after its back-off"
+        );
+        assert!(!s.cache.is_placed("default/p"));
     }
 }
