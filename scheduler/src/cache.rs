@@ -252,10 +252,6 @@ impl Cache {
         self.placed.contains_key(key)
     }
 
-    pub fn clear(&mut self) {
-        *self = Self::default();
-    }
-
     /// Adds or refreshes a node; returns whether what the filters see of
     /// it changed (so that pods waiting for room are worth another try).
     pub fn set_node(&mut self, node: &pb::Node) -> bool {

@@ -131,7 +131,7 @@ impl Scheduler {
                 && self.in_flight < self.config.max_in_flight_batches
                 && self.queue.active_len() > 0;
             if let (Some(epoch), true) = (epoch, ready) {
-                self.schedule_batch(epoch).await;
+                self.schedule_batch(epoch);
                 continue;
             }
             let wake = self
@@ -244,7 +244,7 @@ impl Scheduler {
         }
     }
 
-    async fn schedule_batch(&mut self, epoch: u64) {
+    fn schedule_batch(&mut self, epoch: u64) {
         let mut binds = Vec::new();
         let mut requests = Vec::new();
         while binds.len() < self.config.batch_size {
