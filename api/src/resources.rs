@@ -134,6 +134,23 @@ pub fn node_allocatable(node: &pb::Node) -> Resources {
     }
 }
 
+/// The status of a node that is Ready and offers `allocatable` (quantities
+/// by resource name: cpu, memory, pods).
+pub fn ready_status(allocatable: &[(&str, &str)]) -> pb::NodeStatus {
+    pb::NodeStatus {
+        allocatable: allocatable
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        conditions: vec![pb::Condition {
+            r#type: "Ready".into(),
+            status: "True".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// A node whose Ready condition is True.
 pub fn node_is_ready(node: &pb::Node) -> bool {
     node.status.as_ref().is_some_and(|s| {

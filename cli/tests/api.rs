@@ -164,18 +164,11 @@ fn pod(ns: &str, name: &str) -> pb::Pod {
 fn node(name: &str) -> pb::Node {
     let mut n = pb::Node::default();
     n.meta_mut().name = name.into();
-    n.status = Some(pb::NodeStatus {
-        allocatable: [("cpu", "4"), ("memory", "8Gi"), ("pods", "10")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        conditions: vec![pb::Condition {
-            r#type: "Ready".into(),
-            status: "True".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    n.status = Some(berth_api::resources::ready_status(&[
+        ("cpu", "4"),
+        ("memory", "8Gi"),
+        ("pods", "10"),
+    ]));
     n
 }
 

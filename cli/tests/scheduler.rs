@@ -86,18 +86,11 @@ where
 fn node(name: &str, cpu: &str, pods: &str) -> pb::Node {
     let mut n = pb::Node::default();
     n.meta_mut().name = name.into();
-    n.status = Some(pb::NodeStatus {
-        allocatable: [("cpu", cpu), ("memory", "8Gi"), ("pods", pods)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        conditions: vec![pb::Condition {
-            r#type: "Ready".into(),
-            status: "True".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    n.status = Some(berth_api::resources::ready_status(&[
+        ("cpu", cpu),
+        ("memory", "8Gi"),
+        ("pods", pods),
+    ]));
     n
 }
 

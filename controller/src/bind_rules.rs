@@ -238,18 +238,11 @@ mod tests {
     fn node() -> Vec<u8> {
         let mut n = pb::Node::default();
         n.meta_mut().name = "n1".into();
-        n.status = Some(pb::NodeStatus {
-            allocatable: [("cpu", "1"), ("memory", "1Gi"), ("pods", "10")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            conditions: vec![pb::Condition {
-                r#type: "Ready".into(),
-                status: "True".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
+        n.status = Some(berth_api::resources::ready_status(&[
+            ("cpu", "1"),
+            ("memory", "1Gi"),
+            ("pods", "10"),
+        ]));
         n.encode_to_vec()
     }
 

@@ -539,18 +539,11 @@ mod tests {
                 .collect(),
             ..Default::default()
         });
-        n.status = Some(pb::NodeStatus {
-            allocatable: [("cpu", cpu), ("memory", "4Gi"), ("pods", "110")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            conditions: vec![pb::Condition {
-                r#type: "Ready".into(),
-                status: "True".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
+        n.status = Some(berth_api::resources::ready_status(&[
+            ("cpu", cpu),
+            ("memory", "4Gi"),
+            ("pods", "110"),
+        ]));
         n
     }
 

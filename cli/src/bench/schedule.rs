@@ -66,18 +66,11 @@ fn bench_node(i: usize) -> pb::Node {
         ),
     ]
     .into();
-    n.status = Some(pb::NodeStatus {
-        allocatable: [("cpu", "16"), ("memory", "64Gi"), ("pods", "110")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        conditions: vec![pb::Condition {
-            r#type: "Ready".into(),
-            status: "True".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    n.status = Some(berth_api::resources::ready_status(&[
+        ("cpu", "16"),
+        ("memory", "64Gi"),
+        ("pods", "110"),
+    ]));
     n
 }
 
