@@ -22,6 +22,7 @@ const RENAMES: &[(&str, &str)] = &[
     ("NodeSystemInfo.boot_id", "bootID"),
     ("NodeSystemInfo.system_uuid", "systemUUID"),
     ("ListMeta.continue_token", "continue"),
+    ("DaemonEndpoint.port", "Port"),
 ];
 
 /// Kubernetes "int or string" fields: a number in a manifest is accepted.

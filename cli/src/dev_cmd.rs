@@ -2,8 +2,9 @@
 //!
 //! Runs the controllers in this one process on consecutive ports of
 //! 127.0.0.1 (7001, 7002, 7003 by default, so the client's default address
-//! reaches them), keeps their data under one directory and reuses it on the
-//! next start, and stops cleanly on Ctrl-C.
+//! reaches them), and node agents (process runtime by default) beside them;
+//! keeps their data under one directory and reuses it on the next start,
+//! and on Ctrl-C stops the pods' containers and then itself.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +30,12 @@ pub struct DevArgs {
     /// Manifests to apply once the cluster is up (a file, a directory or -).
     #[arg(long)]
     apply: Vec<String>,
+    /// Number of node agents.
+    #[arg(long, default_value_t = 1)]
+    agents: u32,
+    /// The agents' runtime.
+    #[arg(long, value_enum, default_value = "process")]
+    runtime: crate::agent_cmd::RuntimeKind,
 }
 
 /// Applies `files` once the cluster takes writes and has its built-in
@@ -61,6 +68,84 @@ async fn apply_when_ready(ctx: &crate::verbs::Ctx, files: &[String]) -> anyhow::
         ns: crate::verbs::NamespaceArgs { namespace: None },
     };
     crate::verbs::apply(ctx, args).await
+}
+
+/// Starts the dev agents (`dev-node-1`, ...) with their data under
+/// `data_dir`; returns their runtimes.
+async fn start_agents(
+    args: &DevArgs,
+    addrs: &[String],
+    data_dir: &std::path::Path,
+) -> anyhow::Result<DevAgents> {
+    use crate::agent_cmd;
+    let capacity = berth_agent::node::capacity(None, None, 110)?;
+    let mut plans = Vec::new();
+    for i in 1..=args.agents {
+        let name = format!("dev-node-{i}");
+        let dir = data_dir.join(format!("agent-{i}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let runtime: std::sync::Arc<dyn berth_agent::Runtime> = match args.runtime {
+            agent_cmd::RuntimeKind::Process => agent_cmd::process_runtime(&name, &dir)?,
+            agent_cmd::RuntimeKind::Sim => std::sync::Arc::new(
+                berth_agent::runtime::sim::SimRuntime::new(std::time::Duration::from_secs(1)),
+            ),
+            agent_cmd::RuntimeKind::Docker => std::sync::Arc::new(
+                berth_agent::runtime::docker::DockerRuntime::connect(&name).await?,
+            ),
+        };
+        let mut node = agent_cmd::node_config(
+            name,
+            "127.0.0.1".into(),
+            capacity.clone(),
+            Default::default(),
+        );
+        node.runtime_version = runtime.version().await;
+        let sync = berth_agent::sync_config(&node);
+        plans.push(agent_cmd::AgentPlan {
+            node,
+            sync,
+            runtime,
+            index: Default::default(),
+        });
+    }
+    if plans.is_empty() {
+        return Ok(DevAgents::default());
+    }
+    let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let port = agent_cmd::serve_http(
+        listen,
+        plans.iter().map(agent_cmd::AgentPlan::logs).collect(),
+    )
+    .await?;
+    for p in &mut plans {
+        p.node.http_port = Some(port);
+    }
+    let runtimes = plans.iter().map(|p| p.runtime.clone()).collect();
+    let tasks = agent_cmd::spawn_agents(addrs, plans)?;
+    Ok(DevAgents { runtimes, tasks })
+}
+
+/// The dev agents' runtimes and tasks.
+#[derive(Default)]
+struct DevAgents {
+    runtimes: Vec<std::sync::Arc<dyn berth_agent::Runtime>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DevAgents {
+    /// Stops the agents, then their pods' containers: dev's workloads end
+    /// with it.
+    async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        for rt in &self.runtimes {
+            berth_agent::remove_all(&**rt, std::time::Duration::from_secs(5)).await;
+        }
+    }
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -100,19 +185,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         };
         crate::server_cmd::spawn_scheduler(&config, berth_scheduler::SchedulerConfig::default())?;
+        crate::server_cmd::spawn_reconcilers(
+            &config,
+            berth_controller::reconcile::ReconcileConfig::new(String::new()),
+        )?;
         let span = tracing::info_span!("controller", id = *id);
         tasks.push(tokio::spawn(
             berth_controller::run(config, stopped).instrument(span),
         ));
     }
-    let servers = peers
-        .iter()
-        .map(|(_, a)| a.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
+    let addrs: Vec<String> = peers.iter().map(|(_, a)| a.clone()).collect();
+    let agents = start_agents(&args, &addrs, &data_dir).await?;
+    let servers = addrs.join(",");
     println!(
-        "Berth dev cluster: {} controllers, data in {}",
+        "Berth dev cluster: {} controllers and {} {:?} agents, data in {}",
         peers.len(),
+        agents.runtimes.len(),
+        args.runtime,
         data_dir.display()
     );
     println!("  reach it with:   berth --server {servers} get namespaces");
@@ -139,7 +228,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             });
         }
     }
-    println!("stopping");
+    println!("stopping: the pods' containers first");
+    agents.stop().await;
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;

@@ -308,3 +308,46 @@ pub async fn get(
     req.set_timeout(timeout);
     Ok(client.range(req).await?.into_inner().kvs.into_iter().next())
 }
+
+/// Makes sure the Docker Engine has image `tag`: a rootfs of Debian's
+/// busybox-static (`/bin/busybox`, with relative applet links), brought in
+/// with `docker import`. No registry is involved.
+pub fn busybox_image(tag: &str) -> Result<(), String> {
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if docker(&["image", "inspect", tag]) {
+        return Ok(());
+    }
+    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let bin = root.path().join("bin");
+    std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
+    std::fs::copy("/bin/busybox", bin.join("busybox"))
+        .map_err(|e| format!("copy /bin/busybox (install Debian's busybox-static): {e}"))?;
+    for applet in ["sh", "sleep", "echo", "cat", "true", "false", "ls", "env"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| e.to_string())?;
+    }
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(root.path())
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run tar: {e}"))?;
+    let imported = Command::new("docker")
+        .args(["import", "-", tag])
+        .stdin(tar.stdout.take().ok_or("tar has no stdout")?)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("run docker import: {e}"))?;
+    let tarred = tar.wait().map_err(|e| e.to_string())?;
+    if !(imported.success() && tarred.success()) {
+        return Err(format!("docker import of {tag} failed"));
+    }
+    Ok(())
+}

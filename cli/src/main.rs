@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::Subcommand;
 
+mod agent_cmd;
 mod bench;
 mod cluster_cmd;
 mod dev_cmd;
@@ -45,6 +46,11 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// Run a scheduler on its own (controllers run one each by default).
     Scheduler(scheduler_cmd::SchedulerArgs),
+    /// Run a node agent (or, with --runtime sim --count N, many).
+    Agent(agent_cmd::AgentArgs),
+    /// The process runtime's per-container supervisor (started by the agent).
+    #[command(hide = true)]
+    AgentShim { dir: std::path::PathBuf },
     /// Run a local cluster in the foreground.
     Dev(dev_cmd::DevArgs),
     /// Inspect and change the controller group.
@@ -71,6 +77,11 @@ enum Command {
     Uncordon { node: String },
     /// Cordon a node and evict its pods.
     Drain { node: String },
+    /// Print a container's output (from the agent of its node).
+    Logs(verbs::logs::LogsArgs),
+    /// Follow a deployment's rollout.
+    #[command(subcommand)]
+    Rollout(verbs::rollout::RolloutCommand),
     /// Measure the cluster.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -102,6 +113,9 @@ fn disable_transparent_huge_pages() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::AgentShim { dir } = &cli.command {
+        return agent_cmd::shim(dir);
+    }
     init_tracing();
     disable_transparent_huge_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -122,6 +136,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
             Command::Scheduler(args) => scheduler_cmd::run(args, &addrs).await,
+            Command::Agent(args) => agent_cmd::run(args, &addrs).await,
+            Command::AgentShim { .. } => unreachable!("handled before the runtime starts"),
             Command::Dev(args) => dev_cmd::run(args).await,
             Command::Cluster(cmd) => cluster_cmd::run(cmd, &addrs).await,
             Command::Bench(cmd) => bench::run(cmd, &addrs).await,
@@ -133,6 +149,8 @@ fn main() -> ExitCode {
             Command::Cordon { node } => verbs::cordon(&ctx, &node, true).await,
             Command::Uncordon { node } => verbs::cordon(&ctx, &node, false).await,
             Command::Drain { node } => verbs::drain(&ctx, &node).await,
+            Command::Logs(args) => verbs::logs::run(&ctx, args).await,
+            Command::Rollout(cmd) => verbs::rollout::run(&ctx, cmd).await,
         }
     });
     match result {

@@ -69,7 +69,8 @@ pub async fn run(args: SchedulerArgs, addrs: &[String]) -> anyhow::Result<()> {
     if args.renew_interval.is_zero() || args.renew_interval >= args.lease_duration {
         anyhow::bail!("--renew-interval must be positive and shorter than --lease-duration");
     }
-    let mut election = ElectionConfig::new(args.id.unwrap_or_else(|| identity("scheduler")));
+    let mut election =
+        berth_scheduler::election_config(args.id.unwrap_or_else(|| identity("scheduler")));
     election.lease_duration = args.lease_duration;
     election.renew_interval = args.renew_interval;
     election.force_active = args.force_active;

@@ -67,6 +67,14 @@ pub struct ServerArgs {
     /// Settings for this controller's scheduler (YAML or JSON).
     #[arg(long)]
     scheduler_config: Option<PathBuf>,
+    /// A node whose agent has not renewed its lease for this long is
+    /// marked NotReady.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    node_grace_period: Duration,
+    /// A node NotReady for this long has its pods failed (NodeLost), so
+    /// that their deployments replace them elsewhere.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pod_eviction_timeout: Duration,
 }
 
 /// Parses `1=127.0.0.1:7001,2=...`.
@@ -150,20 +158,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             args.scheduler_config.as_ref(),
         )?),
     };
+    let mut reconcile = berth_controller::reconcile::ReconcileConfig::new(String::new());
+    reconcile.node_grace_period = args.node_grace_period;
+    reconcile.pod_eviction_timeout = args.pod_eviction_timeout;
     let config = args.into_config()?;
     if let Some(scheduler) = scheduler {
         spawn_scheduler(&config, scheduler)?;
     }
+    spawn_reconcilers(&config, reconcile)?;
     berth_controller::run(config, crate::signals::shutdown()).await?;
     Ok(())
 }
 
-/// The controller's own scheduler: it talks to this controller first (its
-/// watches are served locally) and to the peers if this one fails.
-pub fn spawn_scheduler(
-    config: &ServerConfig,
-    scheduler: berth_scheduler::SchedulerConfig,
-) -> anyhow::Result<()> {
+/// This controller first (its watches are served locally), then the
+/// peers in case it fails.
+fn own_addrs_first(config: &ServerConfig) -> Vec<String> {
     let mut addrs = vec![config.advertise.clone()];
     addrs.extend(
         config
@@ -172,12 +181,28 @@ pub fn spawn_scheduler(
             .map(|(_, a)| a.clone())
             .filter(|a| *a != config.advertise),
     );
+    addrs
+}
+
+/// The controller's reconcilers (node lifecycle, deployments, garbage
+/// collection), each active where it holds its lease.
+pub fn spawn_reconcilers(
+    config: &ServerConfig,
+    mut reconcile: berth_controller::reconcile::ReconcileConfig,
+) -> anyhow::Result<()> {
+    reconcile.identity = crate::scheduler_cmd::identity(&format!("controller-{}", config.id));
+    berth_controller::reconcile::spawn(own_addrs_first(config), reconcile)?;
+    Ok(())
+}
+
+/// The controller's own scheduler.
+pub fn spawn_scheduler(
+    config: &ServerConfig,
+    scheduler: berth_scheduler::SchedulerConfig,
+) -> anyhow::Result<()> {
+    let addrs = own_addrs_first(config);
     let identity = crate::scheduler_cmd::identity(&format!("controller-{}", config.id));
-    crate::scheduler_cmd::spawn(
-        addrs,
-        scheduler,
-        berth_scheduler::ElectionConfig::new(identity),
-    )
+    crate::scheduler_cmd::spawn(addrs, scheduler, berth_scheduler::election_config(identity))
 }
 
 #[cfg(test)]

@@ -8,14 +8,19 @@ use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
 use std::time::Duration;
-use std::time::Instant;
+
+mod common;
 
 use berth::harness::free_port;
 use berth::harness::Cluster;
-use berth::harness::Options;
 use berth::objects::ClientKind;
 use berth_api::pb;
 use berth_api::Object;
+use common::channel;
+use common::eventually;
+use common::get_req;
+use common::start;
+use common::BIN;
 use nix::sys::signal::kill;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -24,64 +29,8 @@ use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-
 /// The tests each run three controllers; on two cores they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn start(root: &Path, extra: &[&str]) -> Cluster {
-    let options = Options {
-        extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        log_dir: std::env::var_os("BERTH_TEST_LOGS").map(Into::into),
-    };
-    let cluster = Cluster::start(BIN.as_ref(), root, 3, options);
-    cluster
-        .wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
-        .await
-        .expect("a leader");
-    let ch = channel(&cluster).await;
-    eventually(
-        "namespace berth-system exists",
-        Duration::from_secs(20),
-        || {
-            let ch = ch.clone();
-            async move {
-                pb::Namespace::get(ch, get_req("", "berth-system"))
-                    .await
-                    .is_ok()
-            }
-        },
-    )
-    .await;
-    cluster
-}
-
-async fn channel(cluster: &Cluster) -> Channel {
-    berth::client::connect(&cluster.addrs())
-        .await
-        .expect("connect")
-        .1
-}
-
-fn get_req(ns: &str, name: &str) -> pb::GetRequest {
-    pb::GetRequest {
-        namespace: ns.into(),
-        name: name.into(),
-        serializable: false,
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn node(name: &str, cpu: &str, pods: &str) -> pb::Node {
     let mut n = pb::Node::default();

@@ -2,13 +2,15 @@
 //! first controller that answers (or to all of them, balanced), typed calls
 //! of the `berth.v1` API for every kind, and a watcher that lists, follows
 //! changes, resumes after a lost controller and lists again when its
-//! revision has been compacted away. The CLI, the scheduler and the agent
+//! revision has been compacted away, and leader election through a Lease. The CLI, the scheduler and the agent
 //! build on it.
 
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod election;
 pub mod objects;
+pub mod reflector;
 pub mod watcher;
 
 pub use connect::connect;

@@ -164,3 +164,31 @@ pub mod pods {
             .into_inner())
     }
 }
+
+/// Node calls beyond the common verbs.
+pub mod nodes {
+    use berth_api::pb;
+    use tonic::transport::Channel;
+    use tonic::Status;
+
+    pub async fn update_status(ch: Channel, node: pb::Node) -> Result<pb::Node, Status> {
+        Ok(pb::nodes_client::NodesClient::new(ch)
+            .update_status(node)
+            .await?
+            .into_inner())
+    }
+}
+
+/// Deployment calls beyond the common verbs.
+pub mod deployments {
+    use berth_api::pb;
+    use tonic::transport::Channel;
+    use tonic::Status;
+
+    pub async fn update_status(ch: Channel, d: pb::Deployment) -> Result<pb::Deployment, Status> {
+        Ok(pb::deployments_client::DeploymentsClient::new(ch)
+            .update_status(d)
+            .await?
+            .into_inner())
+    }
+}

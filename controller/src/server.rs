@@ -50,6 +50,9 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// How long a stopping controller lets open calls finish.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs a controller until `shutdown` resolves.
 pub async fn run(
     config: ServerConfig,
@@ -135,7 +138,17 @@ pub async fn run(
     };
     tracing::info!("controller stopping");
     let _ = stop_tx.send(true);
-    let served = grpc.await;
+    // A graceful stop waits for open calls to end, and watches never do:
+    // give unary calls a moment, then close whatever is left.
+    let mut grpc = grpc;
+    let served = match tokio::time::timeout(SHUTDOWN_DRAIN, &mut grpc).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::info!("closing the streams still open (watches)");
+            grpc.abort();
+            Ok(Ok(()))
+        }
+    };
     node.shutdown().await;
     outcome?;
     match served {

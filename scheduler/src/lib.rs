@@ -12,19 +12,21 @@
 
 pub mod cache;
 pub mod config;
-pub mod election;
 pub mod plugins;
 pub mod queue;
 pub mod scheduler;
 
 use berth_api::pb;
+use berth_api::resources::SCHEDULER_LEASE_NAME;
+use berth_api::resources::SCHEDULER_LEASE_NAMESPACE;
 use berth_client::connect::Connector;
+use berth_client::election;
 use berth_client::watcher;
 use tokio::sync::mpsc;
 use tokio::sync::watch;
 
+pub use berth_client::election::ElectionConfig;
 pub use config::SchedulerConfig;
-pub use election::ElectionConfig;
 
 /// Registers the scheduler's metrics with their help texts.
 pub fn describe_metrics() {
@@ -51,10 +53,25 @@ pub fn describe_metrics() {
     metrics::describe_histogram!("berth_scheduler_batch_binds", "Binds per batch sent");
 }
 
+/// The scheduler's election, as `identity`.
+pub fn election_config(identity: String) -> ElectionConfig {
+    ElectionConfig::new(SCHEDULER_LEASE_NAMESPACE, SCHEDULER_LEASE_NAME, identity)
+}
+
 /// Runs a scheduler against the cluster at `conn` until the process ends.
 pub async fn run(conn: Connector, config: SchedulerConfig, election: ElectionConfig) {
     let (leader_tx, leader_rx) = watch::channel(None);
     tokio::spawn(election::run(conn.clone(), election, leader_tx));
+    let mut leader_gauge = leader_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            let held = leader_gauge.borrow_and_update().is_some();
+            metrics::gauge!("berth_scheduler_leader").set(if held { 1.0 } else { 0.0 });
+            if leader_gauge.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     let (node_tx, node_rx) = mpsc::channel(4096);
     tokio::spawn(watcher::run::<pb::Node>(
         conn.clone(),

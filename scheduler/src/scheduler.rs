@@ -25,11 +25,11 @@ use crate::cache::PodInfo;
 use crate::cache::PodKey;
 use crate::cache::PodState;
 use crate::config::SchedulerConfig;
-use crate::election::LeaderState;
 use crate::plugins;
 use crate::plugins::Spread;
 use crate::plugins::Unfit;
 use crate::queue::Queue;
+use berth_client::election::LeaderState;
 
 /// Scheduler names this scheduler places pods for.
 const SCHEDULER_NAMES: &[&str] = &["", "default-scheduler", "berth-scheduler"];

@@ -7,6 +7,7 @@ mod api;
 mod failover;
 mod latency;
 mod schedule;
+mod startup;
 mod store;
 
 #[derive(Subcommand)]
@@ -17,6 +18,8 @@ pub enum BenchCommand {
     Api(api::ApiArgs),
     /// Place pods in bulk on many agent-less nodes of a spawned cluster.
     Schedule(schedule::ScheduleArgs),
+    /// Time pods of a deployment from creation to Running on one agent.
+    Startup(startup::StartupArgs),
     /// Repeatedly SIGKILL the leader of a 3-controller cluster under writes.
     Failover(failover::FailoverArgs),
 }
@@ -27,5 +30,6 @@ pub async fn run(cmd: BenchCommand, addrs: &[String]) -> anyhow::Result<()> {
         BenchCommand::Failover(a) => failover::run(a).await,
         BenchCommand::Api(a) => api::run(a, addrs).await,
         BenchCommand::Schedule(a) => schedule::run(a).await,
+        BenchCommand::Startup(a) => startup::run(a).await,
     }
 }

@@ -1,10 +1,12 @@
 //! The kubectl-like verbs: apply, get (with tables and watch), describe,
-//! delete, scale, cordon, uncordon, drain.
+//! delete, scale, cordon, uncordon, drain, logs, rollout status.
 
 pub mod apply;
 mod describe;
 pub mod get;
+pub mod logs;
 mod node;
+pub mod rollout;
 mod table;
 
 use std::time::Duration;

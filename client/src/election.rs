@@ -1,44 +1,48 @@
-//! Leader election through Lease `berth-system/berth-scheduler`.
+//! Leader election through a Lease: the scheduler's
+//! (`berth-system/berth-scheduler`) and each reconciler's.
 //!
 //! The holder renews the lease every `renew_interval`. A candidate that
 //! sees the lease unchanged for its whole duration (timed by its own
 //! clock, as Kubernetes does, so clocks need not agree) takes it over,
-//! raising `spec.leaseTransitions`: that number is the epoch every bind
-//! carries, and the state machine refuses binds of an older epoch. So a
-//! former holder that was paused or cut off cannot place a pod, whatever
-//! it believes; its own belief ends `renew_deadline` after its last
-//! successful renewal, which only saves it wasted binds.
+//! raising `spec.leaseTransitions`: that number is the epoch. The
+//! scheduler's binds carry it and the state machine refuses an older one,
+//! so a former holder that was paused or cut off cannot place a pod,
+//! whatever it believes; its own belief ends `renew_deadline` after its
+//! last successful renewal, which only saves it wasted writes.
 
 use std::time::Duration;
 use std::time::SystemTime;
 
 use berth_api::pb;
 use berth_api::resources::lease_epoch;
-use berth_api::resources::SCHEDULER_LEASE_NAME;
-use berth_api::resources::SCHEDULER_LEASE_NAMESPACE;
 use berth_api::Object;
-use berth_client::connect::Connector;
-use berth_client::ClientKind;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::Status;
 
+use crate::connect::Connector;
+use crate::ClientKind;
+
 #[derive(Clone, Debug)]
 pub struct ElectionConfig {
-    /// This scheduler's name in the lease.
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// This candidate's name in the lease.
     pub identity: String,
     pub lease_duration: Duration,
     pub renew_interval: Duration,
-    /// Schedule without holding the lease, with whatever epoch it has:
-    /// only for tests that show the state machine keeps two active
-    /// schedulers from overcommitting or double-placing.
+    /// Act without holding the lease, with whatever epoch it has: only for
+    /// tests that show the state machine keeps two active schedulers from
+    /// overcommitting or double-placing.
     pub force_active: bool,
 }
 
 impl ElectionConfig {
-    pub fn new(identity: String) -> Self {
+    pub fn new(lease_namespace: &str, lease_name: &str, identity: String) -> Self {
         Self {
+            lease_namespace: lease_namespace.into(),
+            lease_name: lease_name.into(),
             identity,
             lease_duration: Duration::from_secs(5),
             renew_interval: Duration::from_secs(1),
@@ -76,7 +80,7 @@ pub async fn run(conn: Connector, config: ElectionConfig, tx: watch::Sender<Opti
         }
         let started = Instant::now();
         let result = if config.force_active {
-            forced(&conn).await.map(|epoch| {
+            forced(&conn, &config).await.map(|epoch| {
                 Some(Leadership {
                     epoch,
                     valid_until: started + Duration::from_secs(24 * 3600),
@@ -96,19 +100,14 @@ pub async fn run(conn: Connector, config: ElectionConfig, tx: watch::Sender<Opti
                 if was.map(|l| l.epoch) != state.map(|l| l.epoch) {
                     match state {
                         Some(l) => {
-                            tracing::info!(identity = %config.identity, epoch = l.epoch, "scheduler is active")
+                            tracing::info!(lease = %config.lease_name, identity = %config.identity, epoch = l.epoch, "holding the lease: active")
                         }
                         None if was.is_some() => {
-                            tracing::warn!(identity = %config.identity, "scheduler lost its lease; standing by")
+                            tracing::warn!(lease = %config.lease_name, identity = %config.identity, "lost the lease; standing by")
                         }
                         None => {}
                     }
                 }
-                metrics::gauge!("berth_scheduler_leader").set(if state.is_some() {
-                    1.0
-                } else {
-                    0.0
-                });
                 tx.send_replace(state);
             }
             Err(status) => {
@@ -120,16 +119,19 @@ pub async fn run(conn: Connector, config: ElectionConfig, tx: watch::Sender<Opti
     }
 }
 
-/// The lease's current epoch, for a scheduler forced active.
-async fn forced(conn: &Connector) -> Result<u64, Status> {
-    Ok(get_lease(conn).await?.as_ref().map_or(0, lease_epoch))
+/// The lease's current epoch, for a candidate forced active.
+async fn forced(conn: &Connector, config: &ElectionConfig) -> Result<u64, Status> {
+    Ok(get_lease(conn, config)
+        .await?
+        .as_ref()
+        .map_or(0, lease_epoch))
 }
 
-async fn get_lease(conn: &Connector) -> Result<Option<pb::Lease>, Status> {
+async fn get_lease(conn: &Connector, config: &ElectionConfig) -> Result<Option<pb::Lease>, Status> {
     let ch = channel(conn).await?;
     let req = pb::GetRequest {
-        namespace: SCHEDULER_LEASE_NAMESPACE.into(),
-        name: SCHEDULER_LEASE_NAME.into(),
+        namespace: config.lease_namespace.clone(),
+        name: config.lease_name.clone(),
         serializable: false,
     };
     match pb::Lease::get(ch, req).await {
@@ -156,10 +158,10 @@ async fn attempt(
     config: &ElectionConfig,
     observed: &mut Option<(String, Instant)>,
 ) -> Result<Option<u64>, Status> {
-    let Some(lease) = get_lease(conn).await? else {
+    let Some(lease) = get_lease(conn, config).await? else {
         let mut lease = pb::Lease::default();
-        lease.meta_mut().name = SCHEDULER_LEASE_NAME.into();
-        lease.meta_mut().namespace = SCHEDULER_LEASE_NAMESPACE.into();
+        lease.meta_mut().name = config.lease_name.clone();
+        lease.meta_mut().namespace = config.lease_namespace.clone();
         lease.spec = Some(pb::LeaseSpec {
             holder_identity: config.identity.clone(),
             lease_duration_seconds: Some(config.lease_duration.as_secs().max(1) as i32),
@@ -205,7 +207,7 @@ async fn attempt(
         s.holder_identity = config.identity.clone();
         s.acquire_time = now();
         s.lease_transitions = Some(lease_epoch(&lease) as i32 + 1);
-        tracing::info!(identity = %config.identity, former = %spec.holder_identity, "taking over the scheduler lease");
+        tracing::info!(lease = %config.lease_name, identity = %config.identity, former = %spec.holder_identity, "taking over the lease");
     }
     match pb::Lease::update(channel(conn).await?, next).await {
         Ok(updated) => {

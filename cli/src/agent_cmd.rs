@@ -1,0 +1,285 @@
+//! `berth agent`: flags to a node agent (or, with the sim runtime and
+//! `--count`, many), and `berth agent-shim`, the process runtime's
+//! per-container supervisor.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use anyhow::Context;
+use berth_agent::http::AgentLogs;
+use berth_agent::runtime::cgroup::Cgroups;
+use berth_agent::runtime::process::ProcessRuntime;
+use berth_agent::runtime::sim::SimRuntime;
+use berth_agent::NodeConfig;
+use berth_agent::PodIndex;
+use berth_agent::Runtime;
+use berth_client::connect::Connector;
+use clap::Args;
+use clap::ValueEnum;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    Process,
+    Docker,
+    Sim,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NetworkMode {
+    Bridge,
+    Host,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The node's name (default: the host's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the agent keeps its state and the containers' logs.
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "process")]
+    runtime: RuntimeKind,
+    /// Pod networking; `host` runs pods in the node's network namespace.
+    #[arg(long, value_enum, default_value = "host")]
+    network: NetworkMode,
+    /// CPUs offered to pods (default: the host's).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory offered to pods, e.g. 8Gi (default: the host's).
+    #[arg(long)]
+    memory: Option<String>,
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// The node's address for clients and peers (default: the local address
+    /// that reaches the first controller).
+    #[arg(long)]
+    address: Option<String>,
+    /// Node labels, k=v,...
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Address of the agent's HTTP port: container logs, /metrics,
+    /// /healthz (default: the node address, a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// How often the node lease is renewed.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    lease_interval: Duration,
+    /// How often the node status is refreshed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
+    /// Wait before restarting a crashed container; doubles per crash.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    crash_backoff: Duration,
+    /// Longest crash back-off.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    crash_backoff_max: Duration,
+    /// Sim runtime only: run this many agents in this process.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// Sim runtime with --count: node names are PREFIX0, PREFIX1, ...
+    #[arg(long, default_value = "sim-")]
+    name_prefix: String,
+    /// Sim runtime: how long a container takes to start.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    sim_start_delay: Duration,
+}
+
+fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .filter(|i| !i.trim().is_empty())
+        .map(|i| match i.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => bail!("--labels entry {i:?} is not KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// The local address this host uses to reach `controller` (a UDP socket
+/// is connected, which sends nothing).
+fn local_address(controller: &str) -> Option<String> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    let target = std::net::ToSocketAddrs::to_socket_addrs(controller)
+        .ok()?
+        .find(|a| a.is_ipv4())?;
+    socket.connect(target).ok()?;
+    Some(socket.local_addr().ok()?.ip().to_string())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
+}
+
+/// The process runtime for node `name`, its state under `data_dir`.
+pub fn process_runtime(name: &str, data_dir: &Path) -> anyhow::Result<Arc<dyn Runtime>> {
+    let cgroups = Cgroups::detect(Path::new("/sys/fs/cgroup"));
+    match &cgroups {
+        Some(c) => tracing::info!(version = c.version(), "cgroups found: cpu and memory limits are enforced"),
+        None => tracing::warn!("no writable cpu and memory cgroups: container limits are NOT enforced (run as root on a host with cgroups)"),
+    }
+    let shim = std::env::current_exe().context("find the berth binary for the shim")?;
+    let rt = ProcessRuntime::new(name, data_dir, shim, cgroups)
+        .with_context(|| format!("use data dir {}", data_dir.display()))?;
+    Ok(Arc::new(rt))
+}
+
+/// One agent to run: its node settings, runtime and pod index.
+pub struct AgentPlan {
+    pub node: NodeConfig,
+    pub sync: berth_agent::SyncConfig,
+    pub runtime: Arc<dyn Runtime>,
+    pub index: PodIndex,
+}
+
+impl AgentPlan {
+    pub fn logs(&self) -> AgentLogs {
+        AgentLogs {
+            pods: self.index.clone(),
+            runtime: self.runtime.clone(),
+        }
+    }
+}
+
+/// Binds the agents' HTTP port and serves logs and metrics from it.
+pub async fn serve_http(listen: SocketAddr, agents: Vec<AgentLogs>) -> anyhow::Result<u16> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen} (--listen)"))?;
+    let port = listener.local_addr()?.port();
+    let prometheus = berth_controller::http::prometheus();
+    let render: berth_agent::http::RenderMetrics = Arc::new(move || {
+        prometheus.run_upkeep();
+        prometheus.render()
+    });
+    tokio::spawn(berth_agent::http::serve(listener, agents, render));
+    Ok(port)
+}
+
+/// Starts `plans` against `addrs`; they run until the process ends or
+/// their tasks are aborted.
+pub fn spawn_agents(
+    addrs: &[String],
+    plans: Vec<AgentPlan>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let conn = Connector::new(addrs.to_vec())?;
+    berth_agent::describe_metrics();
+    Ok(plans
+        .into_iter()
+        .map(|p| {
+            tokio::spawn(berth_agent::run(
+                conn.clone(),
+                p.node,
+                p.sync,
+                p.runtime,
+                p.index,
+            ))
+        })
+        .collect())
+}
+
+pub fn node_config(
+    name: String,
+    address: String,
+    capacity: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+) -> NodeConfig {
+    NodeConfig {
+        name,
+        address,
+        capacity,
+        labels,
+        runtime_version: String::new(),
+        http_port: None,
+        lease_interval: Duration::from_secs(2),
+        status_interval: Duration::from_secs(10),
+    }
+}
+
+pub async fn run(args: AgentArgs, addrs: &[String]) -> anyhow::Result<()> {
+    if args.network == NetworkMode::Bridge {
+        bail!("--network bridge is not available yet (it comes with pod networking): use --network host");
+    }
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    if args.count > 1 && args.runtime != RuntimeKind::Sim {
+        bail!("--count runs many agents in one process, which only the sim runtime allows: add --runtime sim or drop --count");
+    }
+    if args.lease_interval.is_zero() || args.status_interval < args.lease_interval {
+        bail!("--lease-interval must be positive and no longer than --status-interval");
+    }
+    let capacity =
+        berth_agent::node::capacity(args.cpu.as_deref(), args.memory.as_deref(), args.max_pods)?;
+    let labels = parse_labels(&args.labels)?;
+    let address = match args.address.clone() {
+        Some(a) => a,
+        None => addrs.first().and_then(|a| local_address(a)).context(
+            "cannot tell this node's address from the route to the controllers: pass --address",
+        )?,
+    };
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    let names: Vec<String> = if args.count > 1 {
+        (0..args.count)
+            .map(|i| format!("{}{i}", args.name_prefix))
+            .collect()
+    } else {
+        vec![args.name.clone().unwrap_or_else(host_name)]
+    };
+    let mut plans = Vec::new();
+    for name in names {
+        let runtime: Arc<dyn Runtime> = match args.runtime {
+            RuntimeKind::Process => process_runtime(&name, &args.data_dir)?,
+            RuntimeKind::Sim => Arc::new(SimRuntime::new(args.sim_start_delay)),
+            RuntimeKind::Docker => {
+                Arc::new(berth_agent::runtime::docker::DockerRuntime::connect(&name).await?)
+            }
+        };
+        let mut node = node_config(name, address.clone(), capacity.clone(), labels.clone());
+        node.lease_interval = args.lease_interval;
+        node.status_interval = args.status_interval;
+        node.runtime_version = runtime.version().await;
+        let mut sync = berth_agent::sync_config(&node);
+        sync.backoff_initial = args.crash_backoff;
+        sync.backoff_max = args.crash_backoff_max.max(args.crash_backoff);
+        plans.push(AgentPlan {
+            node,
+            sync,
+            runtime,
+            index: PodIndex::default(),
+        });
+    }
+    let listen = match args.listen {
+        Some(l) => l,
+        None => SocketAddr::new(
+            address.parse().context("--address is not an IP address")?,
+            0,
+        ),
+    };
+    let port = serve_http(listen, plans.iter().map(AgentPlan::logs).collect()).await?;
+    for p in &mut plans {
+        p.node.http_port = Some(port);
+    }
+    tracing::info!(agents = plans.len(), %address, http_port = port, servers = %addrs.join(","), "agent starting");
+    let _agents = spawn_agents(addrs, plans)?;
+    crate::signals::shutdown().await;
+    // Workloads outlive the agent on purpose: the next agent adopts them.
+    tracing::info!("agent stopping; its containers keep running");
+    Ok(())
+}
+
+/// `berth agent-shim DIR`.
+pub fn shim(dir: &Path) -> std::process::ExitCode {
+    std::process::ExitCode::from(berth_agent::runtime::shim::main(dir).clamp(0, 255) as u8)
+}

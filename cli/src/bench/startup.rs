@@ -1,0 +1,319 @@
+//! `berth bench startup`: a spawned 3-controller cluster and one agent on
+//! the chosen runtime; a deployment of N pods is created and each pod is
+//! timed from its creation (its first watch event) to its first report of
+//! phase Running. Prints the per-pod p50 and p99 and the time from the
+//! deployment's creation to the last pod Running. For docker, the image is
+//! a busybox rootfs imported locally (no registry).
+
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::bail;
+use anyhow::Context;
+use berth::harness;
+use berth::harness::Cluster;
+use berth::objects::ClientKind;
+use berth_agent::runtime::process::running_processes;
+use berth_api::pb;
+use berth_api::Object;
+use berth_client::connect::Connector;
+use berth_client::watcher;
+use clap::Args;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use super::latency::Samples;
+use crate::agent_cmd::RuntimeKind;
+
+#[derive(Args)]
+pub struct StartupArgs {
+    #[arg(long, default_value_t = 100)]
+    pods: usize,
+    #[arg(long, value_enum, default_value = "process")]
+    runtime: RuntimeKind,
+    /// The image for the docker runtime (imported from busybox-static if
+    /// the engine lacks it).
+    #[arg(long, default_value = "berth-bench/busybox:1")]
+    image: String,
+    /// Give up waiting for the last pod after this long.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// text or json.
+    #[arg(short = 'o', long, default_value = "text")]
+    output: String,
+}
+
+const NODE: &str = "bench-startup";
+const APP: &str = "bench-startup";
+
+/// The agent process, killed (with what it runs) when dropped.
+struct AgentProcess(Child, RuntimeKind);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        if self.1 == RuntimeKind::Docker {
+            remove_containers();
+        }
+    }
+}
+
+fn remove_containers() {
+    let label = format!("label=berth.node={NODE}");
+    let ids = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &label])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+fn start_agent(
+    binary: &Path,
+    root: &Path,
+    cluster: &Cluster,
+    args: &StartupArgs,
+) -> anyhow::Result<AgentProcess> {
+    let log = std::fs::File::create(root.join("agent.log"))?;
+    let child = Command::new(binary)
+        .args([
+            "--server",
+            &cluster.addrs().join(","),
+            "agent",
+            "--name",
+            NODE,
+        ])
+        .arg("--data-dir")
+        .arg(root.join("agent"))
+        .args(["--runtime", &format!("{:?}", args.runtime).to_lowercase()])
+        .args([
+            "--address",
+            "127.0.0.1",
+            "--cpu",
+            "1000",
+            "--memory",
+            "1000Gi",
+        ])
+        .args(["--max-pods", &(args.pods + 10).to_string()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("start the agent")?;
+    Ok(AgentProcess(child, args.runtime))
+}
+
+fn deployment(args: &StartupArgs) -> pb::Deployment {
+    let labels: std::collections::BTreeMap<String, String> =
+        [("app".to_string(), APP.to_string())].into();
+    let (image, command) = match args.runtime {
+        RuntimeKind::Docker => (args.image.clone(), vec!["sleep".to_string(), "3600".into()]),
+        _ => (String::new(), vec!["/bin/sleep".to_string(), "3600".into()]),
+    };
+    let mut d = pb::Deployment::default();
+    d.meta_mut().name = APP.into();
+    d.meta_mut().namespace = "default".into();
+    d.spec = Some(pb::DeploymentSpec {
+        replicas: Some(args.pods as i32),
+        selector: Some(pb::LabelSelector {
+            match_labels: labels.clone(),
+            ..Default::default()
+        }),
+        template: Some(pb::PodTemplateSpec {
+            metadata: Some(pb::ObjectMeta {
+                labels,
+                ..Default::default()
+            }),
+            spec: Some(pb::PodSpec {
+                containers: vec![pb::Container {
+                    name: "main".into(),
+                    image,
+                    command,
+                    resources: Some(pb::ResourceRequirements {
+                        requests: [("cpu".to_string(), "1m".to_string())].into(),
+                        limits: Default::default(),
+                    }),
+                    ..Default::default()
+                }],
+                termination_grace_period_seconds: Some(1),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    });
+    d
+}
+
+async fn wait_ready(
+    ch: &Channel,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&pb::Node) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let req = pb::GetRequest {
+            name: NODE.into(),
+            ..Default::default()
+        };
+        if pb::Node::get(ch.clone(), req)
+            .await
+            .is_ok_and(|n| check(&n))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} within {}", humantime::format_duration(timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
+    if args.pods == 0 {
+        bail!("--pods must be at least 1");
+    }
+    if args.runtime == RuntimeKind::Docker {
+        harness::busybox_image(&args.image).map_err(anyhow::Error::msg)?;
+    }
+    let binary = std::env::current_exe().context("locate the berth binary")?;
+    let root = tempfile::tempdir().context("create a temporary directory")?;
+    let cluster = Cluster::start(&binary, root.path(), 3, harness::Options::default());
+    if cluster
+        .wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
+        .await
+        .is_none()
+    {
+        bail!("the spawned cluster elected no leader within 20 s");
+    }
+    let agent = start_agent(&binary, root.path(), &cluster, &args)?;
+    let conn = Connector::new(cluster.addrs())?;
+    let ch = conn.channel().await?;
+    wait_ready(
+        &ch,
+        "the agent did not register a Ready node",
+        Duration::from_secs(30),
+        berth_api::resources::node_is_ready,
+    )
+    .await?;
+
+    let (tx, mut rx) = mpsc::channel(4096);
+    let scope = watcher::Scope {
+        namespace: "default".into(),
+        label_selector: format!("app={APP}"),
+        ..Default::default()
+    };
+    tokio::spawn(watcher::run::<pb::Pod>(conn.clone(), scope, tx));
+    // The initial (empty) list.
+    rx.recv().await;
+    let started = Instant::now();
+    pb::Deployment::create(ch.clone(), deployment(&args))
+        .await
+        .map_err(|s| anyhow::anyhow!("create the deployment: {}", s.message()))?;
+    let mut created: HashMap<String, Instant> = HashMap::new();
+    let mut done: HashSet<String> = HashSet::new();
+    let mut samples = Samples::default();
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    while done.len() < args.pods {
+        let Ok(Some(change)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            bail!(
+                "{} of {} pods were Running after {} (agent log: {})",
+                done.len(),
+                args.pods,
+                humantime::format_duration(args.timeout),
+                root.path().join("agent.log").display()
+            );
+        };
+        let pods = match change {
+            watcher::Change::Applied(p) => vec![p],
+            watcher::Change::Listed(ps) => ps,
+            watcher::Change::Deleted(_) => continue,
+        };
+        for p in pods {
+            let name = p.name().to_string();
+            let first = *created.entry(name.clone()).or_insert_with(Instant::now);
+            let is_running = p.status.as_ref().is_some_and(|s| s.phase == "Running");
+            if is_running && done.insert(name) {
+                samples.record(first.elapsed());
+            }
+        }
+    }
+    let all_running = started.elapsed();
+    let report = serde_json::json!({
+        "runtime": format!("{:?}", args.runtime).to_lowercase(),
+        "pods": args.pods,
+        "startup_p50_ms": samples.quantile_ms(0.50),
+        "startup_p99_ms": samples.quantile_ms(0.99),
+        "all_running_s": (all_running.as_secs_f64() * 1000.0).round() / 1000.0,
+    });
+    cleanup(&ch, &args, &root.path().join("agent")).await;
+    drop(agent);
+    // Whatever the agent did not stop in time goes with it.
+    for p in running_processes(&root.path().join("agent")) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-p.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    drop(cluster);
+    if args.output == "json" {
+        println!("{report}");
+    } else {
+        println!(
+            "{} pods on the {} runtime: startup p50 {} ms, p99 {} ms; all Running after {} s",
+            args.pods,
+            report["runtime"],
+            report["startup_p50_ms"],
+            report["startup_p99_ms"],
+            report["all_running_s"]
+        );
+    }
+    Ok(())
+}
+
+/// Deletes the deployment and waits (a while) for the agent to stop what
+/// it ran, so that nothing outlives the bench.
+async fn cleanup(ch: &Channel, args: &StartupArgs, agent_dir: &Path) {
+    let req = pb::DeleteRequest {
+        namespace: "default".into(),
+        name: APP.into(),
+        resource_version: String::new(),
+    };
+    let _ = pb::Deployment::delete(ch.clone(), req).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let req = pb::ListRequest {
+            namespace: "default".into(),
+            label_selector: format!("app={APP}"),
+            ..Default::default()
+        };
+        let left = pb::Pod::list(ch.clone(), req)
+            .await
+            .map_or(1, |(p, _)| p.len());
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The agent stops each container within its 1 s grace period.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !running_processes(agent_dir).is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if args.runtime == RuntimeKind::Docker {
+        remove_containers();
+    }
+}

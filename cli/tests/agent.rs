@@ -1,0 +1,518 @@
+//! End-to-end tests of node agents on the process runtime against three
+//! real controllers: deployments of real processes that scale and roll
+//! out, OOM kills and crash back-off, an agent restart that adopts its
+//! pods, and a lost node whose pods are replaced elsewhere.
+//!
+//! The containers write their own pid to a file named after their pod, so
+//! the tests check processes with the OS, not only with the API.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use berth::objects::ClientKind;
+use berth_api::pb;
+use berth_api::Object;
+use common::channel;
+use common::eventually;
+use common::get_req;
+use common::start;
+use common::unique;
+use common::Agent;
+use common::BIN;
+use tonic::transport::Channel;
+
+/// The tests each run three controllers and agents; on two cores they run
+/// one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Controllers that judge nodes quickly.
+const FAST_NODES: &[&str] = &["--node-grace-period", "2s", "--pod-eviction-timeout", "3s"];
+
+const T: Duration = Duration::from_secs(30);
+
+/// A container that records its pid in `pids/<pod name>`, then sleeps.
+fn sleeper(pids: &Path, env: &str) -> pb::Container {
+    pb::Container {
+        name: "main".into(),
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("echo $$ > {}/$HOSTNAME; exec sleep 3600", pids.display()),
+        ],
+        env: vec![pb::EnvVar {
+            name: "VERSION".into(),
+            value: env.into(),
+        }],
+        resources: Some(pb::ResourceRequirements {
+            requests: [
+                ("cpu".to_string(), "100m".to_string()),
+                ("memory".to_string(), "16Mi".to_string()),
+            ]
+            .into(),
+            limits: [("memory".to_string(), "64Mi".to_string())].into(),
+        }),
+        readiness_probe: Some(pb::Probe {
+            exec: Some(pb::ExecAction {
+                command: vec!["/bin/true".into()],
+            }),
+            period_seconds: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn deployment(name: &str, replicas: i32, container: pb::Container) -> pb::Deployment {
+    let labels: BTreeMap<String, String> = [("app".to_string(), name.to_string())].into();
+    let mut d = pb::Deployment::default();
+    d.meta_mut().name = name.into();
+    d.meta_mut().namespace = "default".into();
+    d.spec = Some(pb::DeploymentSpec {
+        replicas: Some(replicas),
+        selector: Some(pb::LabelSelector {
+            match_labels: labels.clone(),
+            ..Default::default()
+        }),
+        template: Some(pb::PodTemplateSpec {
+            metadata: Some(pb::ObjectMeta {
+                labels,
+                ..Default::default()
+            }),
+            spec: Some(pb::PodSpec {
+                containers: vec![container],
+                termination_grace_period_seconds: Some(2),
+                ..Default::default()
+            }),
+        }),
+        strategy: Some(pb::DeploymentStrategy {
+            r#type: "RollingUpdate".into(),
+            rolling_update: Some(pb::RollingUpdateDeployment {
+                max_unavailable: "1".into(),
+                max_surge: "1".into(),
+            }),
+        }),
+        ..Default::default()
+    });
+    d
+}
+
+async fn pods_of(ch: &Channel, app: &str) -> Vec<pb::Pod> {
+    let req = pb::ListRequest {
+        namespace: "default".into(),
+        label_selector: format!("app={app}"),
+        ..Default::default()
+    };
+    pb::Pod::list(ch.clone(), req).await.expect("list pods").0
+}
+
+fn phase(p: &pb::Pod) -> &str {
+    p.status.as_ref().map_or("", |s| s.phase.as_str())
+}
+
+fn is_ready(p: &pb::Pod) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        s.phase == "Running"
+            && s.conditions
+                .iter()
+                .any(|c| c.r#type == "Ready" && c.status == "True")
+    })
+}
+
+/// The pid a pod's container recorded, if that process lives.
+fn pid_of(pids: &Path, pod: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pids.join(pod))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains("sleep")
+        .then_some(pid)
+}
+
+/// Waits until exactly `n` pods of `app` are Running and ready, each with
+/// its own live process; returns their names.
+async fn running(ch: &Channel, app: &str, pids: &Path, n: usize) -> BTreeSet<String> {
+    eventually(&format!("{n} pods of {app} run"), T, || async {
+        let pods = pods_of(ch, app).await;
+        pods.len() == n
+            && pods
+                .iter()
+                .all(|p| is_ready(p) && pid_of(pids, p.name()).is_some())
+    })
+    .await;
+    pods_of(ch, app)
+        .await
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect()
+}
+
+async fn set_replicas(ch: &Channel, name: &str, replicas: i32) {
+    let mut d = pb::Deployment::get(ch.clone(), get_req("default", name))
+        .await
+        .unwrap();
+    d.spec.get_or_insert_default().replicas = Some(replicas);
+    d.meta_mut().resource_version.clear();
+    pb::Deployment::update(ch.clone(), d).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deployments_run_real_processes_that_scale_and_roll_out() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let pids = root.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let cluster = start(root.path(), FAST_NODES).await;
+    let agent = Agent::start(&cluster, root.path(), &unique("node"), &[]);
+    let ch = channel(&cluster).await;
+
+    pb::Deployment::create(ch.clone(), deployment("web", 3, sleeper(&pids, "v1")))
+        .await
+        .unwrap();
+    let first = running(&ch, "web", &pids, 3).await;
+    // Each process sits in its own container cgroup, under its pod's.
+    for name in &first {
+        let pid = pid_of(&pids, name).unwrap();
+        let pod = pb::Pod::get(ch.clone(), get_req("default", name))
+            .await
+            .unwrap();
+        let uid = pod.meta().unwrap().uid.clone();
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let memory = cgroups
+            .lines()
+            .find(|l| l.contains(":memory:") || l.starts_with("0::"))
+            .unwrap();
+        assert!(
+            memory.ends_with(&format!("/berth/{}/{uid}/main", agent.name)),
+            "{memory}"
+        );
+    }
+
+    set_replicas(&ch, "web", 5).await;
+    let five = running(&ch, "web", &pids, 5).await;
+    assert!(first.is_subset(&five));
+    set_replicas(&ch, "web", 2).await;
+    let two = running(&ch, "web", &pids, 2).await;
+    let removed: Vec<&String> = five.difference(&two).collect();
+    assert_eq!(removed.len(), 3);
+    eventually("the removed pods' processes end", T, || async {
+        removed.iter().all(|p| pid_of(&pids, p).is_none())
+    })
+    .await;
+
+    // A new template rolls out with maxUnavailable 1 of 4: at every moment
+    // at least 3 pods are ready.
+    set_replicas(&ch, "web", 4).await;
+    let old = running(&ch, "web", &pids, 4).await;
+    let mut d = pb::Deployment::get(ch.clone(), get_req("default", "web"))
+        .await
+        .unwrap();
+    let spec = d.spec.get_or_insert_default();
+    spec.template
+        .get_or_insert_default()
+        .spec
+        .get_or_insert_default()
+        .containers = vec![sleeper(&pids, "v2")];
+    d.meta_mut().resource_version.clear();
+    pb::Deployment::update(ch.clone(), d).await.unwrap();
+    let deadline = std::time::Instant::now() + T;
+    let mut least_ready = usize::MAX;
+    loop {
+        let pods = pods_of(&ch, "web").await;
+        least_ready = least_ready.min(pods.iter().filter(|p| is_ready(p)).count());
+        let done = pods.len() == 4 && pods.iter().all(|p| is_ready(p) && !old.contains(p.name()));
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout did not finish: {}",
+            agent.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        least_ready >= 3,
+        "only {least_ready} pods were ready during the rollout"
+    );
+    let d = pb::Deployment::get(ch.clone(), get_req("default", "web"))
+        .await
+        .unwrap();
+    eventually(
+        "the deployment's status shows the rollout done",
+        T,
+        || async {
+            let d = pb::Deployment::get(ch.clone(), get_req("default", "web"))
+                .await
+                .unwrap();
+            let s = d.status.clone().unwrap_or_default();
+            s.observed_generation == d.meta().unwrap().generation
+                && (
+                    s.replicas,
+                    s.updated_replicas,
+                    s.ready_replicas,
+                    s.available_replicas,
+                ) == (4, 4, 4, 4)
+        },
+    )
+    .await;
+    assert!(d.meta().unwrap().generation >= 2);
+    eventually("the old template's processes end", T, || async {
+        old.iter().all(|p| pid_of(&pids, p).is_none())
+    })
+    .await;
+    let out = Command::new(BIN)
+        .args([
+            "--server",
+            &cluster.addrs().join(","),
+            "rollout",
+            "status",
+            "deployment",
+            "web",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("successfully rolled out"));
+
+    // Deleting the deployment takes its pods and their processes with it.
+    pb::Deployment::delete(
+        ch.clone(),
+        pb::DeleteRequest {
+            namespace: "default".into(),
+            name: "web".into(),
+            resource_version: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the deployment's pods and processes are gone",
+        T,
+        || async { pods_of(&ch, "web").await.is_empty() && agent.live_processes().is_empty() },
+    )
+    .await;
+}
+
+fn bare_pod(name: &str, restart: &str, argv: &[&str], memory_limit: Option<&str>) -> pb::Pod {
+    let mut p = pb::Pod::default();
+    p.meta_mut().name = name.into();
+    p.meta_mut().namespace = "default".into();
+    p.meta_mut().labels = [("app".to_string(), name.to_string())].into();
+    p.spec = Some(pb::PodSpec {
+        restart_policy: restart.into(),
+        containers: vec![pb::Container {
+            name: "main".into(),
+            command: argv.iter().map(|s| s.to_string()).collect(),
+            resources: memory_limit.map(|m| pb::ResourceRequirements {
+                limits: [("memory".to_string(), m.to_string())].into(),
+                requests: Default::default(),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    p
+}
+
+fn container_status(p: &pb::Pod) -> pb::ContainerStatus {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.first().cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_limits_end_in_oom_kills_and_crashes_back_off() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = start(root.path(), FAST_NODES).await;
+    let agent = Agent::start(&cluster, root.path(), &unique("node"), &[]);
+    let ch = channel(&cluster).await;
+
+    // 200 MiB against a 32 MiB limit.
+    let hog = bare_pod(
+        "hog",
+        "Never",
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "x = bytearray(200 << 20); import time; time.sleep(60)",
+        ],
+        Some("32Mi"),
+    );
+    pb::Pod::create(ch.clone(), hog).await.unwrap();
+    let crasher = bare_pod(
+        "crasher",
+        "Always",
+        &["/bin/sh", "-c", "echo boom; exit 3"],
+        None,
+    );
+    pb::Pod::create(ch.clone(), crasher).await.unwrap();
+
+    eventually("the hog is OOMKilled", T, || async {
+        let p = pb::Pod::get(ch.clone(), get_req("default", "hog"))
+            .await
+            .unwrap();
+        let t = container_status(&p).state.and_then(|s| s.terminated);
+        phase(&p) == "Failed" && t.is_some_and(|t| t.reason == "OOMKilled" && t.exit_code == 137)
+    })
+    .await;
+    let saw_backoff = std::sync::atomic::AtomicBool::new(false);
+    let saw_backoff = &saw_backoff;
+    let ch = &ch;
+    eventually("the crasher restarts with back-off", T, || async move {
+        let p = pb::Pod::get(ch.clone(), get_req("default", "crasher"))
+            .await
+            .unwrap();
+        let c = container_status(&p);
+        let waiting = c.state.and_then(|s| s.waiting).map(|w| w.reason);
+        if waiting.as_deref() == Some("CrashLoopBackOff") {
+            saw_backoff.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let last = c.last_state.and_then(|s| s.terminated);
+        saw_backoff.load(std::sync::atomic::Ordering::Relaxed)
+            && c.restart_count >= 2
+            && phase(&p) == "Running"
+            && last.is_some_and(|t| t.exit_code == 3 && t.reason == "Error")
+    })
+    .await;
+    let out = Command::new(BIN)
+        .args(["--server", &cluster.addrs().join(","), "logs", "crasher"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "boom\n");
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_agent_adopts_its_running_pods() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let pids = root.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let cluster = start(root.path(), FAST_NODES).await;
+    let mut agent = Agent::start(&cluster, root.path(), &unique("node"), &[]);
+    let ch = channel(&cluster).await;
+    pb::Deployment::create(ch.clone(), deployment("web", 3, sleeper(&pids, "v1")))
+        .await
+        .unwrap();
+    let names = running(&ch, "web", &pids, 3).await;
+    let before: BTreeMap<String, i32> = names
+        .iter()
+        .map(|n| (n.clone(), pid_of(&pids, n).unwrap()))
+        .collect();
+
+    agent.kill();
+    // While the agent is down one pod is deleted (scale to 2).
+    set_replicas(&ch, "web", 2).await;
+    eventually("the deployment drops a pod", T, || async {
+        pods_of(&ch, "web").await.len() == 2
+    })
+    .await;
+    let kept: BTreeSet<String> = pods_of(&ch, "web")
+        .await
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
+    for pid in before.values() {
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_ok(),
+            "process {pid} died with the agent"
+        );
+    }
+    agent.spawn();
+    eventually("the deleted pod's process is stopped", T, || async {
+        before
+            .iter()
+            .filter(|(n, _)| !kept.contains(*n))
+            .all(|(n, _)| pid_of(&pids, n).is_none())
+    })
+    .await;
+    // Give the new agent a few sync passes to do anything wrong.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for p in pods_of(&ch, "web").await {
+        assert!(is_ready(&p), "{} is not ready after adoption", p.name());
+        assert_eq!(
+            container_status(&p).restart_count,
+            0,
+            "{} restarted",
+            p.name()
+        );
+        assert_eq!(
+            pid_of(&pids, p.name()),
+            Some(before[p.name()]),
+            "{} has a new process",
+            p.name()
+        );
+    }
+    assert_eq!(agent.live_processes().len(), 2);
+}
+
+async fn node_ready(ch: &Channel, name: &str) -> Option<String> {
+    let n = pb::Node::get(ch.clone(), get_req("", name)).await.ok()?;
+    n.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "Ready")
+        .map(|c| c.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_node_goes_not_ready_and_its_pods_move() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let pids = root.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let cluster = start(root.path(), FAST_NODES).await;
+    let mut lost = Agent::start(&cluster, root.path(), &unique("lost"), &[]);
+    let ch = channel(&cluster).await;
+    eventually("the first node is ready", T, || async {
+        node_ready(&ch, &lost.name).await.as_deref() == Some("True")
+    })
+    .await;
+    pb::Deployment::create(ch.clone(), deployment("web", 2, sleeper(&pids, "v1")))
+        .await
+        .unwrap();
+    running(&ch, "web", &pids, 2).await;
+    let survivor = Agent::start(&cluster, root.path(), &unique("survivor"), &[]);
+    eventually("the second node is ready", T, || async {
+        node_ready(&ch, &survivor.name).await.as_deref() == Some("True")
+    })
+    .await;
+
+    lost.kill();
+    eventually("the lost node is marked NotReady", T, || async {
+        node_ready(&ch, &lost.name).await.as_deref() == Some("False")
+    })
+    .await;
+    eventually("its pods are replaced on the other node", T, || async {
+        let pods = pods_of(&ch, "web").await;
+        pods.len() == 2
+            && pods.iter().all(|p| {
+                is_ready(p)
+                    && p.spec.as_ref().unwrap().node_name == survivor.name
+                    && pid_of(&pids, p.name()).is_some()
+            })
+    })
+    .await;
+    // The lost node's processes still run (its agent is gone, not its
+    // host); dropping `lost` kills them.
+    drop(lost);
+}

@@ -1,0 +1,168 @@
+//! End-to-end test of the docker runtime against three real controllers
+//! and this machine's Docker Engine, with an image built here (`docker
+//! import` of a busybox rootfs): no registry is involved. Skipped, saying
+//! so, when no engine answers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use berth::objects::ClientKind;
+use berth_api::pb;
+use berth_api::Object;
+use common::channel;
+use common::eventually;
+use common::get_req;
+use common::start;
+use common::unique;
+use common::Agent;
+use common::BIN;
+use tonic::transport::Channel;
+
+const IMAGE: &str = "berth-test/busybox:1";
+const T: Duration = Duration::from_secs(60);
+
+fn docker(args: &[&str]) -> Option<String> {
+    let out = Command::new("docker").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn pod(name: &str, image: &str) -> pb::Pod {
+    let mut p = pb::Pod::default();
+    p.meta_mut().name = name.into();
+    p.meta_mut().namespace = "default".into();
+    p.spec = Some(pb::PodSpec {
+        containers: vec![pb::Container {
+            name: "main".into(),
+            image: image.into(),
+            command: vec!["/bin/sh".into(), "-c".into()],
+            args: vec!["echo hello from $HOSTNAME; exec sleep 3600".into()],
+            resources: Some(pb::ResourceRequirements {
+                limits: [
+                    ("cpu".to_string(), "500m".to_string()),
+                    ("memory".to_string(), "64Mi".to_string()),
+                ]
+                .into(),
+                requests: Default::default(),
+            }),
+            ..Default::default()
+        }],
+        termination_grace_period_seconds: Some(1),
+        ..Default::default()
+    });
+    p
+}
+
+async fn get_pod(ch: &Channel, name: &str) -> pb::Pod {
+    pb::Pod::get(ch.clone(), get_req("default", name))
+        .await
+        .unwrap()
+}
+
+fn container(p: &pb::Pod) -> pb::ContainerStatus {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.first().cloned())
+        .unwrap_or_default()
+}
+
+/// Engine fields of a container, by `docker inspect --format`.
+fn inspect(id: &str, format: &str) -> String {
+    docker(&["inspect", "--format", format, id])
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_docker_runtime_runs_adopts_and_removes_containers() {
+    if docker(&["info"]).is_none() {
+        eprintln!("SKIPPED: no Docker Engine answers here (start dockerd to run this test)");
+        return;
+    }
+    berth::harness::busybox_image(IMAGE).expect("build the test image");
+    let root = tempfile::tempdir().unwrap();
+    let cluster = start(root.path(), &[]).await;
+    let mut agent = Agent::start(
+        &cluster,
+        root.path(),
+        &unique("docker"),
+        &["--runtime", "docker"],
+    );
+    let ch = channel(&cluster).await;
+    pb::Pod::create(ch.clone(), pod("web", IMAGE))
+        .await
+        .unwrap();
+    pb::Pod::create(ch.clone(), pod("ghost", "berth-test/no-such-image:1"))
+        .await
+        .unwrap();
+
+    eventually("the pod runs in a container", T, || async {
+        get_pod(&ch, "web")
+            .await
+            .status
+            .is_some_and(|s| s.phase == "Running")
+    })
+    .await;
+    let id = container(&get_pod(&ch, "web").await).container_id;
+    let engine_id = id.strip_prefix("docker://").expect("a docker container id");
+    let labels = inspect(engine_id, "{{json .Config.Labels}}");
+    let labels: BTreeMap<String, String> = serde_json::from_str(&labels).unwrap();
+    let uid = get_pod(&ch, "web").await.meta().unwrap().uid.clone();
+    assert_eq!(labels["berth.pod.uid"], uid);
+    assert_eq!(labels["berth.container"], "main");
+    assert_eq!(labels["berth.node"], agent.name);
+    assert_eq!(
+        inspect(engine_id, "{{.HostConfig.Memory}}"),
+        (64 << 20).to_string()
+    );
+    assert_eq!(inspect(engine_id, "{{.HostConfig.NanoCpus}}"), "500000000");
+    assert_eq!(inspect(engine_id, "{{.State.Running}}"), "true");
+
+    let logs = Command::new(BIN)
+        .args(["--server", &cluster.addrs().join(","), "logs", "web"])
+        .output()
+        .unwrap();
+    assert!(
+        logs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "hello from web\n");
+
+    // A missing image is a clear status, not a hang.
+    eventually("the missing image is reported", T, || async {
+        let c = container(&get_pod(&ch, "ghost").await);
+        c.state
+            .and_then(|s| s.waiting)
+            .is_some_and(|w| w.reason == "ErrImagePull" && w.message.contains("no-such-image"))
+    })
+    .await;
+
+    // A restarted agent keeps the running container.
+    agent.kill();
+    agent.spawn();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = get_pod(&ch, "web").await;
+    assert_eq!(container(&p).container_id, id);
+    assert_eq!(container(&p).restart_count, 0);
+    assert_eq!(inspect(engine_id, "{{.State.Running}}"), "true");
+
+    // Deleting the pod removes its container.
+    for name in ["web", "ghost"] {
+        let req = pb::DeleteRequest {
+            namespace: "default".into(),
+            name: name.into(),
+            resource_version: String::new(),
+        };
+        pb::Pod::delete(ch.clone(), req).await.unwrap();
+    }
+    eventually("the container is removed", T, || async {
+        docker(&["inspect", engine_id]).is_none()
+    })
+    .await;
+}
