@@ -111,10 +111,28 @@ fn disable_transparent_huge_pages() {
     }
 }
 
+/// `berth get pods | head -1` should end quietly when `head` has read
+/// enough, as other command-line tools do: Rust ignores SIGPIPE, and a
+/// print to a closed pipe would panic. Long-running processes keep
+/// ignoring it (a peer closing a socket is no reason to die).
+fn exit_quietly_on_closed_pipe() {
+    use nix::sys::signal::signal;
+    use nix::sys::signal::SigHandler;
+    use nix::sys::signal::Signal;
+    // SAFETY: restores the default action, before any thread is started.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::AgentShim { dir } = &cli.command {
         return agent_cmd::shim(dir);
+    }
+    if !matches!(
+        cli.command,
+        Command::Server(_) | Command::Scheduler(_) | Command::Agent(_) | Command::Dev(_)
+    ) {
+        exit_quietly_on_closed_pipe();
     }
     init_tracing();
     disable_transparent_huge_pages();

@@ -58,7 +58,12 @@ pub struct DockerRuntime {
     /// (running, with its start time), by container id and the engine's
     /// summary state: a sync pass inspects only what changed.
     known: Mutex<HashMap<String, (ContainerSummaryStateEnum, InstanceState)>>,
+    /// Images seen present, and when: a burst of starts asks once.
+    images: Mutex<HashMap<String, tokio::time::Instant>>,
 }
+
+/// How long an image seen present is taken to still be there.
+const IMAGE_SEEN_FOR: Duration = Duration::from_secs(30);
 
 fn engine_error(e: bollard::errors::Error) -> RuntimeError {
     RuntimeError::Other(format!("docker engine: {e}"))
@@ -99,6 +104,7 @@ impl DockerRuntime {
             docker,
             node: node.to_string(),
             known: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
         })
     }
 
@@ -115,9 +121,24 @@ impl DockerRuntime {
                 message: "the container names no image; the docker runtime needs one".into(),
             });
         }
-        let local = self.docker.inspect_image(image).await.is_ok();
-        if local && !spec.always_pull {
+        let seen = self
+            .images
+            .lock()
+            .expect("image cache lock")
+            .get(image)
+            .is_some_and(|at| at.elapsed() < IMAGE_SEEN_FOR);
+        if seen && !spec.always_pull {
             return Ok(());
+        }
+        let local = self.docker.inspect_image(image).await.is_ok();
+        if local {
+            self.images
+                .lock()
+                .expect("image cache lock")
+                .insert(image.clone(), tokio::time::Instant::now());
+            if !spec.always_pull {
+                return Ok(());
+            }
         }
         let options = CreateImageOptionsBuilder::new().from_image(image).build();
         let pulled: Result<Vec<_>, _> = self
@@ -216,14 +237,6 @@ impl Runtime for DockerRuntime {
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         self.ensure_image(spec).await?;
         let name = self.name(&spec.pod, &spec.container, spec.attempt);
-        // Left by a start that did not finish.
-        let _ = self
-            .docker
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-            )
-            .await;
         let memory = spec.memory_limit_bytes.map(|b| b as i64);
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -249,14 +262,28 @@ impl Runtime for DockerRuntime {
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
-        let created = self
+        let mut created = self
             .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| RuntimeError::Start {
-                reason: "CreateContainerError".into(),
-                message: e.to_string(),
-            })?;
+            .create_container(Some(options.clone()), body.clone())
+            .await;
+        if let Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) = created
+        {
+            // Left by a start that did not finish: begin afresh.
+            let _ = self
+                .docker
+                .remove_container(
+                    &name,
+                    Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+                )
+                .await;
+            created = self.docker.create_container(Some(options), body).await;
+        }
+        let created = created.map_err(|e| RuntimeError::Start {
+            reason: "CreateContainerError".into(),
+            message: e.to_string(),
+        })?;
         if let Err(e) = self
             .docker
             .start_container(

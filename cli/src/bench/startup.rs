@@ -78,6 +78,7 @@ fn remove_containers() {
             .args(["rm", "-f"])
             .args(&ids)
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status();
     }
 }
