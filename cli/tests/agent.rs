@@ -35,6 +35,36 @@ const FAST_NODES: &[&str] = &["--node-grace-period", "2s", "--pod-eviction-timeo
 
 const T: Duration = Duration::from_secs(30);
 
+/// A cluster of fast-judging controllers, a channel to it, and a directory
+/// where containers record their pids. Fields drop in order: the
+/// controllers stop before their directory goes.
+struct Env {
+    cluster: berth::harness::Cluster,
+    ch: Channel,
+    pids: std::path::PathBuf,
+    root: tempfile::TempDir,
+}
+
+async fn env() -> Env {
+    let root = tempfile::tempdir().unwrap();
+    let pids = root.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let cluster = start(root.path(), FAST_NODES).await;
+    let ch = channel(&cluster).await;
+    Env {
+        cluster,
+        ch,
+        pids,
+        root,
+    }
+}
+
+impl Env {
+    fn agent(&self, prefix: &str) -> Agent {
+        Agent::start(&self.cluster, self.root.path(), &unique(prefix), &[])
+    }
+}
+
 /// A container that records its pid in `pids/<pod name>`, then sleeps.
 fn sleeper(pids: &Path, env: &str) -> pb::Container {
     pb::Container {
@@ -166,12 +196,9 @@ async fn set_replicas(ch: &Channel, name: &str, replicas: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deployments_run_real_processes_that_scale_and_roll_out() {
     let _serial = SERIAL.lock().await;
-    let root = tempfile::tempdir().unwrap();
-    let pids = root.path().join("pids");
-    std::fs::create_dir_all(&pids).unwrap();
-    let cluster = start(root.path(), FAST_NODES).await;
-    let agent = Agent::start(&cluster, root.path(), &unique("node"), &[]);
-    let ch = channel(&cluster).await;
+    let env = env().await;
+    let (cluster, ch, pids) = (&env.cluster, env.ch.clone(), env.pids.clone());
+    let agent = env.agent("node");
 
     pb::Deployment::create(ch.clone(), deployment("web", 3, sleeper(&pids, "v1")))
         .await
@@ -336,10 +363,9 @@ fn container_status(p: &pb::Pod) -> pb::ContainerStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_limits_end_in_oom_kills_and_crashes_back_off() {
     let _serial = SERIAL.lock().await;
-    let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), FAST_NODES).await;
-    let agent = Agent::start(&cluster, root.path(), &unique("node"), &[]);
-    let ch = channel(&cluster).await;
+    let env = env().await;
+    let (cluster, ch) = (&env.cluster, env.ch.clone());
+    let agent = env.agent("node");
 
     // 200 MiB against a 32 MiB limit.
     let hog = bare_pod(
@@ -404,12 +430,9 @@ async fn memory_limits_end_in_oom_kills_and_crashes_back_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_agent_adopts_its_running_pods() {
     let _serial = SERIAL.lock().await;
-    let root = tempfile::tempdir().unwrap();
-    let pids = root.path().join("pids");
-    std::fs::create_dir_all(&pids).unwrap();
-    let cluster = start(root.path(), FAST_NODES).await;
-    let mut agent = Agent::start(&cluster, root.path(), &unique("node"), &[]);
-    let ch = channel(&cluster).await;
+    let env = env().await;
+    let (ch, pids) = (env.ch.clone(), env.pids.clone());
+    let mut agent = env.agent("node");
     pb::Deployment::create(ch.clone(), deployment("web", 3, sleeper(&pids, "v1")))
         .await
         .unwrap();
@@ -477,12 +500,9 @@ async fn node_ready(ch: &Channel, name: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_node_goes_not_ready_and_its_pods_move() {
     let _serial = SERIAL.lock().await;
-    let root = tempfile::tempdir().unwrap();
-    let pids = root.path().join("pids");
-    std::fs::create_dir_all(&pids).unwrap();
-    let cluster = start(root.path(), FAST_NODES).await;
-    let mut lost = Agent::start(&cluster, root.path(), &unique("lost"), &[]);
-    let ch = channel(&cluster).await;
+    let env = env().await;
+    let (ch, pids) = (env.ch.clone(), env.pids.clone());
+    let mut lost = env.agent("lost");
     eventually("the first node is ready", T, || async {
         node_ready(&ch, &lost.name).await.as_deref() == Some("True")
     })
@@ -491,7 +511,7 @@ async fn a_lost_node_goes_not_ready_and_its_pods_move() {
         .await
         .unwrap();
     running(&ch, "web", &pids, 2).await;
-    let survivor = Agent::start(&cluster, root.path(), &unique("survivor"), &[]);
+    let survivor = env.agent("survivor");
     eventually("the second node is ready", T, || async {
         node_ready(&ch, &survivor.name).await.as_deref() == Some("True")
     })
