@@ -221,6 +221,7 @@ impl PodSync {
                     while let Ok(c) = changes.try_recv() {
                         self.apply(c);
                     }
+                    self.reindex();
                 }
                 Some(d) = self.done_rx.recv() => {
                     self.finish(d);
@@ -277,6 +278,10 @@ impl PodSync {
                 }
             }
         }
+    }
+
+    /// Publishes the pods to the log server, once per batch of changes.
+    fn reindex(&self) {
         let mut index = self.index.write().expect("pod index lock");
         index.clear();
         for p in self.pods.values() {

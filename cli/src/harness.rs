@@ -351,3 +351,23 @@ pub fn busybox_image(tag: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Removes every container a docker-runtime agent of node `node` made
+/// (they carry the label `berth.node=NODE`), running or not.
+pub fn remove_docker_containers(node: &str) {
+    let label = format!("label=berth.node={node}");
+    let ids = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &label])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

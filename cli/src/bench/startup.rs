@@ -60,26 +60,8 @@ impl Drop for AgentProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
         if self.1 == RuntimeKind::Docker {
-            remove_containers();
+            harness::remove_docker_containers(NODE);
         }
-    }
-}
-
-fn remove_containers() {
-    let label = format!("label=berth.node={NODE}");
-    let ids = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &label])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if !ids.is_empty() {
-        let _ = Command::new("docker")
-            .args(["rm", "-f"])
-            .args(&ids)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
@@ -315,6 +297,6 @@ async fn cleanup(ch: &Channel, args: &StartupArgs, agent_dir: &Path) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if args.runtime == RuntimeKind::Docker {
-        remove_containers();
+        harness::remove_docker_containers(NODE);
     }
 }

@@ -14,6 +14,7 @@ use std::time::Instant;
 use berth::harness::Cluster;
 use berth::harness::Options;
 use berth::objects::ClientKind;
+use berth_agent::runtime::cgroup::Cgroups;
 use berth_agent::runtime::shim::PidRecord;
 use berth_api::pb;
 use nix::sys::signal::kill;
@@ -154,51 +155,15 @@ impl Drop for Agent {
             let _ = kill(Pid::from_raw(-p.pid), Signal::SIGKILL);
         }
         if self.extra.iter().any(|a| a == "docker") {
-            remove_docker_containers(&self.name);
+            berth::harness::remove_docker_containers(&self.name);
         }
         if std::thread::panicking() {
             eprintln!("--- agent {} log ---\n{}", self.name, self.log_tail());
         }
         std::thread::sleep(Duration::from_millis(200));
-        for hierarchy in ["memory", "cpu", "cpu,cpuacct", "unified"] {
-            let dir = Path::new("/sys/fs/cgroup")
-                .join(hierarchy)
-                .join("berth")
-                .join(&self.name);
-            remove_cgroup_tree(&dir);
+        if let Some(cgroups) = Cgroups::detect(Path::new("/sys/fs/cgroup")) {
+            let _ = cgroups.remove(Path::new(&self.name));
         }
-    }
-}
-
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
-/// Removes the containers a docker-runtime agent made.
-fn remove_docker_containers(node: &str) {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=berth.node={node}")])
-        .output();
-    let ids: Vec<String> = out
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
-    if !ids.is_empty() {
-        let _ = Command::new("docker")
-            .args(["rm", "-f"])
-            .args(&ids)
-            .output();
     }
 }
 

@@ -38,6 +38,7 @@ use super::active;
 use super::count_write;
 use super::Caches;
 use super::LazyCaches;
+use crate::api::now_rfc3339;
 
 const NAME: &str = "deployments";
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
@@ -402,7 +403,7 @@ async fn write_status(conn: &Connector, d: &pb::Deployment, replicas: i32, c: Co
             .conditions
             .iter()
             .find(|x| x.r#type == kind && x.status == status && x.reason == reason);
-        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let now = now_rfc3339();
         pb::Condition {
             r#type: kind.into(),
             status: status.into(),

@@ -28,13 +28,10 @@ use super::count_write;
 use super::Caches;
 use super::LazyCaches;
 use super::ReconcileConfig;
+use crate::api::now_rfc3339;
 
 const NAME: &str = "node-lifecycle";
 const TICK: Duration = Duration::from_millis(500);
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
 
 fn set_condition(conditions: &mut Vec<pb::Condition>, next: pb::Condition) {
     match conditions.iter_mut().find(|c| c.r#type == next.r#type) {
