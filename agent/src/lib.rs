@@ -9,6 +9,7 @@
 //! engine (docker) for a new agent to adopt what runs.
 
 pub mod http;
+pub mod network;
 pub mod node;
 pub mod pods;
 pub mod probe;
@@ -23,6 +24,8 @@ use berth_client::connect::Connector;
 use berth_client::watcher;
 use tokio::sync::mpsc;
 
+pub use network::BridgeConfig;
+pub use network::BridgeNetwork;
 pub use node::NodeConfig;
 pub use pods::PodIndex;
 pub use pods::SyncConfig;
@@ -65,27 +68,99 @@ pub async fn run(
     sync: SyncConfig,
     runtime: Arc<dyn Runtime>,
     index: PodIndex,
+    network: Option<BridgeConfig>,
 ) {
     let mut delay = watcher::Backoff::default();
-    loop {
+    let registered = loop {
         match node::register(&conn, &node).await {
-            Ok(_) => break,
+            Ok(n) => break n,
             Err(s) => {
                 conn.failed(&s).await;
                 tracing::warn!(node = %node.name, error = %s.message(), "cannot register the node; retrying");
                 delay.wait().await;
             }
         }
-    }
+    };
     tracing::info!(node = %node.name, runtime = runtime.name(), "node registered");
     tokio::spawn(node::heartbeat(conn.clone(), node.clone()));
+    let network = match network {
+        Some(config) => Some(start_network(&conn, &node.name, registered, config).await),
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(1024);
     let scope = watcher::Scope {
         field_selector: format!("spec.nodeName={}", node.name),
         ..Default::default()
     };
     tokio::spawn(watcher::run::<pb::Pod>(conn.clone(), scope, tx));
-    pods::PodSync::new(sync, conn, runtime, index).run(rx).await;
+    pods::PodSync::new(sync, conn, runtime, index, network)
+        .run(rx)
+        .await;
+}
+
+/// Sets up the node's pod network once the controllers have given the node
+/// a pod CIDR, and starts its DNS server and its sync with the cluster.
+async fn start_network(
+    conn: &Connector,
+    node: &str,
+    registered: pb::Node,
+    config: BridgeConfig,
+) -> Arc<BridgeNetwork> {
+    let cidr = node_cidr(conn, node, registered).await;
+    let net = loop {
+        match BridgeNetwork::setup(config.clone(), cidr).await {
+            Ok(n) => break Arc::new(n),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the node's pod network; retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    tracing::info!(%cidr, bridge = %config.bridge, gateway = %net.gateway(), "pod network ready");
+    let names = network::dns::Names::default();
+    let dns_addr = std::net::SocketAddr::from((net.gateway(), 53));
+    match tokio::net::UdpSocket::bind(dns_addr).await {
+        Ok(socket) => {
+            let server = Arc::new(network::dns::DnsServer {
+                names: names.clone(),
+                domain: config.cluster_domain.clone(),
+                upstream: config.dns_upstream.clone(),
+            });
+            tokio::spawn(server.serve(socket));
+        }
+        Err(e) => {
+            tracing::error!(addr = %dns_addr, error = %e, "cannot serve DNS for the pods: service names will not resolve")
+        }
+    }
+    let sync = network::sync::NetworkSync::new(net.clone(), node.to_string(), names);
+    tokio::spawn(sync.run(conn.clone()));
+    net
+}
+
+/// The node's pod CIDR, waiting for the controllers to assign one.
+async fn node_cidr(conn: &Connector, node: &str, mut seen: pb::Node) -> ipnet::Ipv4Net {
+    loop {
+        if let Some(cidr) = seen
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.parse::<ipnet::Ipv4Net>().ok())
+        {
+            return cidr;
+        }
+        tracing::warn!(node, "the node has no pod CIDR yet (is the cluster CIDR exhausted?); pods cannot start until it has one");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let req = pb::GetRequest {
+            name: node.to_string(),
+            ..Default::default()
+        };
+        let got = match conn.channel().await {
+            Ok(ch) => <pb::Node as berth_client::ClientKind>::get(ch, req).await,
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        if let Ok(n) = got {
+            seen = n;
+        }
+    }
 }
 
 /// The default sync settings for a node.

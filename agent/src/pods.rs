@@ -27,6 +27,8 @@ use berth_client::objects::pods;
 use berth_client::watcher::Change;
 use tokio::sync::mpsc;
 
+use crate::network::BridgeNetwork;
+use crate::network::PodAddress;
 use crate::probe;
 use crate::probe::Prober;
 use crate::runtime::ContainerSpec;
@@ -100,6 +102,10 @@ pub struct PodSync {
     busy_sandboxes: HashSet<String>,
     /// Pods whose sandbox this agent created, until they are removed.
     sandboxes: HashMap<String, PodRef>,
+    /// The pod network (`--network bridge`); None: pods use the node's.
+    network: Option<Arc<BridgeNetwork>>,
+    /// Pods' addresses, by uid, once their network is set up.
+    addresses: HashMap<String, PodAddress>,
     /// The last status sent per pod, until the stored pod shows it.
     written: HashMap<String, pb::PodStatus>,
     writing: HashSet<String>,
@@ -177,6 +183,7 @@ pub fn container_spec(pod: &pb::Pod, container: &pb::Container, attempt: u32) ->
         cpu_request_millis: request("cpu").map(|q| q.millis() as u64),
         memory_limit_bytes: limit("memory").map(|q| q.units() as u64),
         grace_period: grace(pod),
+        network: None,
     }
 }
 
@@ -186,6 +193,7 @@ impl PodSync {
         conn: Connector,
         runtime: Arc<dyn Runtime>,
         index: PodIndex,
+        network: Option<Arc<BridgeNetwork>>,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
@@ -201,6 +209,8 @@ impl PodSync {
             busy: HashSet::new(),
             busy_sandboxes: HashSet::new(),
             sandboxes: HashMap::new(),
+            network,
+            addresses: HashMap::new(),
             written: HashMap::new(),
             writing: HashSet::new(),
             prober: Prober::default(),
@@ -339,6 +349,14 @@ impl PodSync {
         }
     }
 
+    /// The pod's own address, or the node's when pods share its network.
+    fn pod_ip(&self, uid: &str) -> String {
+        match self.addresses.get(uid) {
+            Some(a) => a.ip.to_string(),
+            None => self.config.host_ip.clone(),
+        }
+    }
+
     fn backoff_delay(&self, crashes: u32) -> Duration {
         let factor = 1u32 << crashes.saturating_sub(1).min(16);
         (self.config.backoff_initial * factor).min(self.config.backoff_max)
@@ -383,9 +401,15 @@ impl PodSync {
             self.sync_pod(&u, containers, &mut probed).await;
         }
         let empty = HashMap::new();
+        let attached = self
+            .network
+            .as_ref()
+            .map(|n| n.attached())
+            .unwrap_or_default();
         let gone: HashSet<String> = by_pod
             .keys()
             .chain(self.sandboxes.keys())
+            .chain(&attached)
             .filter(|u| !self.pods.contains_key(*u))
             .cloned()
             .collect();
@@ -414,7 +438,8 @@ impl PodSync {
         if !self.busy.insert(key.clone()) {
             return;
         }
-        let spec = container_spec(pod, container, attempt);
+        let mut spec = container_spec(pod, container, attempt);
+        spec.network = self.addresses.get(&key.0).map(|a| a.sandbox.clone());
         let (runtime, done) = (self.runtime.clone(), self.done_tx.clone());
         let created = pod
             .metadata
@@ -457,6 +482,17 @@ impl PodSync {
                 }
             }
             return;
+        }
+        if let (Some(net), false) = (&self.network, self.addresses.contains_key(u)) {
+            match net.attach(&pod_ref(&pod)).await {
+                Ok(address) => {
+                    self.addresses.insert(u.to_string(), address);
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %pod_ref(&pod).name, error = %e, "cannot set up the pod's network");
+                    return;
+                }
+            }
         }
         if !self.sandboxes.contains_key(u) {
             let r = pod_ref(&pod);
@@ -512,7 +548,7 @@ impl PodSync {
                             pod: i.pod.clone(),
                             container: container.clone(),
                             attempt: i.attempt,
-                            pod_ip: self.config.host_ip.clone(),
+                            pod_ip: self.pod_ip(u),
                         },
                     );
                     let verdicts = self.prober.verdicts(&pkey);
@@ -539,7 +575,8 @@ impl PodSync {
             views.push(view);
             overrides.push(waiting);
         }
-        let mut status = status::pod_status(&pod, &views, &self.config.host_ip, now);
+        let mut status =
+            status::pod_status(&pod, &views, &self.config.host_ip, &self.pod_ip(u), now);
         for (cs, waiting) in status.container_statuses.iter_mut().zip(overrides) {
             if let Some((reason, message)) = waiting {
                 cs.state = Some(pb::ContainerState {
@@ -632,25 +669,34 @@ impl PodSync {
         if live || busy || !self.busy_sandboxes.insert(u.to_string()) {
             return;
         }
-        let Some(pod) = containers
+        let pod = containers
             .values()
             .flatten()
             .next()
             .map(|i| i.pod.clone())
             .or_else(|| self.sandboxes.get(u).cloned())
-        else {
-            return;
-        };
+            .unwrap_or_else(|| PodRef {
+                uid: u.to_string(),
+                namespace: String::new(),
+                name: String::new(),
+            });
         tracing::info!(pod = %pod.name, namespace = %pod.namespace, "removing a pod that is no longer bound here");
         self.sandboxes.remove(u);
+        self.addresses.remove(u);
         self.deleted.remove(u);
         self.written.remove(u);
         self.backoffs.retain(|k, _| k.0 != u);
         self.start_failures.retain(|k, _| k.0 != u);
         let (runtime, done) = (self.runtime.clone(), self.done_tx.clone());
+        let network = self.network.clone();
         tokio::spawn(async move {
             if let Err(e) = runtime.remove_sandbox(&pod).await {
                 tracing::warn!(pod = %pod.name, error = %e, "cannot remove the pod");
+            }
+            if let Some(net) = network {
+                if let Err(e) = net.detach(&pod.uid).await {
+                    tracing::warn!(pod = %pod.name, error = %e, "cannot remove the pod's network");
+                }
             }
             let _ = done.send(Done::Sandbox(pod.uid));
         });

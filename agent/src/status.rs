@@ -166,6 +166,7 @@ pub fn pod_status(
     pod: &pb::Pod,
     views: &[ContainerView<'_>],
     host_ip: &str,
+    pod_ip: &str,
     now: SystemTime,
 ) -> pb::PodStatus {
     let old = pod.status.clone().unwrap_or_default();
@@ -191,8 +192,8 @@ pub fn pod_status(
         phase: phase.into(),
         conditions,
         host_ip: host_ip.into(),
-        pod_ip: host_ip.into(),
-        pod_ips: vec![pb::PodIp { ip: host_ip.into() }],
+        pod_ip: pod_ip.into(),
+        pod_ips: vec![pb::PodIp { ip: pod_ip.into() }],
         start_time: if old.start_time.is_empty() {
             rfc3339(now)
         } else {
@@ -289,7 +290,7 @@ mod tests {
                 backoff,
                 ready: true,
             };
-            pod_status(&p, &[view], "10.0.0.1", now)
+            pod_status(&p, &[view], "10.0.0.1", "10.0.0.1", now)
         };
         let s = run("Always", None, None);
         assert_eq!(s.phase, "Pending");
@@ -356,10 +357,14 @@ mod tests {
             &p,
             std::slice::from_ref(&view),
             "10.0.0.1",
+            "10.0.0.1",
             SystemTime::UNIX_EPOCH,
         );
         p.status = Some(first.clone());
         let later = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
-        assert_eq!(pod_status(&p, &[view], "10.0.0.1", later), first);
+        assert_eq!(
+            pod_status(&p, &[view], "10.0.0.1", "10.0.0.1", later),
+            first
+        );
     }
 }

@@ -195,6 +195,15 @@ impl Object for pb::Node {
             spec.pod_cidrs = old.pod_cidrs.clone();
         }
     }
+    fn check_update(&self, stored: &Self) -> Result<(), String> {
+        let cidr = |n: &Self| {
+            n.spec
+                .as_ref()
+                .map(|s| s.pod_cidr.clone())
+                .unwrap_or_default()
+        };
+        assigned_field_kept("spec.podCIDR", &cidr(stored), &cidr(self))
+    }
 }
 
 impl Object for pb::Pod {
@@ -278,6 +287,26 @@ impl Object for pb::Service {
             spec.cluster_ips = old.cluster_ips.clone();
         }
     }
+    fn check_update(&self, stored: &Self) -> Result<(), String> {
+        let ip = |s: &Self| {
+            s.spec
+                .as_ref()
+                .map(|s| s.cluster_ip.clone())
+                .unwrap_or_default()
+        };
+        assigned_field_kept("spec.clusterIP", &ip(stored), &ip(self))
+    }
+}
+
+/// An address, once assigned, is the object's for life: traffic and rules
+/// elsewhere already point at it.
+fn assigned_field_kept(field: &str, stored: &str, next: &str) -> Result<(), String> {
+    if stored.is_empty() || stored == next {
+        return Ok(());
+    }
+    Err(format!(
+        "{field} is {stored} and cannot change: delete the object and create it again for another"
+    ))
 }
 
 macro_rules! without_status {

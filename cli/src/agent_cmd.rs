@@ -46,9 +46,25 @@ pub struct AgentArgs {
     data_dir: PathBuf,
     #[arg(long, value_enum, default_value = "process")]
     runtime: RuntimeKind,
-    /// Pod networking; `host` runs pods in the node's network namespace.
-    #[arg(long, value_enum, default_value = "host")]
-    network: NetworkMode,
+    /// Pod networking: `bridge` gives each pod its own network namespace
+    /// and address from the node's pod CIDR (default when run as root with
+    /// the process runtime); `host` runs pods in the node's network.
+    #[arg(long, value_enum)]
+    network: Option<NetworkMode>,
+    /// The cluster's pod CIDR (as given to the controllers); traffic from
+    /// pods leaving it is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// The controllers' --service-cidr: routed into the service rules.
+    #[arg(long, default_value = "10.96.0.0/16")]
+    service_cidr: ipnet::Ipv4Net,
+    /// Service names are NAME.NAMESPACE.svc.DOMAIN.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Resolvers for names outside the cluster domain, IP[:PORT],... or
+    /// `none` (default: the nameservers of this host's /etc/resolv.conf).
+    #[arg(long, value_delimiter = ',')]
+    dns_upstream: Vec<String>,
     /// CPUs offered to pods (default: the host's).
     #[arg(long)]
     cpu: Option<String>,
@@ -140,6 +156,8 @@ pub struct AgentPlan {
     pub sync: berth_agent::SyncConfig,
     pub runtime: Arc<dyn Runtime>,
     pub index: PodIndex,
+    /// Pod networking; None: pods share the node's network.
+    pub network: Option<berth_agent::BridgeConfig>,
 }
 
 impl AgentPlan {
@@ -183,6 +201,7 @@ pub fn spawn_agents(
                 p.sync,
                 p.runtime,
                 p.index,
+                p.network,
             ))
         })
         .collect())
@@ -206,10 +225,63 @@ pub fn node_config(
     }
 }
 
-pub async fn run(args: AgentArgs, addrs: &[String]) -> anyhow::Result<()> {
-    if args.network == NetworkMode::Bridge {
-        bail!("--network bridge is not available yet (it comes with pod networking): use --network host");
+/// `bridge` when the agent can build it (root, process runtime), else
+/// `host`; an explicit `bridge` it cannot build is refused.
+fn network_mode(args: &AgentArgs) -> anyhow::Result<NetworkMode> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    match (args.network, args.runtime) {
+        (Some(NetworkMode::Bridge), RuntimeKind::Docker) => bail!(
+            "--network bridge is not available with the docker runtime yet (its pause containers are still to come): use --network host"
+        ),
+        (Some(NetworkMode::Bridge), RuntimeKind::Sim) => {
+            bail!("the sim runtime runs no processes, so its pods have no network: drop --network bridge")
+        }
+        (Some(NetworkMode::Bridge), _) if !root => {
+            bail!("--network bridge needs root (it creates a bridge, namespaces and nftables rules): run as root or use --network host")
+        }
+        (Some(mode), _) => Ok(mode),
+        (None, RuntimeKind::Process) if root => Ok(NetworkMode::Bridge),
+        (None, RuntimeKind::Process) => {
+            tracing::warn!("not root: pods share the node's network (--network host)");
+            Ok(NetworkMode::Host)
+        }
+        (None, _) => Ok(NetworkMode::Host),
     }
+}
+
+fn dns_upstream(items: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    if items.is_empty() {
+        return Ok(berth_agent::network::dns::host_upstream());
+    }
+    if items.iter().any(|i| i == "none") {
+        return Ok(Vec::new());
+    }
+    items
+        .iter()
+        .map(|i| {
+            i.parse::<SocketAddr>()
+                .or_else(|_| {
+                    i.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .with_context(|| format!("--dns-upstream entry {i:?} is not IP or IP:PORT"))
+        })
+        .collect()
+}
+
+pub async fn run(args: AgentArgs, addrs: &[String]) -> anyhow::Result<()> {
+    let network = match network_mode(&args)? {
+        NetworkMode::Host => None,
+        NetworkMode::Bridge => Some(berth_agent::BridgeConfig {
+            bridge: "berth0".into(),
+            cluster_cidr: args.cluster_cidr.trunc(),
+            service_cidr: args.service_cidr.trunc(),
+            cluster_domain: args.cluster_domain.trim_matches('.').to_string(),
+            dns_upstream: dns_upstream(&args.dns_upstream)?,
+            dir: args.data_dir.join("network"),
+        }),
+    };
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
@@ -258,6 +330,7 @@ pub async fn run(args: AgentArgs, addrs: &[String]) -> anyhow::Result<()> {
             sync,
             runtime,
             index: PodIndex::default(),
+            network: network.clone(),
         });
     }
     let listen = match args.listen {

@@ -106,6 +106,8 @@ async fn start_agents(
             sync,
             runtime,
             index: Default::default(),
+            // The dev agents share one host: their pods use its network.
+            network: None,
         });
     }
     if plans.is_empty() {
@@ -179,6 +181,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             join: None,
             metrics_listen: None,
             node: NodeConfig::new(*id, dir),
+            network: Default::default(),
         };
         let mut rx = stop_rx.clone();
         let stopped = async move {

@@ -29,6 +29,9 @@ pub struct Options {
     pub extra_args: Vec<String>,
     /// Where controllers' logs go; the cluster's root dir when None.
     pub log_dir: Option<PathBuf>,
+    /// The address controllers listen on; 127.0.0.1 when None (a test
+    /// fabric of network namespaces gives one of its own).
+    pub host: Option<String>,
 }
 
 pub struct Controller {
@@ -55,15 +58,20 @@ pub struct Cluster {
 /// Checked free by binding; tests start few enough processes for a race
 /// with another binder to be rare.
 pub fn free_port() -> u16 {
+    free_port_on("127.0.0.1")
+}
+
+/// `free_port` on another local address.
+pub fn free_port_on(host: &str) -> u16 {
     use rand::Rng;
     let mut rng = rand::rng();
     for _ in 0..1000 {
         let port = rng.random_range(20_000..32_000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind((host, port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port on 127.0.0.1 between 20000 and 32000")
+    panic!("no free port on {host} between 20000 and 32000")
 }
 
 impl Cluster {
@@ -71,7 +79,7 @@ impl Cluster {
     pub fn start(binary: &Path, root: &Path, n: u64, options: Options) -> Self {
         let mut controllers = BTreeMap::new();
         for id in 1..=n {
-            controllers.insert(id, Self::controller(root, id));
+            controllers.insert(id, Self::controller(root, id, &options));
         }
         let peers = controllers
             .values()
@@ -94,11 +102,12 @@ impl Cluster {
         cluster
     }
 
-    fn controller(root: &Path, id: u64) -> Controller {
+    fn controller(root: &Path, id: u64, options: &Options) -> Controller {
+        let host = options.host.as_deref().unwrap_or("127.0.0.1");
         Controller {
             id,
-            addr: format!("127.0.0.1:{}", free_port()),
-            metrics_addr: format!("127.0.0.1:{}", free_port()),
+            addr: format!("{host}:{}", free_port_on(host)),
+            metrics_addr: format!("{host}:{}", free_port_on(host)),
             data_dir: root.join(format!("controller-{id}")),
             child: None,
             membership_args: Vec::new(),
@@ -109,7 +118,7 @@ impl Cluster {
     /// member; `berth server --join`).
     pub fn add_joining(&mut self, id: u64, via: u64) {
         let via_addr = self.controllers[&via].addr.clone();
-        let mut c = Self::controller(&self.root, id);
+        let mut c = Self::controller(&self.root, id, &self.options);
         c.membership_args = vec!["--join".into(), via_addr];
         self.controllers.insert(id, c);
         self.spawn(id);

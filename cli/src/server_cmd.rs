@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use anyhow::Context;
+use berth_controller::ipam::NetworkConfig;
 use berth_controller::ServerConfig;
 use berth_raft::NodeConfig;
 use berth_raft::StoreConfig;
@@ -75,6 +76,16 @@ pub struct ServerArgs {
     /// that their deployments replace them elsewhere.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pod_eviction_timeout: Duration,
+    /// Pod addresses: each node gets a --node-cidr-size slice of it.
+    /// Every controller of a cluster must be given the same plan.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_size: u8,
+    /// Service ClusterIPs come from this range.
+    #[arg(long, default_value = "10.96.0.0/16")]
+    service_cidr: ipnet::Ipv4Net,
 }
 
 /// Parses `1=127.0.0.1:7001,2=...`.
@@ -147,6 +158,7 @@ impl ServerArgs {
             join: self.join,
             metrics_listen: self.metrics_listen,
             node,
+            network: NetworkConfig::new(self.cluster_cidr, self.node_cidr_size, self.service_cidr)?,
         })
     }
 }

@@ -33,6 +33,7 @@ fn options(extra: &[&str]) -> Options {
             .map(|s| s.to_string())
             .collect(),
         log_dir: std::env::var_os("BERTH_TEST_LOGS").map(Into::into),
+        host: None,
     }
 }
 

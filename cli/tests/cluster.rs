@@ -25,6 +25,7 @@ fn options(extra: &[&str]) -> Options {
     Options {
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
         log_dir: std::env::var_os("BERTH_TEST_LOGS").map(Into::into),
+        host: None,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod bind_rules;
 mod bootstrap;
 mod cluster_service;
 pub mod http;
+pub mod ipam;
 mod kv_service;
 pub mod reconcile;
 pub mod server;

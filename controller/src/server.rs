@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub join: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
     pub node: NodeConfig,
+    /// The address plan: cluster, node and service CIDRs.
+    pub network: crate::ipam::NetworkConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,19 +100,20 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let store = node.store.clone();
+    let ipam = crate::ipam::Ipam::new(config.network.clone(), store.clone());
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(node.raft_service().into_server())
         .add_service(ClusterService::new(store.clone()).into_server())
         .add_service(KvService::new(store.clone()).into_server())
-        .add_service(api::NamespaceService::server(store.clone()))
-        .add_service(api::NodeService::server(store.clone()))
-        .add_service(api::PodService::server(store.clone()))
-        .add_service(api::DeploymentService::server(store.clone()))
-        .add_service(api::ServiceService::server(store.clone()))
-        .add_service(api::EndpointsService::server(store.clone()))
-        .add_service(api::ConfigMapService::server(store.clone()))
-        .add_service(api::LeaseService::server(store.clone()))
+        .add_service(api::NamespaceService::server(store.clone(), &ipam))
+        .add_service(api::NodeService::server(store.clone(), &ipam))
+        .add_service(api::PodService::server(store.clone(), &ipam))
+        .add_service(api::DeploymentService::server(store.clone(), &ipam))
+        .add_service(api::ServiceService::server(store.clone(), &ipam))
+        .add_service(api::EndpointsService::server(store.clone(), &ipam))
+        .add_service(api::ConfigMapService::server(store.clone(), &ipam))
+        .add_service(api::LeaseService::server(store.clone(), &ipam))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

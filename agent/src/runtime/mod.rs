@@ -32,6 +32,14 @@ pub struct PodRef {
     pub name: String,
 }
 
+/// The pod's network, when the agent gives pods their own (`--network
+/// bridge`): the namespace its containers join and their resolver file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxNetwork {
+    pub netns: PathBuf,
+    pub resolv_conf: PathBuf,
+}
+
 /// Everything a driver needs to start one container instance, worked out
 /// by the agent from the pod's spec.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,6 +65,8 @@ pub struct ContainerSpec {
     /// How long `stop` waits after SIGTERM when the agent no longer knows
     /// the pod (it was deleted while the agent was away).
     pub grace_period: Duration,
+    /// None: the node's own network.
+    pub network: Option<SandboxNetwork>,
 }
 
 /// An instance's state as the runtime last saw it.

@@ -107,6 +107,7 @@ impl ProcessRuntime {
             cgroup_procs: Vec::new(),
             oom_events: None,
             grace_period_secs: spec.grace_period.as_secs(),
+            network: spec.network.clone(),
         };
         if let Some(cg) = &self.cgroups {
             let group = self.container_group(&spec.pod, &spec.container);
@@ -490,8 +491,16 @@ impl Runtime for ProcessRuntime {
             &mut cmd,
             groups.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect(),
         );
+        let netns = match &launch.network {
+            Some(n) => Some(fs::File::open(&n.netns)?),
+            None => None,
+        };
+        if let Some(ns) = &netns {
+            shim::join_netns(&mut cmd, std::os::fd::AsRawFd::as_raw_fd(ns));
+        }
         let mut child = tokio::process::Command::from(cmd).spawn()?;
         drop(groups);
+        drop(netns);
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(status) => Ok(status?.code().unwrap_or(128)),
             Err(_) => {

@@ -55,6 +55,9 @@ pub struct Launch {
     /// The file whose `oom_kill N` line counts the group's OOM kills.
     pub oom_events: Option<PathBuf>,
     pub grace_period_secs: u64,
+    /// The pod's network namespace and resolver; None: the node's.
+    #[serde(default)]
+    pub network: Option<super::SandboxNetwork>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -184,6 +187,11 @@ fn supervise(dir: &Path, launch: &Launch) -> ExitRecord {
         Ok(g) => g,
         Err(e) => return start_error(format!("cannot join the container's cgroup: {e}")),
     };
+    if let Some(net) = &launch.network {
+        if let Err(e) = enter_sandbox(net) {
+            return start_error(format!("cannot enter the pod's network: {e}"));
+        }
+    }
     let ooms_before = oom_kills(launch);
     let mut cmd = Command::new(program);
     cmd.args(&launch.argv[1..])
@@ -237,6 +245,34 @@ fn supervise(dir: &Path, launch: &Launch) -> ExitRecord {
     }
 }
 
+/// Moves the shim (and so the container it starts) into the pod's network
+/// namespace, and into a mount namespace of its own where the pod's
+/// resolv.conf covers the node's. The shim is single-threaded, which both
+/// calls require.
+fn enter_sandbox(net: &super::SandboxNetwork) -> io::Result<()> {
+    use nix::mount::MsFlags;
+    use nix::sched::CloneFlags;
+    let ns = File::open(&net.netns)?;
+    nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
+    // Mounts made here must not reach the node's mount namespace.
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )?;
+    nix::mount::mount(
+        Some(&net.resolv_conf),
+        "/etc/resolv.conf",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    Ok(())
+}
+
 fn oom_kills(launch: &Launch) -> u64 {
     launch
         .oom_events
@@ -266,6 +302,21 @@ pub fn join_cgroups(cmd: &mut Command, fds: Vec<RawFd>) {
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(io::Error::last_os_error());
                 }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes the child enter the network namespace open as `fd` before it
+/// execs (an exec probe of a pod with its own network).
+pub fn join_netns(cmd: &mut Command, fd: RawFd) {
+    // SAFETY: between fork and exec only the setns system call runs, on a
+    // descriptor opened before the fork; nothing allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
@@ -316,6 +367,7 @@ mod tests {
                 cgroup_procs: vec![],
                 oom_events: None,
                 grace_period_secs: 1,
+                network: None,
             };
             supervise(dir.path(), &launch)
         };

@@ -210,6 +210,7 @@ mod tests {
             cpu_request_millis: None,
             memory_limit_bytes: None,
             grace_period: Duration::from_secs(1),
+            network: None,
         }
     }
 

@@ -135,6 +135,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let options = harness::Options {
         extra_args: args.server_args.clone(),
         log_dir: args.log_dir.clone(),
+        host: None,
     };
     let mut cluster = Cluster::start(&binary, root.path(), 3, options);
     let all = [1, 2, 3];

@@ -83,6 +83,7 @@ fn start_agent(
         .arg("--data-dir")
         .arg(root.join("agent"))
         .args(["--runtime", &format!("{:?}", args.runtime).to_lowercase()])
+        .args(["--network", "host"])
         .args([
             "--address",
             "127.0.0.1",

@@ -27,9 +27,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_berth");
 /// Three controllers with `extra` flags, once they have a leader and their
 /// built-in namespaces.
 pub async fn start(root: &Path, extra: &[&str]) -> Cluster {
+    start_on(root, extra, None).await
+}
+
+/// `start`, the controllers listening on `host` (127.0.0.1 when None).
+pub async fn start_on(root: &Path, extra: &[&str], host: Option<&str>) -> Cluster {
     let options = Options {
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
         log_dir: std::env::var_os("BERTH_TEST_LOGS").map(Into::into),
+        host: host.map(Into::into),
     };
     let cluster = Cluster::start(BIN.as_ref(), root, 3, options);
     cluster
@@ -91,10 +97,26 @@ pub struct Agent {
     addrs: String,
     extra: Vec<String>,
     child: Option<Child>,
+    /// The network namespace the agent runs in (the host's when None).
+    netns: Option<PathBuf>,
+    address: String,
 }
 
 impl Agent {
     pub fn start(cluster: &Cluster, root: &Path, name: &str, extra: &[&str]) -> Self {
+        Self::start_in(cluster, root, name, None, "127.0.0.1", extra)
+    }
+
+    /// An agent inside the network namespace `netns`, its node address
+    /// `address`.
+    pub fn start_in(
+        cluster: &Cluster,
+        root: &Path,
+        name: &str,
+        netns: Option<&Path>,
+        address: &str,
+        extra: &[&str],
+    ) -> Self {
         let mut agent = Self {
             name: name.to_string(),
             data_dir: root.join(name),
@@ -102,6 +124,8 @@ impl Agent {
             addrs: cluster.addrs().join(","),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
+            netns: netns.map(Path::to_path_buf),
+            address: address.to_string(),
         };
         agent.spawn();
         agent
@@ -113,14 +137,28 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("--").arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["--server", &self.addrs, "agent", "--name", &self.name])
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--address", "127.0.0.1", "--cpu", "4", "--memory", "4Gi"])
+            .args(["--address", &self.address, "--cpu", "4", "--memory", "4Gi"])
             .args(["--lease-interval", "500ms", "--status-interval", "2s"])
             .args(["--crash-backoff", "1s", "--crash-backoff-max", "4s"])
             .args(&self.extra)
+            // Tests never touch the host's own network.
+            .args(if self.extra.iter().any(|a| a == "--network") {
+                &[][..]
+            } else {
+                &["--network", "host"][..]
+            })
             .env("BERTH_LOG", "info,berth_agent=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -161,10 +199,25 @@ impl Drop for Agent {
             eprintln!("--- agent {} log ---\n{}", self.name, self.log_tail());
         }
         std::thread::sleep(Duration::from_millis(200));
+        for uid in pod_network_uids(&self.data_dir) {
+            let ns = berth_agent::network::netns::path(&berth_agent::network::netns_name(&uid));
+            let _ = berth_agent::network::netns::remove(&ns);
+        }
         if let Some(cgroups) = Cgroups::detect(Path::new("/sys/fs/cgroup")) {
             let _ = cgroups.remove(Path::new(&self.name));
         }
     }
+}
+
+/// Pods that hold an address of the agent's pod network.
+pub fn pod_network_uids(data_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(data_dir.join("network/ips"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name() != "last")
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect()
 }
 
 /// A name no earlier run left cgroups under.

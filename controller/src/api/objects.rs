@@ -2,6 +2,7 @@
 //! protobuf-encoded under `/registry/<plural>/[<namespace>/]<name>`, and an
 //! object's resourceVersion is the store revision of its last change.
 
+use std::collections::HashSet;
 use std::marker::PhantomData;
 use std::time::Duration;
 use std::time::SystemTime;
@@ -25,18 +26,27 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tonic::Status;
 
+use crate::ipam;
+use crate::ipam::Claim;
+use crate::ipam::Ipam;
+
 /// Largest encoded object.
 pub const MAX_OBJECT_BYTES: usize = 1 << 20;
 /// Read-modify-write rounds before an update without a precondition gives
 /// up under contention.
 const UPDATE_ATTEMPTS: usize = 8;
 const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
+/// Addresses the allocator may pick before a create gives up: each lost
+/// race (a claim another controller committed first) costs one.
+const CLAIM_ATTEMPTS: usize = 16;
 
 /// A watch's typed events: (ADDED | MODIFIED | DELETED | BOOKMARK, object).
 pub type Events<K> = BoxStream<'static, Result<(String, K), Status>>;
 
 pub struct Api<K> {
     pub store: Store,
+    /// Assigns pod CIDRs (nodes) and ClusterIPs (services).
+    ipam: Option<Ipam>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -44,6 +54,7 @@ impl<K> Clone for Api<K> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
+            ipam: self.ipam.clone(),
             kind: PhantomData,
         }
     }
@@ -76,6 +87,21 @@ fn failure_status(kind: &str, namespace: &str, name: &str, f: &TxnFailure) -> St
         TxnFailure::Invalid { reason } => Status::invalid_argument(reason.clone()),
         TxnFailure::BindRefused { message, .. } => Status::failed_precondition(message.clone()),
     }
+}
+
+/// The claim whose key a failed transaction found taken.
+fn lost_claim(claim: Option<Claim>, failure: &TxnFailure) -> Option<Claim> {
+    match (claim, failure) {
+        (Some(c), TxnFailure::AlreadyExists { key, .. }) if *key == c.key => Some(c),
+        _ => None,
+    }
+}
+
+fn address_contention(kind: &str, namespace: &str, name: &str) -> Status {
+    Status::unavailable(format!(
+        "{}: every address picked for it was taken by a concurrent create first: retry",
+        describe(kind, namespace, name)
+    ))
 }
 
 /// A resourceVersion precondition that does not hold.
@@ -112,6 +138,16 @@ impl<K: Object> Api<K> {
     pub fn new(store: Store) -> Self {
         Self {
             store,
+            ipam: None,
+            kind: PhantomData,
+        }
+    }
+
+    /// An API whose creates and updates assign addresses.
+    pub fn with_ipam(store: Store, ipam: Ipam) -> Self {
+        Self {
+            store,
+            ipam: Some(ipam),
             kind: PhantomData,
         }
     }
@@ -171,9 +207,23 @@ impl<K: Object> Api<K> {
     /// Validates, then runs `ops`; maps a refusal to the status a client
     /// can act on.
     async fn commit(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<u64, Status> {
-        match self.store.txn(Txn { ops }).await? {
+        self.try_commit(ops)
+            .await?
+            .map_err(|f| failure_status(K::INFO.kind, namespace, name, &f))
+    }
+
+    async fn try_commit(&self, ops: Vec<Op>) -> Result<Result<u64, TxnFailure>, Status> {
+        Ok(match self.store.txn(Txn { ops }).await? {
             TxnOutcome::Committed { revision, .. } => Ok(revision),
-            TxnOutcome::Failed(f) => Err(failure_status(K::INFO.kind, namespace, name, &f)),
+            TxnOutcome::Failed(f) => Err(f),
+        })
+    }
+
+    /// The address `obj` must claim, filled in; none for kinds without.
+    async fn assign(&self, obj: &mut K, avoid: &HashSet<String>) -> Result<Option<Claim>, Status> {
+        match &self.ipam {
+            Some(ipam) => ipam.assign(obj, avoid).await,
+            None => Ok(None),
         }
     }
 
@@ -246,38 +296,69 @@ impl<K: Object> Api<K> {
         meta.creation_timestamp = now_rfc3339();
         meta.deletion_timestamp.clear();
         meta.generation = 1;
-        let value = self.encode(&obj)?;
-        // The namespace is read locally first: the Check below confirms it
-        // when the write applies, so a stale answer costs only a second,
-        // linearizable try.
-        let first = self
-            .create_once(&namespace, &name, value.clone(), false)
-            .await;
-        let outcome = match first {
-            Err(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::NotFound | tonic::Code::FailedPrecondition
-                ) =>
-            {
-                self.create_once(&namespace, &name, value, true).await
+        let key = self.key(&namespace, &name);
+        let mut avoid = HashSet::new();
+        for _ in 0..CLAIM_ATTEMPTS {
+            let mut next = obj.clone();
+            let claim = self.assign(&mut next, &avoid).await?;
+            let value = self.encode(&next)?;
+            let extra: Vec<Op> = claim.iter().map(|c| c.op(&key)).collect();
+            match self.create_once(&namespace, &name, value, &extra).await? {
+                Ok(revision) => {
+                    next.set_type_meta();
+                    next.meta_mut().resource_version = revision.to_string();
+                    return Ok(next);
+                }
+                Err(f) => match lost_claim(claim, &f) {
+                    Some(c) if c.requested => return Err(c.taken()),
+                    Some(c) => {
+                        avoid.insert(String::from_utf8_lossy(&c.key).into_owned());
+                    }
+                    None => return Err(failure_status(K::INFO.kind, &namespace, &name, &f)),
+                },
             }
-            other => other,
-        };
-        let revision = outcome?;
-        obj.set_type_meta();
-        obj.meta_mut().resource_version = revision.to_string();
-        Ok(obj)
+        }
+        Err(address_contention(K::INFO.kind, &namespace, &name))
     }
 
+    /// The namespace is read locally first: the Check confirms it when the
+    /// write applies, so a stale answer costs only a second, linearizable
+    /// try.
     async fn create_once(
         &self,
         namespace: &str,
         name: &str,
         value: Vec<u8>,
+        extra: &[Op],
+    ) -> Result<Result<u64, TxnFailure>, Status> {
+        let first = self
+            .try_create(namespace, name, value.clone(), extra, false)
+            .await;
+        let stale_namespace = match &first {
+            Err(s) => matches!(
+                s.code(),
+                tonic::Code::NotFound | tonic::Code::FailedPrecondition
+            ),
+            Ok(Err(
+                TxnFailure::NotFound { key, .. } | TxnFailure::RevisionMismatch { key, .. },
+            )) => key.starts_with(b"/registry/namespaces/"),
+            Ok(_) => false,
+        };
+        if stale_namespace {
+            return self.try_create(namespace, name, value, extra, true).await;
+        }
+        first
+    }
+
+    async fn try_create(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: Vec<u8>,
+        extra: &[Op],
         fresh: bool,
-    ) -> Result<u64, Status> {
-        let mut ops = Vec::with_capacity(2);
+    ) -> Result<Result<u64, TxnFailure>, Status> {
+        let mut ops = Vec::with_capacity(2 + extra.len());
         if let Some(rev) = self.namespace_revision(namespace, fresh).await? {
             ops.push(Op::Check {
                 key: object_key(&pb::Namespace::INFO, "", namespace).into_bytes(),
@@ -289,7 +370,8 @@ impl<K: Object> Api<K> {
             value,
             precondition: Precondition::Absent,
         });
-        self.commit(namespace, name, ops).await
+        ops.extend_from_slice(extra);
+        self.try_commit(ops).await
     }
 
     /// The stored object for a write: the local copy first (the write's
@@ -407,6 +489,7 @@ impl<K: Object> Api<K> {
         }
         let precondition =
             parse_revision(&obj.meta_mut().resource_version, "metadata.resourceVersion")?;
+        let mut avoid = HashSet::new();
         for attempt in 0..UPDATE_ATTEMPTS {
             let (stored, rev) = match self.read_for_write(&namespace, &name, attempt).await? {
                 Some(found) => found,
@@ -420,7 +503,7 @@ impl<K: Object> Api<K> {
                 }
                 return Err(conflict(K::INFO.kind, &namespace, &name, expected, rev));
             }
-            let next = if status_only {
+            let mut next = if status_only {
                 let mut next = stored.clone();
                 next.take_status_from(&obj);
                 next.validate().map_err(|e| {
@@ -430,6 +513,10 @@ impl<K: Object> Api<K> {
             } else {
                 self.merge_update(&stored, obj.clone())?
             };
+            let claim = match ipam::claim_key(&stored) {
+                None => self.assign(&mut next, &avoid).await?,
+                Some(_) => None,
+            };
             if next == stored {
                 // Nothing to write, if the local copy was current.
                 if attempt == 0 {
@@ -437,20 +524,33 @@ impl<K: Object> Api<K> {
                 }
                 return Ok(stored);
             }
-            let ops = vec![Op::Put {
-                key: self.key(&namespace, &name),
+            let key = self.key(&namespace, &name);
+            let mut ops = vec![Op::Put {
+                key: key.clone(),
                 value: self.encode(&next)?,
                 precondition: Precondition::ModRevision(rev),
             }];
-            match self.commit(&namespace, &name, ops).await {
+            ops.extend(claim.iter().map(|c| c.op(&key)));
+            let failure = match self.try_commit(ops).await? {
                 Ok(revision) => {
                     let mut next = next;
                     next.set_type_meta();
                     next.meta_mut().resource_version = revision.to_string();
                     return Ok(next);
                 }
-                Err(s) if s.code() == tonic::Code::Aborted && precondition.is_none() => continue,
-                Err(s) => return Err(s),
+                Err(f) => f,
+            };
+            match lost_claim(claim, &failure) {
+                Some(c) if c.requested => return Err(c.taken()),
+                Some(c) => {
+                    avoid.insert(String::from_utf8_lossy(&c.key).into_owned());
+                    continue;
+                }
+                None => {}
+            }
+            match failure_status(K::INFO.kind, &namespace, &name, &failure) {
+                s if s.code() == tonic::Code::Aborted && precondition.is_none() => continue,
+                s => return Err(s),
             }
         }
         Err(Status::aborted(format!(
@@ -499,10 +599,11 @@ impl<K: Object> Api<K> {
                 }
                 return Err(conflict(K::INFO.kind, &namespace, name, expected, rev));
             }
-            let ops = vec![Op::Delete {
+            let mut ops = vec![Op::Delete {
                 key: self.key(&namespace, name),
                 precondition: Precondition::ModRevision(rev),
             }];
+            ops.extend(ipam::release_op(&stored));
             match self.commit(&namespace, name, ops).await {
                 Ok(_) => return Ok(stored),
                 Err(s) if s.code() == tonic::Code::Aborted && precondition.is_none() => continue,

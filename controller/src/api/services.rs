@@ -14,6 +14,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::objects::Api;
+use crate::ipam::Ipam;
 
 /// Largest request the transport lets through: above the 1 MiB object
 /// limit, so that an oversized object gets admission's explanation.
@@ -53,8 +54,8 @@ macro_rules! object_service {
         pub struct $svc(pub Api<pb::$kind>);
 
         impl $svc {
-            pub fn server(store: Store) -> pb::$server_mod::$server<Self> {
-                pb::$server_mod::$server::new(Self(Api::new(store)))
+            pub fn server(store: Store, ipam: &Ipam) -> pb::$server_mod::$server<Self> {
+                pb::$server_mod::$server::new(Self(Api::with_ipam(store, ipam.clone())))
                     .max_decoding_message_size(MAX_REQUEST_BYTES)
                     .max_encoding_message_size(MAX_RESPONSE_BYTES)
             }

@@ -88,14 +88,15 @@ impl Api<pb::Namespace> {
             if page.kvs.is_empty() {
                 return Ok(());
             }
-            let ops = page
+            let mut ops: Vec<Op> = page
                 .kvs
-                .into_iter()
-                .map(|kv| Op::Delete {
-                    key: kv.key,
-                    precondition: Precondition::None,
-                })
+                .iter()
+                .filter_map(|kv| crate::ipam::release(&kv.key, &kv.value))
                 .collect();
+            ops.extend(page.kvs.into_iter().map(|kv| Op::Delete {
+                key: kv.key,
+                precondition: Precondition::None,
+            }));
             if let TxnOutcome::Failed(f) = self.store.txn(berth_raft::Txn { ops }).await? {
                 return Err(Status::internal(format!(
                     "emptying the namespace failed: {f}"

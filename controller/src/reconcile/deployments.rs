@@ -141,7 +141,7 @@ pub fn resolve(value: &str, default: &str, replicas: i32, round_up: bool) -> i32
     }
 }
 
-fn is_ready(pod: &pb::Pod) -> bool {
+pub(crate) fn is_ready(pod: &pb::Pod) -> bool {
     ready_since(pod).is_some()
 }
 

@@ -1,11 +1,12 @@
-//! The reconcilers every controller runs: node lifecycle, deployments and
-//! garbage collection. Each is active on one controller at a time, the
+//! The reconcilers every controller runs: node lifecycle, deployments,
+//! endpoints and garbage collection. Each is active on one controller at a time, the
 //! holder of its own Lease in `berth-system`; the others stand by, and
 //! start their caches only once one of their reconcilers becomes active. They reach the cluster through `berth-client` like
 //! any client, so their writes are validated, fenced by resourceVersion
 //! preconditions and seen by watchers like everyone else's.
 
 pub mod deployments;
+pub mod endpoints;
 pub mod gc;
 pub mod nodes;
 
@@ -133,6 +134,10 @@ pub fn spawn(addrs: Vec<String>, config: ReconcileConfig) -> Result<(), ClientEr
     elected(&conn, &config, "berth-deployment-controller", {
         let (conn, caches) = (conn.clone(), caches.clone());
         move |leader| deployments::run(conn, caches, leader)
+    });
+    elected(&conn, &config, "berth-endpoints-controller", {
+        let (conn, caches) = (conn.clone(), caches.clone());
+        move |leader| endpoints::run(conn, caches, leader)
     });
     elected(&conn, &config, "berth-garbage-collector", {
         let (conn, caches) = (conn.clone(), caches.clone());

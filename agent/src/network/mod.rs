@@ -1,0 +1,194 @@
+//! Pod networking on a node (`--network bridge`): the bridge `berth0`
+//! holding the first address of the node's pod CIDR, a network namespace
+//! and a veth pair per pod with an address from the node's CIDR (`ipam`),
+//! routes to the other nodes' pod CIDRs, service virtual IPs in nftables
+//! (`nft`) and a DNS server for service names (`dns`), kept in sync with
+//! the cluster by `sync`.
+//!
+//! Every step looks at what is there before it acts, so an agent that
+//! restarts repairs what is missing and adopts what exists; what it sets
+//! up for a pod it removes with the pod.
+
+pub mod dns;
+pub mod ipam;
+pub mod links;
+pub mod netns;
+pub mod nft;
+pub mod sync;
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use rtnetlink::Handle;
+
+use crate::runtime::PodRef;
+use crate::runtime::SandboxNetwork;
+use ipam::PodIpam;
+
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    pub bridge: String,
+    pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    pub cluster_domain: String,
+    /// Where names outside the cluster domain are resolved.
+    pub dns_upstream: Vec<SocketAddr>,
+    /// `DATA_DIR/network`: address records and pods' resolv.conf files.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    Link(#[from] links::LinkError),
+    #[error(transparent)]
+    Ipam(#[from] ipam::IpamError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetworkError {
+    let what = what.into();
+    move |source| NetworkError::Io { what, source }
+}
+
+/// A pod's network as the agent set it up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodAddress {
+    pub ip: Ipv4Addr,
+    pub sandbox: SandboxNetwork,
+}
+
+pub struct BridgeNetwork {
+    pub config: BridgeConfig,
+    pub node_cidr: Ipv4Net,
+    handle: Handle,
+    bridge_index: u32,
+    ipam: PodIpam,
+}
+
+pub fn netns_name(uid: &str) -> String {
+    format!("berth-{uid}")
+}
+
+impl BridgeNetwork {
+    /// Sets up (or checks) the node's side: forwarding on, the bridge with
+    /// the gateway address, and a route for the service CIDR over it.
+    pub async fn setup(config: BridgeConfig, node_cidr: Ipv4Net) -> Result<Self, NetworkError> {
+        fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(io(
+            "turning on IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)",
+        ))?;
+        let handle = links::connect().map_err(io("opening a netlink socket"))?;
+        let ipam = PodIpam::new(config.dir.join("ips"), node_cidr)?;
+        let gateway = Ipv4Net::new(ipam.gateway(), node_cidr.prefix_len()).expect("a valid prefix");
+        let bridge_index = links::ensure_bridge(&handle, &config.bridge, gateway).await?;
+        links::ensure_device_route(&handle, config.service_cidr, bridge_index).await?;
+        Ok(Self {
+            config,
+            node_cidr,
+            handle,
+            bridge_index,
+            ipam,
+        })
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.ipam.gateway()
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.config.dir.join("pods").join(uid)
+    }
+
+    /// The pod's namespace, veth pair, address and resolv.conf: made, or
+    /// checked and repaired.
+    pub async fn attach(&self, pod: &PodRef) -> Result<PodAddress, NetworkError> {
+        let ip = self.ipam.allocate(&pod.uid)?;
+        let name = netns_name(&pod.uid);
+        let ns = tokio::task::spawn_blocking(move || netns::create(&name))
+            .await
+            .map_err(|e| NetworkError::Io {
+                what: "creating the pod's network namespace".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(io("creating the pod's network namespace"))?;
+        let address = Ipv4Net::new(ip, self.node_cidr.prefix_len()).expect("a valid prefix");
+        links::attach_pod(
+            &self.handle,
+            self.bridge_index,
+            &pod.uid,
+            &ns,
+            address,
+            self.gateway(),
+        )
+        .await?;
+        let dir = self.pod_dir(&pod.uid);
+        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let resolv_conf = dir.join("resolv.conf");
+        let text = dns::resolv_conf(self.gateway(), &pod.namespace, &self.config.cluster_domain);
+        if fs::read_to_string(&resolv_conf).ok().as_deref() != Some(text.as_str()) {
+            fs::write(&resolv_conf, text)
+                .map_err(io(format!("writing {}", resolv_conf.display())))?;
+        }
+        Ok(PodAddress {
+            ip,
+            sandbox: SandboxNetwork {
+                netns: ns,
+                resolv_conf,
+            },
+        })
+    }
+
+    /// Removes everything `attach` made for the pod.
+    pub async fn detach(&self, uid: &str) -> Result<(), NetworkError> {
+        links::detach_pod(&self.handle, uid).await?;
+        netns::remove(&netns::path(&netns_name(uid)))
+            .map_err(io("removing the pod's network namespace"))?;
+        self.ipam.release(uid)?;
+        let dir = self.pod_dir(uid);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("removing {}", dir.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Uids of the pods that hold an address here.
+    pub fn attached(&self) -> Vec<String> {
+        self.ipam
+            .held()
+            .map(|h| h.into_iter().map(|(_, uid)| uid).collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes the node-wide parts: routes, service rules and the bridge
+    /// (pods' parts go with their pods).
+    pub async fn teardown(&self) -> Result<(), NetworkError> {
+        for (dst, via) in links::owned_routes(&self.handle).await? {
+            links::del_route(&self.handle, dst, via).await?;
+        }
+        if let Err(e) = nft::remove().await {
+            tracing::warn!(error = %e, "cannot remove the service rules");
+        }
+        if let Some(index) = links::index_of(&self.handle, &self.config.bridge).await? {
+            self.handle
+                .link()
+                .del(index)
+                .execute()
+                .await
+                .map_err(links::LinkError::from)?;
+        }
+        Ok(())
+    }
+}

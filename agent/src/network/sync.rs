@@ -1,0 +1,218 @@
+//! Keeps the node's routes, service rules and DNS names in step with the
+//! cluster: level-triggered on every change of nodes, services and
+//! endpoints (a burst makes one pass) and every few seconds, so whatever
+//! someone removed by hand comes back.
+
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use berth_api::pb;
+use berth_api::Object;
+use berth_client::connect::Connector;
+use berth_client::reflector::Reflector;
+use berth_client::watcher::Scope;
+use ipnet::Ipv4Net;
+
+use super::dns::service_name;
+use super::dns::Names;
+use super::links;
+use super::nft;
+use super::BridgeNetwork;
+
+const RESYNC: Duration = Duration::from_secs(10);
+/// Events within this window after the first make one pass.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+
+pub struct NetworkSync {
+    net: Arc<BridgeNetwork>,
+    node: String,
+    names: Names,
+    applied: Option<nft::RuleSet>,
+}
+
+impl NetworkSync {
+    pub fn new(net: Arc<BridgeNetwork>, node: String, names: Names) -> Self {
+        Self {
+            net,
+            node,
+            names,
+            applied: None,
+        }
+    }
+
+    pub async fn run(mut self, conn: Connector) {
+        let nodes = Reflector::<pb::Node>::start(conn.clone(), Scope::default());
+        let services = Reflector::<pb::Service>::start(conn.clone(), Scope::default());
+        let endpoints = Reflector::<pb::Endpoints>::start(conn, Scope::default());
+        nodes.ready().await;
+        services.ready().await;
+        endpoints.ready().await;
+        let (mut n, mut s, mut e) = (
+            nodes.subscribe(),
+            services.subscribe(),
+            endpoints.subscribe(),
+        );
+        let mut resync = tokio::time::interval(RESYNC);
+        loop {
+            tokio::select! {
+                _ = n.recv() => {}
+                _ = s.recv() => {}
+                _ = e.recv() => {}
+                _ = resync.tick() => self.applied = None,
+            }
+            tokio::time::sleep(BATCH_WINDOW).await;
+            while n.try_recv().is_ok() || s.try_recv().is_ok() || e.try_recv().is_ok() {}
+            self.sync_routes(&nodes.all()).await;
+            self.sync_services(&services.all(), &endpoints).await;
+        }
+    }
+
+    /// A route to every other node's pod CIDR via its InternalIP; routes of
+    /// nodes that are gone (or moved) are removed.
+    async fn sync_routes(&self, nodes: &[Arc<pb::Node>]) {
+        let want: BTreeSet<(Ipv4Net, Ipv4Addr)> = nodes
+            .iter()
+            .filter(|n| n.name() != self.node)
+            .filter_map(|n| peer_route(n))
+            .filter(|(cidr, _)| *cidr != self.net.node_cidr)
+            .collect();
+        let handle = self.net.handle();
+        let have: BTreeSet<(Ipv4Net, Ipv4Addr)> = match links::owned_routes(handle).await {
+            Ok(r) => r.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list routes");
+                return;
+            }
+        };
+        for (dst, via) in have.difference(&want) {
+            if let Err(e) = links::del_route(handle, *dst, *via).await {
+                tracing::warn!(%dst, %via, error = %e, "cannot remove a route");
+            }
+        }
+        for (dst, via) in want.difference(&have) {
+            match links::add_route(handle, *dst, *via).await {
+                Ok(()) => tracing::info!(%dst, %via, "route to a node's pods added"),
+                Err(e) => tracing::warn!(%dst, %via, error = %e, "cannot add a route"),
+            }
+        }
+        metrics::gauge!("berth_agent_routes").set(want.len() as f64);
+    }
+
+    async fn sync_services(
+        &mut self,
+        services: &[Arc<pb::Service>],
+        endpoints: &Reflector<pb::Endpoints>,
+    ) {
+        let started = Instant::now();
+        let (rules, names) = desired(services, endpoints, &self.net.config.cluster_domain);
+        self.names.replace(names);
+        let (kind, script) = match &self.applied {
+            Some(old) if *old == rules => return,
+            Some(old) => ("incremental", nft::render_changes(old, &rules)),
+            None => ("full", nft::render_full(&self.nat(), &rules)),
+        };
+        match nft::apply(&script).await {
+            Ok(()) => {
+                self.applied = Some(rules);
+                metrics::histogram!("berth_agent_service_sync_seconds", "kind" => kind)
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, kind, "cannot program the service rules; the next pass replaces the whole table");
+                self.applied = None;
+            }
+        }
+    }
+
+    fn nat(&self) -> nft::NodeNat {
+        nft::NodeNat {
+            bridge: self.net.config.bridge.clone(),
+            node_cidr: self.net.node_cidr,
+            cluster_cidr: self.net.config.cluster_cidr,
+        }
+    }
+}
+
+fn peer_route(node: &pb::Node) -> Option<(Ipv4Net, Ipv4Addr)> {
+    let cidr: Ipv4Net = node.spec.as_ref()?.pod_cidr.parse().ok()?;
+    let ip = node
+        .status
+        .as_ref()?
+        .addresses
+        .iter()
+        .find(|a| a.r#type == "InternalIP")?
+        .address
+        .parse()
+        .ok()?;
+    Some((cidr, ip))
+}
+
+/// The service rules and DNS names the cluster asks for.
+pub fn desired(
+    services: &[Arc<pb::Service>],
+    endpoints: &Reflector<pb::Endpoints>,
+    domain: &str,
+) -> (nft::RuleSet, HashMap<String, Ipv4Addr>) {
+    let mut rules = nft::RuleSet::new();
+    let mut names = HashMap::new();
+    for svc in services {
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let Ok(ip) = spec.cluster_ip.parse::<Ipv4Addr>() else {
+            continue;
+        };
+        let (ns, name) = (svc.namespace(), svc.name());
+        names.insert(service_name(name, ns, domain), ip);
+        let eps = endpoints.get(&format!("{ns}/{name}"));
+        for port in &spec.ports {
+            let protocol = match port.protocol.as_str() {
+                "" | "TCP" => "tcp",
+                "UDP" => "udp",
+                "SCTP" => "sctp",
+                _ => continue,
+            };
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            rules.insert(
+                nft::chain_name(ns, name, number, protocol),
+                nft::ServicePort {
+                    cluster_ip: ip,
+                    protocol,
+                    port: number,
+                    backends: eps
+                        .as_deref()
+                        .map(|e| backends(e, port))
+                        .unwrap_or_default(),
+                },
+            );
+        }
+    }
+    (rules, names)
+}
+
+/// Ready addresses of `eps` with the target port of the service port
+/// (matched by name, as Kubernetes does).
+fn backends(eps: &pb::Endpoints, port: &pb::ServicePort) -> Vec<(Ipv4Addr, u16)> {
+    let mut out: Vec<(Ipv4Addr, u16)> = eps
+        .subsets
+        .iter()
+        .filter_map(|s| {
+            let p = s.ports.iter().find(|p| p.name == port.name)?;
+            Some((s, u16::try_from(p.port).ok()?))
+        })
+        .flat_map(|(s, p)| {
+            s.addresses
+                .iter()
+                .filter_map(move |a| Some((a.ip.parse::<Ipv4Addr>().ok()?, p)))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}

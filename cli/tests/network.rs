@@ -1,0 +1,533 @@
+//! Pod networking end to end, inside network namespaces this test makes
+//! and removes: a fabric namespace with a bridge (the "switch") where the
+//! three controllers listen, and three node namespaces linked to it, each
+//! running an agent with `--network bridge` and the process runtime. An
+//! echo server (busybox httpd answering its pod's name) runs one replica
+//! per node behind a Service. Traffic goes only to addresses inside these
+//! namespaces; nothing routes out of them.
+//!
+//! Also: address management never hands out a taken CIDR or ClusterIP,
+//! including while the leader is killed.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use berth::objects::ClientKind;
+use berth_api::pb;
+use berth_api::Object;
+use common::channel;
+use common::eventually;
+use common::get_req;
+use common::Agent;
+use common::BIN;
+use tonic::transport::Channel;
+
+const T: Duration = Duration::from_secs(60);
+const FABRIC_IP: &str = "10.250.0.1";
+
+/// Runs `cmd`, returning its stdout when it succeeds.
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn ip(args: &str) {
+    run(Command::new("ip").args(args.split_whitespace())).expect("ip");
+}
+
+/// The namespaces of one test run; removed on drop, also after a failure.
+struct Fabric {
+    prefix: String,
+}
+
+impl Fabric {
+    fn create() -> Self {
+        let prefix = format!("bt{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let fabric = Self { prefix };
+        let fab = fabric.name("fab");
+        ip(&format!("netns add {fab}"));
+        ip(&format!("-n {fab} link set lo up"));
+        ip(&format!("-n {fab} link add fab0 type bridge"));
+        ip(&format!("-n {fab} addr add {FABRIC_IP}/24 dev fab0"));
+        ip(&format!("-n {fab} link set fab0 up"));
+        for i in 1..=3 {
+            let node = fabric.name(&format!("n{i}"));
+            ip(&format!("netns add {node}"));
+            ip(&format!("-n {node} link set lo up"));
+            ip(&format!(
+                "-n {node} link add eth0 type veth peer name v{i} netns {fab}"
+            ));
+            ip(&format!(
+                "-n {node} addr add {} dev eth0",
+                node_ip(i) + "/24"
+            ));
+            ip(&format!("-n {node} link set eth0 up"));
+            ip(&format!("-n {fab} link set v{i} master fab0 up"));
+        }
+        fabric
+    }
+
+    fn name(&self, part: &str) -> String {
+        format!("{}-{part}", self.prefix)
+    }
+
+    fn path(&self, part: &str) -> PathBuf {
+        Path::new("/run/netns").join(self.name(part))
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        for part in ["n1", "n2", "n3", "fab"] {
+            let _ = run(Command::new("ip").args(["netns", "del", &self.name(part)]));
+        }
+    }
+}
+
+fn node_ip(i: usize) -> String {
+    format!("10.250.0.1{i}")
+}
+
+/// Why this machine cannot run the test, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "nft", "nsenter", "busybox"] {
+        if run(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_err() {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    None
+}
+
+#[test]
+fn pods_reach_pods_services_and_names_across_nodes() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("SKIPPED pods_reach_pods_services_and_names_across_nodes: {why}");
+        return;
+    }
+    let fabric = Fabric::create();
+    let (fab, prefix) = (fabric.path("fab"), fabric.prefix.clone());
+    // The test's own threads, and so the controllers it starts, live in
+    // the fabric namespace: setns moves only the calling thread, and
+    // threads and processes it creates inherit its namespace.
+    let outcome = std::thread::spawn(move || {
+        let ns = std::fs::File::open(&fab).expect("open the fabric namespace");
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("enter the fabric namespace");
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(fabric_test(prefix))
+    })
+    .join();
+    drop(fabric);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+const MANIFEST: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {app: echo}}
+            topologyKey: kubernetes.io/hostname
+      containers:
+      - name: echo
+        image: busybox
+        command: ["/bin/sh", "-c", "d=$(mktemp -d) && echo $HOSTNAME > $d/index.html && exec busybox httpd -f -p 8080 -h $d"]
+        ports: [{name: http, containerPort: 8080}]
+        resources: {requests: {cpu: 100m, memory: 16Mi}}
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: http}]
+"#;
+
+/// What a GET of `http://addr/` from inside namespace `ns` answers.
+fn fetch_from(ns: &Path, addr: &str) -> Result<String, String> {
+    // busybox 1.35's `wget -T` crashes: coreutils' timeout bounds it.
+    run(Command::new("timeout")
+        .args(["5", "nsenter"])
+        .arg(format!("--net={}", ns.display()))
+        .args(["busybox", "wget", "-q", "-O", "-"])
+        .arg(format!("http://{addr}/")))
+    .map(|s| s.trim().to_string())
+}
+
+/// Pod names that answer at `addr` from `ns` over `tries` requests.
+fn answers(ns: &Path, addr: &str, tries: usize) -> BTreeSet<String> {
+    (0..tries)
+        .filter_map(|_| fetch_from(ns, addr).ok())
+        .collect()
+}
+
+fn pod_netns(pod: &pb::Pod) -> PathBuf {
+    let uid = pod.meta().map(|m| m.uid.clone()).unwrap_or_default();
+    berth_agent::network::netns::path(&berth_agent::network::netns_name(&uid))
+}
+
+fn pod_ip(pod: &pb::Pod) -> String {
+    pod.status
+        .as_ref()
+        .map(|s| s.pod_ip.clone())
+        .unwrap_or_default()
+}
+
+async fn echo_pods(ch: &Channel) -> Vec<pb::Pod> {
+    let req = pb::ListRequest {
+        namespace: "default".into(),
+        label_selector: "app=echo".into(),
+        ..Default::default()
+    };
+    pb::Pod::list(ch.clone(), req).await.expect("list pods").0
+}
+
+async fn ready_endpoints(ch: &Channel) -> BTreeSet<String> {
+    match pb::Endpoints::get(ch.clone(), get_req("default", "echo")).await {
+        Ok(e) => e
+            .subsets
+            .iter()
+            .flat_map(|s| &s.addresses)
+            .map(|a| a.ip.clone())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+/// The pid of the pod's running container process.
+fn container_pid(agent_dir: &Path, pod: &pb::Pod) -> Option<i32> {
+    let uid = pod.meta()?.uid.clone();
+    let attempts = agent_dir.join("pods").join(uid).join("echo");
+    std::fs::read_dir(attempts)
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("pid")).ok())
+        .filter_map(|t| berth_agent::runtime::shim::PidRecord::parse(&t))
+        .find(|p| p.is_alive())
+        .map(|p| p.pid)
+}
+
+fn routes(node_ns: &str) -> String {
+    run(Command::new("ip").args(["-n", node_ns, "route", "show"])).unwrap_or_default()
+}
+
+async fn fabric_test(prefix: String) {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = common::start_on(root.path(), &[], Some(FABRIC_IP)).await;
+    let ch = channel(&cluster).await;
+    let netns = |part: &str| Path::new("/run/netns").join(format!("{prefix}-{part}"));
+    let mut agents: Vec<Agent> = (1..=3)
+        .map(|i| {
+            let name = format!("{prefix}-n{i}");
+            Agent::start_in(
+                &cluster,
+                root.path(),
+                &name,
+                Some(&netns(&format!("n{i}"))),
+                &node_ip(i),
+                &["--network", "bridge", "--dns-upstream", "none"],
+            )
+        })
+        .collect();
+    let node_names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+
+    // Every node gets its own pod CIDR.
+    eventually("three nodes have pod CIDRs", T, || async {
+        let nodes = pb::Node::list(ch.clone(), Default::default())
+            .await
+            .unwrap()
+            .0;
+        let cidrs: BTreeSet<String> = nodes
+            .iter()
+            .filter_map(|n| n.spec.as_ref().map(|s| s.pod_cidr.clone()))
+            .filter(|c| !c.is_empty())
+            .collect();
+        nodes.len() == 3 && cidrs.len() == 3
+    })
+    .await;
+
+    let manifest = root.path().join("echo.yaml");
+    std::fs::write(&manifest, MANIFEST).unwrap();
+    run(Command::new(BIN)
+        .args(["--server", &cluster.addrs().join(","), "apply", "-f"])
+        .arg(&manifest))
+    .expect("apply the echo deployment and service");
+
+    eventually(
+        "three echo pods are ready behind the service",
+        T,
+        || async { ready_endpoints(&ch).await.len() == 3 },
+    )
+    .await;
+    let pods = echo_pods(&ch).await;
+    let nodes_used: BTreeSet<&str> = pods.iter().map(|p| p.node_name()).collect();
+    assert_eq!(nodes_used.len(), 3, "one echo pod per node");
+    for p in &pods {
+        assert!(pod_ip(p).starts_with("10.244."), "pod IP {}", pod_ip(p));
+    }
+
+    // A pod reaches the pods of the other nodes by their IPs.
+    let a = &pods[0];
+    for b in &pods[1..] {
+        assert_eq!(
+            fetch_from(&pod_netns(a), &format!("{}:8080", pod_ip(b))).as_deref(),
+            Ok(b.name()),
+            "{} -> {} ({})",
+            a.name(),
+            b.name(),
+            pod_ip(b)
+        );
+    }
+
+    // A pod and a node reach the ClusterIP and get more than one endpoint.
+    let svc = pb::Service::get(ch.clone(), get_req("default", "echo"))
+        .await
+        .unwrap();
+    let cluster_ip = svc.spec.as_ref().unwrap().cluster_ip.clone();
+    assert!(cluster_ip.starts_with("10.96."), "ClusterIP {cluster_ip}");
+    let service = format!("{cluster_ip}:80");
+    let from_pod = answers(&pod_netns(a), &service, 30);
+    assert!(
+        from_pod.len() >= 2,
+        "from a pod, the service answered as {from_pod:?}"
+    );
+    let from_node = answers(&netns("n1"), &service, 30);
+    assert!(
+        from_node.len() >= 2,
+        "from a node, the service answered as {from_node:?}"
+    );
+
+    // The pod's resolver is its node's DNS server, which knows the service.
+    let a_agent = agents.iter().find(|ag| ag.name == a.node_name()).unwrap();
+    let pid = container_pid(&a_agent.data_dir, a).expect("the echo process of pod a");
+    let resolv = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap();
+    assert!(
+        resolv.contains("nameserver 10.244."),
+        "the pod's resolv.conf: {resolv}"
+    );
+    assert!(
+        resolv.contains("search default.svc.cluster.local"),
+        "{resolv}"
+    );
+    let lookup = run(Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "-m"])
+        .args(["busybox", "nslookup", "echo.default.svc.cluster.local"]))
+    .expect("nslookup inside the pod");
+    assert!(lookup.contains(&cluster_ip), "nslookup said: {lookup}");
+
+    // A deleted pod leaves the service within seconds.
+    let victim = pods[1].clone();
+    pb::Pod::delete(
+        ch.clone(),
+        pb::DeleteRequest {
+            namespace: "default".into(),
+            name: victim.name().into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the deleted pod leaves the endpoints",
+        Duration::from_secs(10),
+        || async { !ready_endpoints(&ch).await.contains(&pod_ip(&victim)) },
+    )
+    .await;
+    eventually(
+        "the deleted pod's namespace is gone",
+        Duration::from_secs(10),
+        || async { !pod_netns(&victim).exists() },
+    )
+    .await;
+
+    // A deleted node's route goes from every other node.
+    let n3 = pb::Node::get(ch.clone(), get_req("", &node_names[2]))
+        .await
+        .unwrap();
+    let cidr3 = n3.spec.as_ref().unwrap().pod_cidr.clone();
+    for ns in [&node_names[0], &node_names[1]] {
+        assert!(routes(ns).contains(&cidr3), "{ns} routes: {}", routes(ns));
+    }
+    agents[2].kill();
+    pb::Node::delete(
+        ch.clone(),
+        pb::DeleteRequest {
+            name: node_names[2].clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the deleted node's route is gone everywhere",
+        Duration::from_secs(15),
+        || async {
+            [&node_names[0], &node_names[1]]
+                .iter()
+                .all(|ns| !routes(ns).contains(&cidr3))
+        },
+    )
+    .await;
+    drop(agents);
+    drop(cluster);
+}
+
+/// Services and nodes created concurrently, while the leader is killed,
+/// never share a ClusterIP or pod CIDR; an address asked for twice is
+/// refused the second time, and is free again once its holder is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn address_management_never_hands_out_an_address_twice() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = common::start(root.path(), &["--no-scheduler"]).await;
+    let creates = {
+        let addrs = cluster.addrs();
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for i in 0..60 {
+                let addrs = addrs.clone();
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20 * i)).await;
+                    let ch = berth::client::connect(&addrs).await.unwrap().1;
+                    let mut svc = pb::Service::default();
+                    svc.meta_mut().name = format!("s{i}");
+                    svc.meta_mut().namespace = "default".into();
+                    svc.spec = Some(pb::ServiceSpec {
+                        ports: vec![pb::ServicePort {
+                            port: 80,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    });
+                    let mut node = pb::Node::default();
+                    node.meta_mut().name = format!("n{i}");
+                    // Outcomes may be unknown while the leader dies; what
+                    // was stored is checked below.
+                    let _ = pb::Service::create(ch.clone(), svc).await;
+                    let _ = pb::Node::create(ch, node).await;
+                }));
+            }
+            futures::future::join_all(tasks).await;
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = cluster
+        .wait_for_leader(&[1, 2, 3], Duration::from_secs(10))
+        .await
+        .unwrap();
+    cluster.kill(leader);
+    creates.await.unwrap();
+    let ch = channel(&cluster).await;
+
+    let services = pb::Service::list(ch.clone(), Default::default())
+        .await
+        .unwrap()
+        .0;
+    let ips: Vec<String> = services
+        .iter()
+        .map(|s| s.spec.as_ref().unwrap().cluster_ip.clone())
+        .collect();
+    assert!(
+        services.len() >= 40,
+        "only {} services were created",
+        services.len()
+    );
+    assert!(ips.iter().all(|ip| ip.starts_with("10.96.")), "{ips:?}");
+    assert_eq!(
+        ips.iter().collect::<BTreeSet<_>>().len(),
+        ips.len(),
+        "a ClusterIP was handed out twice: {ips:?}"
+    );
+    let nodes = pb::Node::list(ch.clone(), Default::default())
+        .await
+        .unwrap()
+        .0;
+    let cidrs: Vec<String> = nodes
+        .iter()
+        .map(|n| n.spec.as_ref().unwrap().pod_cidr.clone())
+        .collect();
+    assert!(nodes.len() >= 40, "only {} nodes were created", nodes.len());
+    assert!(
+        cidrs
+            .iter()
+            .all(|c| c.starts_with("10.244.") && c.ends_with("/24")),
+        "{cidrs:?}"
+    );
+    assert_eq!(
+        cidrs.iter().collect::<BTreeSet<_>>().len(),
+        cidrs.len(),
+        "a pod CIDR was handed out twice: {cidrs:?}"
+    );
+
+    // Asking for a held address is refused; deleting its holder frees it.
+    let taken = ips[0].clone();
+    let mut again = pb::Service::default();
+    again.meta_mut().name = "again".into();
+    again.meta_mut().namespace = "default".into();
+    again.spec = Some(pb::ServiceSpec {
+        cluster_ip: taken.clone(),
+        ports: vec![pb::ServicePort {
+            port: 80,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let refused = pb::Service::create(ch.clone(), again.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    assert!(refused.message().contains(&taken), "{}", refused.message());
+    pb::Service::delete(
+        ch.clone(),
+        pb::DeleteRequest {
+            namespace: "default".into(),
+            name: services[0].name().into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let created = pb::Service::create(ch.clone(), again).await.unwrap();
+    assert_eq!(created.spec.unwrap().cluster_ip, taken);
+
+    // An assigned address cannot be changed by an update.
+    let mut moved = pb::Node::get(ch.clone(), get_req("", nodes[0].name()))
+        .await
+        .unwrap();
+    moved.spec.get_or_insert_default().pod_cidr = "10.244.250.0/24".into();
+    let err = pb::Node::update(ch.clone(), moved).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+}
