@@ -58,6 +58,18 @@ pub fn describe_metrics() {
         "berth_agent_lease_renewals_total",
         "Node lease renewals by result"
     );
+    metrics::describe_gauge!(
+        "berth_agent_routes",
+        "Routes to other nodes' pod CIDRs (--network bridge)"
+    );
+    metrics::describe_histogram!(
+        "berth_agent_service_sync_seconds",
+        "Programming the service rules in nftables, by kind (full, incremental)"
+    );
+    metrics::describe_counter!(
+        "berth_agent_dns_queries_total",
+        "DNS queries from pods, by zone (cluster, upstream)"
+    );
 }
 
 /// Runs one agent until the process ends: registers the node (retrying

@@ -171,24 +171,4 @@ impl BridgeNetwork {
             .map(|h| h.into_iter().map(|(_, uid)| uid).collect())
             .unwrap_or_default()
     }
-
-    /// Removes the node-wide parts: routes, service rules and the bridge
-    /// (pods' parts go with their pods).
-    pub async fn teardown(&self) -> Result<(), NetworkError> {
-        for (dst, via) in links::owned_routes(&self.handle).await? {
-            links::del_route(&self.handle, dst, via).await?;
-        }
-        if let Err(e) = nft::remove().await {
-            tracing::warn!(error = %e, "cannot remove the service rules");
-        }
-        if let Some(index) = links::index_of(&self.handle, &self.config.bridge).await? {
-            self.handle
-                .link()
-                .del(index)
-                .execute()
-                .await
-                .map_err(links::LinkError::from)?;
-        }
-        Ok(())
-    }
 }

@@ -47,22 +47,25 @@ fn element(s: &ServicePort) -> String {
     format!("{} . {} . {}", s.cluster_ip, s.protocol, s.port)
 }
 
-fn dnat_rule(s: &ServicePort) -> Option<String> {
-    if s.backends.is_empty() {
-        return None;
-    }
-    let mut map = String::new();
-    for (i, (ip, port)) in s.backends.iter().enumerate() {
-        if i > 0 {
-            map.push_str(", ");
-        }
-        let _ = write!(map, "{i} : {ip} . {port}");
-    }
-    Some(format!(
-        "meta l4proto {} dnat ip to numgen random mod {} map {{ {map} }}",
-        s.protocol,
-        s.backends.len()
-    ))
+/// The DNAT rules of a service port: endpoint `i` of `n` is taken with
+/// probability 1/(n-i) if none before it was, which picks each with
+/// probability 1/n (as kube-proxy's iptables mode does). Plain rules, not a
+/// map per service: the kernel finds a table's sets by walking a list, so
+/// a set per service would make each sync quadratic in the service count.
+fn dnat_rules(s: &ServicePort) -> Vec<String> {
+    let n = s.backends.len();
+    s.backends
+        .iter()
+        .enumerate()
+        .map(|(i, (ip, port))| {
+            let pick = if i + 1 < n {
+                format!("numgen random mod {} == 0 ", n - i)
+            } else {
+                String::new()
+            };
+            format!("meta l4proto {} {pick}dnat ip to {ip}:{port}", s.protocol)
+        })
+        .collect()
 }
 
 /// The whole table, replacing whatever is there.
@@ -97,7 +100,7 @@ pub fn render_full(nat: &NodeNat, rules: &RuleSet) -> String {
     );
     for (chain, s) in rules {
         let _ = writeln!(out, "  chain {chain} {{");
-        if let Some(rule) = dnat_rule(s) {
+        for rule in dnat_rules(s) {
             let _ = writeln!(out, "    {rule}");
         }
         out.push_str("  }\n");
@@ -133,7 +136,7 @@ pub fn render_changes(old: &RuleSet, new: &RuleSet) -> String {
             let _ = writeln!(out, "flush chain ip {TABLE} {chain}");
         }
         if before.is_none_or(|b| b.backends != s.backends) {
-            if let Some(rule) = dnat_rule(s) {
+            for rule in dnat_rules(s) {
                 let _ = writeln!(out, "add rule ip {TABLE} {chain} {rule}");
             }
         }
@@ -183,11 +186,6 @@ pub async fn apply(script: &str) -> Result<(), NftError> {
     }
 }
 
-/// Removes the table (the agent's teardown).
-pub async fn remove() -> Result<(), NftError> {
-    apply(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n")).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,7 +219,7 @@ mod tests {
         let script = render_full(&nat(), &rules);
         assert!(script.contains("10.96.0.10 . tcp . 80 : goto svc-default-echo-80-tcp"));
         assert!(script.contains(
-            "meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.244.1.2 . 8080, 1 : 10.244.2.2 . 8080 }"
+            "    meta l4proto tcp numgen random mod 2 == 0 dnat ip to 10.244.1.2:8080\n    meta l4proto tcp dnat ip to 10.244.2.2:8080\n"
         ));
         assert!(script.starts_with("table ip berth\ndelete table ip berth\n"));
     }
@@ -250,7 +248,8 @@ mod tests {
                 "delete element ip berth service-ips { 10.96.0.2 . tcp . 80 }",
                 "delete chain ip berth svc-default-b-80-tcp",
                 "flush chain ip berth svc-default-a-80-tcp",
-                "add rule ip berth svc-default-a-80-tcp meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.244.1.2 . 80, 1 : 10.244.2.2 . 80 }",
+                "add rule ip berth svc-default-a-80-tcp meta l4proto tcp numgen random mod 2 == 0 dnat ip to 10.244.1.2:80",
+                "add rule ip berth svc-default-a-80-tcp meta l4proto tcp dnat ip to 10.244.2.2:80",
                 "add chain ip berth svc-default-c-80-tcp",
                 "add element ip berth service-ips { 10.96.0.3 . tcp . 80 : goto svc-default-c-80-tcp }",
             ]

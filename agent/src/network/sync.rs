@@ -24,6 +24,9 @@ use super::nft;
 use super::BridgeNetwork;
 
 const RESYNC: Duration = Duration::from_secs(10);
+/// Every this many resyncs the service table is replaced whole, which
+/// also undoes any change made to it by hand.
+const FULL_EVERY: u32 = 30;
 /// Events within this window after the first make one pass.
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
 
@@ -57,12 +60,18 @@ impl NetworkSync {
             endpoints.subscribe(),
         );
         let mut resync = tokio::time::interval(RESYNC);
+        let mut ticks = 0u32;
         loop {
             tokio::select! {
                 _ = n.recv() => {}
                 _ = s.recv() => {}
                 _ = e.recv() => {}
-                _ = resync.tick() => self.applied = None,
+                _ = resync.tick() => {
+                    ticks += 1;
+                    if ticks.is_multiple_of(FULL_EVERY) {
+                        self.applied = None;
+                    }
+                }
             }
             tokio::time::sleep(BATCH_WINDOW).await;
             while n.try_recv().is_ok() || s.try_recv().is_ok() || e.try_recv().is_ok() {}
@@ -108,7 +117,11 @@ impl NetworkSync {
         endpoints: &Reflector<pb::Endpoints>,
     ) {
         let started = Instant::now();
-        let (rules, names) = desired(services, endpoints, &self.net.config.cluster_domain);
+        let (rules, names) = desired(
+            services,
+            |key| endpoints.get(key),
+            &self.net.config.cluster_domain,
+        );
         self.names.replace(names);
         let (kind, script) = match &self.applied {
             Some(old) if *old == rules => return,
@@ -151,10 +164,11 @@ fn peer_route(node: &pb::Node) -> Option<(Ipv4Net, Ipv4Addr)> {
     Some((cidr, ip))
 }
 
-/// The service rules and DNS names the cluster asks for.
+/// The service rules and DNS names the cluster asks for; `endpoints` finds
+/// the Endpoints object of `namespace/name`.
 pub fn desired(
     services: &[Arc<pb::Service>],
-    endpoints: &Reflector<pb::Endpoints>,
+    endpoints: impl Fn(&str) -> Option<Arc<pb::Endpoints>>,
     domain: &str,
 ) -> (nft::RuleSet, HashMap<String, Ipv4Addr>) {
     let mut rules = nft::RuleSet::new();
@@ -168,7 +182,7 @@ pub fn desired(
         };
         let (ns, name) = (svc.namespace(), svc.name());
         names.insert(service_name(name, ns, domain), ip);
-        let eps = endpoints.get(&format!("{ns}/{name}"));
+        let eps = endpoints(&format!("{ns}/{name}"));
         for port in &spec.ports {
             let protocol = match port.protocol.as_str() {
                 "" | "TCP" => "tcp",

@@ -7,6 +7,7 @@ mod api;
 mod failover;
 mod latency;
 mod schedule;
+mod services;
 mod startup;
 mod store;
 
@@ -20,6 +21,8 @@ pub enum BenchCommand {
     Schedule(schedule::ScheduleArgs),
     /// Time pods of a deployment from creation to Running on one agent.
     Startup(startup::StartupArgs),
+    /// Program service rules (nftables) at scale, and one endpoint change.
+    Services(services::ServicesArgs),
     /// Repeatedly SIGKILL the leader of a 3-controller cluster under writes.
     Failover(failover::FailoverArgs),
 }
@@ -31,5 +34,6 @@ pub async fn run(cmd: BenchCommand, addrs: &[String]) -> anyhow::Result<()> {
         BenchCommand::Api(a) => api::run(a, addrs).await,
         BenchCommand::Schedule(a) => schedule::run(a).await,
         BenchCommand::Startup(a) => startup::run(a).await,
+        BenchCommand::Services(a) => services::run(a).await,
     }
 }

@@ -242,6 +242,10 @@ object_service!(
 /// Names the API's metrics with their help text.
 pub fn describe_metrics() {
     metrics::describe_counter!(
+        "berth_controller_ipam_exhausted_total",
+        "Nodes created without a pod CIDR and services refused a ClusterIP because the range was full (by pool)"
+    );
+    metrics::describe_counter!(
         "berth_api_requests_total",
         "Public API calls by kind, verb and gRPC status code"
     );
