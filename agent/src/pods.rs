@@ -97,6 +97,8 @@ pub struct PodSync {
     /// still run.
     deleted: HashMap<String, Duration>,
     backoffs: HashMap<ContainerKey, Backoff>,
+    /// Refused starts by (pod uid, container); a pod's refused sandbox is
+    /// kept under an empty container name (no container has one).
     start_failures: HashMap<ContainerKey, StartFailure>,
     busy: HashSet<ContainerKey>,
     busy_sandboxes: HashSet<String>,
@@ -483,25 +485,7 @@ impl PodSync {
             }
             return;
         }
-        if let (Some(net), false) = (&self.network, self.addresses.contains_key(u)) {
-            match net.attach(&pod_ref(&pod)).await {
-                Ok(address) => {
-                    self.addresses.insert(u.to_string(), address);
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %pod_ref(&pod).name, error = %e, "cannot set up the pod's network");
-                    return;
-                }
-            }
-        }
-        if !self.sandboxes.contains_key(u) {
-            let r = pod_ref(&pod);
-            if let Err(e) = self.runtime.create_sandbox(&r).await {
-                tracing::warn!(pod = %r.name, error = %e, "cannot create the pod sandbox");
-                return;
-            }
-            self.sandboxes.insert(u.to_string(), r);
-        }
+        let sandbox_error = self.ensure_sandbox(&pod, u).await;
         let spec = pod.spec.clone().unwrap_or_default();
         let now = SystemTime::now();
         let mut views = Vec::with_capacity(spec.containers.len());
@@ -529,11 +513,12 @@ impl PodSync {
             };
             let mut waiting = None;
             match latest.map(|i| &i.state) {
-                None => match self.start_failures.get(&key) {
-                    Some(f) if f.retry_at > now => {
+                None => match (&sandbox_error, self.start_failures.get(&key)) {
+                    (Some(e), _) => waiting = Some(e.clone()),
+                    (None, Some(f)) if f.retry_at > now => {
                         waiting = Some((f.reason.clone(), f.message.clone()));
                     }
-                    _ => self.start(&pod, container, 0),
+                    (None, _) => self.start(&pod, container, 0),
                 },
                 Some(InstanceState::Creating) => {}
                 Some(InstanceState::Running { .. }) => {
@@ -586,6 +571,66 @@ impl PodSync {
             }
         }
         self.write_status(&pod, status);
+    }
+
+    /// The pod's sandbox and network, made (or found) once; a failure is
+    /// retried with back-off and returned as the (reason, message) its
+    /// containers wait with.
+    async fn ensure_sandbox(&mut self, pod: &pb::Pod, u: &str) -> Option<(String, String)> {
+        let needs_network = self.network.is_some() && !self.addresses.contains_key(u);
+        if self.sandboxes.contains_key(u) && !needs_network {
+            return None;
+        }
+        let key = (u.to_string(), String::new());
+        if let Some(f) = self
+            .start_failures
+            .get(&key)
+            .filter(|f| f.retry_at > SystemTime::now())
+        {
+            return Some((f.reason.clone(), f.message.clone()));
+        }
+        let r = pod_ref(pod);
+        let result = match self
+            .runtime
+            .create_sandbox(&r, self.network.is_some())
+            .await
+        {
+            Err(RuntimeError::Start { reason, message }) => Err((reason, message)),
+            Err(e) => Err(("CreatePodSandboxError".to_string(), e.to_string())),
+            Ok(runtime_ns) => {
+                self.sandboxes.insert(u.to_string(), r.clone());
+                match &self.network {
+                    Some(net) => net.attach(&r, runtime_ns).await.map_err(|e| {
+                        (
+                            "NetworkNotReady".to_string(),
+                            format!("cannot set up the pod's network: {e}"),
+                        )
+                    }),
+                    None => return None,
+                }
+            }
+        };
+        match result {
+            Ok(address) => {
+                self.addresses.insert(u.to_string(), address);
+                self.start_failures.remove(&key);
+                None
+            }
+            Err((reason, message)) => {
+                let failures = self.start_failures.get(&key).map_or(1, |f| f.failures + 1);
+                tracing::warn!(pod = %r.name, %reason, %message, "the pod's sandbox is not ready");
+                self.start_failures.insert(
+                    key,
+                    StartFailure {
+                        reason: reason.clone(),
+                        message: message.clone(),
+                        failures,
+                        retry_at: SystemTime::now() + self.backoff_delay(failures),
+                    },
+                );
+                Some((reason, message))
+            }
+        }
     }
 
     /// The back-off that applies after instance `i` of a container ended.

@@ -48,7 +48,8 @@ pub struct AgentArgs {
     runtime: RuntimeKind,
     /// Pod networking: `bridge` gives each pod its own network namespace
     /// and address from the node's pod CIDR (default when run as root with
-    /// the process runtime); `host` runs pods in the node's network.
+    /// the process or docker runtime); `host` runs pods in the node's
+    /// network.
     #[arg(long, value_enum)]
     network: Option<NetworkMode>,
     /// The cluster's pod CIDR (as given to the controllers); traffic from
@@ -65,6 +66,11 @@ pub struct AgentArgs {
     /// `none` (default: the nameservers of this host's /etc/resolv.conf).
     #[arg(long, value_delimiter = ',')]
     dns_upstream: Vec<String>,
+    /// Docker runtime with --network bridge: the image of the container
+    /// that holds each pod's network namespace (it must run a process that
+    /// waits forever; pulled if missing).
+    #[arg(long, default_value = "registry.k8s.io/pause:3.10")]
+    pause_image: String,
     /// CPUs offered to pods (default: the host's).
     #[arg(long)]
     cpu: Option<String>,
@@ -231,9 +237,6 @@ fn network_mode(args: &AgentArgs) -> anyhow::Result<NetworkMode> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     match (args.network, args.runtime) {
-        (Some(NetworkMode::Bridge), RuntimeKind::Docker) => bail!(
-            "--network bridge is not available with the docker runtime yet (its pause containers are still to come): use --network host"
-        ),
         (Some(NetworkMode::Bridge), RuntimeKind::Sim) => {
             bail!("the sim runtime runs no processes, so its pods have no network: drop --network bridge")
         }
@@ -241,12 +244,12 @@ fn network_mode(args: &AgentArgs) -> anyhow::Result<NetworkMode> {
             bail!("--network bridge needs root (it creates a bridge, namespaces and nftables rules): run as root or use --network host")
         }
         (Some(mode), _) => Ok(mode),
-        (None, RuntimeKind::Process) if root => Ok(NetworkMode::Bridge),
-        (None, RuntimeKind::Process) => {
+        (None, RuntimeKind::Sim) => Ok(NetworkMode::Host),
+        (None, _) if root => Ok(NetworkMode::Bridge),
+        (None, _) => {
             tracing::warn!("not root: pods share the node's network (--network host)");
             Ok(NetworkMode::Host)
         }
-        (None, _) => Ok(NetworkMode::Host),
     }
 }
 
@@ -314,9 +317,10 @@ pub async fn run(args: AgentArgs, addrs: &[String]) -> anyhow::Result<()> {
         let runtime: Arc<dyn Runtime> = match args.runtime {
             RuntimeKind::Process => process_runtime(&name, &args.data_dir)?,
             RuntimeKind::Sim => Arc::new(SimRuntime::new(args.sim_start_delay)),
-            RuntimeKind::Docker => {
-                Arc::new(berth_agent::runtime::docker::DockerRuntime::connect(&name).await?)
-            }
+            RuntimeKind::Docker => Arc::new(
+                berth_agent::runtime::docker::DockerRuntime::connect(&name, &args.pause_image)
+                    .await?,
+            ),
         };
         let mut node = node_config(name, address.clone(), capacity.clone(), labels.clone());
         node.lease_interval = args.lease_interval;

@@ -90,7 +90,8 @@ async fn start_agents(
                 berth_agent::runtime::sim::SimRuntime::new(std::time::Duration::from_secs(1)),
             ),
             agent_cmd::RuntimeKind::Docker => std::sync::Arc::new(
-                berth_agent::runtime::docker::DockerRuntime::connect(&name).await?,
+                // Dev agents use the host network: no pause containers.
+                berth_agent::runtime::docker::DockerRuntime::connect(&name, "").await?,
             ),
         };
         let mut node = agent_cmd::node_config(

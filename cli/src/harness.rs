@@ -322,6 +322,17 @@ pub async fn get(
 /// busybox-static (`/bin/busybox`, with relative applet links), brought in
 /// with `docker import`. No registry is involved.
 pub fn busybox_image(tag: &str) -> Result<(), String> {
+    import_busybox(tag, &[])
+}
+
+/// A pause image for the docker runtime's pod sandboxes (`--pause-image`):
+/// busybox, waiting forever.
+pub fn pause_image(tag: &str) -> Result<(), String> {
+    import_busybox(tag, &["--change", r#"CMD ["/bin/sleep", "2147483647"]"#])
+}
+
+/// `busybox_image`, with `docker import` options (`--change ...`).
+fn import_busybox(tag: &str, options: &[&str]) -> Result<(), String> {
     let docker = |args: &[&str]| {
         Command::new("docker")
             .args(args)
@@ -338,7 +349,11 @@ pub fn busybox_image(tag: &str) -> Result<(), String> {
     std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
     std::fs::copy("/bin/busybox", bin.join("busybox"))
         .map_err(|e| format!("copy /bin/busybox (install Debian's busybox-static): {e}"))?;
-    for applet in ["sh", "sleep", "echo", "cat", "true", "false", "ls", "env"] {
+    let applets = [
+        "sh", "sleep", "echo", "cat", "true", "false", "ls", "env", "mktemp", "httpd", "wget",
+        "nslookup",
+    ];
+    for applet in applets {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| e.to_string())?;
     }
     let mut tar = Command::new("tar")
@@ -349,7 +364,9 @@ pub fn busybox_image(tag: &str) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("run tar: {e}"))?;
     let imported = Command::new("docker")
-        .args(["import", "-", tag])
+        .arg("import")
+        .args(options)
+        .args(["-", tag])
         .stdin(tar.stdout.take().ok_or("tar has no stdout")?)
         .stdout(Stdio::null())
         .status()

@@ -116,17 +116,17 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
-#[test]
-fn pods_reach_pods_services_and_names_across_nodes() {
-    if let Some(why) = missing_prerequisite() {
-        eprintln!("SKIPPED pods_reach_pods_services_and_names_across_nodes: {why}");
-        return;
-    }
+/// Runs `test` (given the fabric's name prefix) on threads inside the
+/// fabric namespace: setns moves only the calling thread, and the threads
+/// and processes it creates inherit its namespace, so the controllers the
+/// test starts listen there. The fabric goes afterwards, also on failure.
+fn in_fabric<F, Fut>(test: F)
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let fabric = Fabric::create();
     let (fab, prefix) = (fabric.path("fab"), fabric.prefix.clone());
-    // The test's own threads, and so the controllers it starts, live in
-    // the fabric namespace: setns moves only the calling thread, and
-    // threads and processes it creates inherit its namespace.
     let outcome = std::thread::spawn(move || {
         let ns = std::fs::File::open(&fab).expect("open the fabric namespace");
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
@@ -136,13 +136,22 @@ fn pods_reach_pods_services_and_names_across_nodes() {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(fabric_test(prefix))
+            .block_on(test(prefix))
     })
     .join();
     drop(fabric);
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+#[test]
+fn pods_reach_pods_services_and_names_across_nodes() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("SKIPPED pods_reach_pods_services_and_names_across_nodes: {why}");
+        return;
+    }
+    in_fabric(fabric_test);
 }
 
 const MANIFEST: &str = r#"
@@ -164,7 +173,7 @@ spec:
       containers:
       - name: echo
         image: busybox
-        command: ["/bin/sh", "-c", "d=$(mktemp -d) && echo $HOSTNAME > $d/index.html && exec busybox httpd -f -p 8080 -h $d"]
+        command: ["/bin/sh", "-c", "busybox mkdir -p /tmp; d=$(mktemp -d) && echo $HOSTNAME > $d/index.html && exec busybox httpd -f -p 8080 -h $d"]
         ports: [{name: http, containerPort: 8080}]
         resources: {requests: {cpu: 100m, memory: 16Mi}}
         readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
@@ -401,6 +410,130 @@ async fn fabric_test(prefix: String) {
                 .all(|ns| !routes(ns).contains(&cidr3))
         },
     )
+    .await;
+    drop(agents);
+    drop(cluster);
+}
+
+const DOCKER_IMAGE: &str = "berth-test/busybox:2";
+const PAUSE_IMAGE: &str = "berth-test/pause:1";
+
+/// The docker runtime with `--network bridge`: each pod's pause container
+/// holds its namespace, which the agent wires to the bridge; the pod's
+/// containers join it and resolve through the node's DNS server. Skipped,
+/// saying so, without a Docker Engine.
+#[test]
+fn docker_pods_get_a_network_of_their_own() {
+    let docker_up = run(Command::new("docker").arg("info")).is_ok();
+    let why = missing_prerequisite().or((!docker_up).then(|| "no Docker Engine answers".into()));
+    if let Some(why) = why {
+        eprintln!("SKIPPED docker_pods_get_a_network_of_their_own: {why}");
+        return;
+    }
+    berth::harness::busybox_image(DOCKER_IMAGE).expect("build the test image");
+    berth::harness::pause_image(PAUSE_IMAGE).expect("build the pause image");
+    in_fabric(docker_fabric_test);
+}
+
+async fn docker_fabric_test(prefix: String) {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = common::start_on(root.path(), &[], Some(FABRIC_IP)).await;
+    let ch = channel(&cluster).await;
+    let agents: Vec<Agent> = (1..=2)
+        .map(|i| {
+            let ns = Path::new("/run/netns").join(format!("{prefix}-n{i}"));
+            Agent::start_in(
+                &cluster,
+                root.path(),
+                &format!("{prefix}-n{i}"),
+                Some(&ns),
+                &node_ip(i),
+                &[
+                    "--runtime",
+                    "docker",
+                    "--network",
+                    "bridge",
+                    "--dns-upstream",
+                    "none",
+                    "--pause-image",
+                    PAUSE_IMAGE,
+                ],
+            )
+        })
+        .collect();
+    let manifest = root.path().join("echo.yaml");
+    let text = MANIFEST
+        .replace("replicas: 3", "replicas: 2")
+        .replace("image: busybox", &format!("image: {DOCKER_IMAGE}"));
+    std::fs::write(&manifest, text).unwrap();
+    run(Command::new(BIN)
+        .args(["--server", &cluster.addrs().join(","), "apply", "-f"])
+        .arg(&manifest))
+    .expect("apply the echo deployment and service");
+    eventually(
+        "two docker echo pods are ready behind the service",
+        T,
+        || async { ready_endpoints(&ch).await.len() == 2 },
+    )
+    .await;
+    let pods = echo_pods(&ch).await;
+    let (a, b) = (&pods[0], &pods[1]);
+    assert_ne!(a.node_name(), b.node_name(), "one pod per node");
+    assert!(pod_ip(a).starts_with("10.244.") && pod_ip(b).starts_with("10.244."));
+    assert_eq!(
+        fetch_from(&pod_netns(a), &format!("{}:8080", pod_ip(b))).as_deref(),
+        Ok(b.name()),
+        "pod {} reaches pod {} on the other node",
+        a.name(),
+        b.name()
+    );
+    let svc = pb::Service::get(ch.clone(), get_req("default", "echo"))
+        .await
+        .unwrap();
+    let cluster_ip = svc.spec.unwrap().cluster_ip;
+    let node1 = Path::new("/run/netns").join(format!("{prefix}-n1"));
+    let from_node = answers(&node1, &format!("{cluster_ip}:80"), 30);
+    assert_eq!(
+        from_node.len(),
+        2,
+        "from a node, the service answered as {from_node:?}"
+    );
+
+    let container = format!("berth-{}-{}-echo-0", a.node_name(), a.meta().unwrap().uid);
+    let resolv = run(Command::new("docker").args(["exec", &container, "cat", "/etc/resolv.conf"]))
+        .expect("read the container's resolv.conf");
+    assert!(resolv.contains("nameserver 10.244."), "{resolv}");
+    let lookup = run(Command::new("docker").args([
+        "exec",
+        &container,
+        "nslookup",
+        "echo.default.svc.cluster.local",
+    ]))
+    .expect("nslookup in the container");
+    assert!(lookup.contains(&cluster_ip), "nslookup said: {lookup}");
+
+    // Deleting the deployment removes the pods' pause containers and
+    // namespaces.
+    pb::Deployment::delete(
+        ch.clone(),
+        pb::DeleteRequest {
+            namespace: "default".into(),
+            name: "echo".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually("the pods' sandboxes are gone", T, || async {
+        let left = run(Command::new("docker").args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=berth.pod.uid={}", a.meta().unwrap().uid),
+        ]))
+        .unwrap_or_default();
+        left.trim().is_empty() && !pod_netns(a).exists() && !pod_netns(b).exists()
+    })
     .await;
     drop(agents);
     drop(cluster);

@@ -111,17 +111,25 @@ impl BridgeNetwork {
     }
 
     /// The pod's namespace, veth pair, address and resolv.conf: made, or
-    /// checked and repaired.
-    pub async fn attach(&self, pod: &PodRef) -> Result<PodAddress, NetworkError> {
+    /// checked and repaired. `runtime_ns` is a namespace the runtime made
+    /// for the pod (docker's pause container), which is then the pod's.
+    pub async fn attach(
+        &self,
+        pod: &PodRef,
+        runtime_ns: Option<PathBuf>,
+    ) -> Result<PodAddress, NetworkError> {
         let ip = self.ipam.allocate(&pod.uid)?;
         let name = netns_name(&pod.uid);
-        let ns = tokio::task::spawn_blocking(move || netns::create(&name))
-            .await
-            .map_err(|e| NetworkError::Io {
-                what: "creating the pod's network namespace".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?
-            .map_err(io("creating the pod's network namespace"))?;
+        let ns = tokio::task::spawn_blocking(move || match runtime_ns {
+            Some(source) => netns::adopt(&name, &source),
+            None => netns::create(&name),
+        })
+        .await
+        .map_err(|e| NetworkError::Io {
+            what: "creating the pod's network namespace".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(io("creating the pod's network namespace"))?;
         let address = Ipv4Net::new(ip, self.node_cidr.prefix_len()).expect("a valid prefix");
         links::attach_pod(
             &self.handle,

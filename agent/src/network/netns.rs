@@ -1,7 +1,8 @@
 //! Named network namespaces under `/run/netns`, made the way `ip netns add`
 //! makes them (so `ip netns` and `nsenter` see the agent's pod namespaces):
 //! a thread of our own unshares its network namespace and bind-mounts it
-//! onto a file, which keeps the namespace alive after the thread ends.
+//! onto a file, which keeps the namespace alive after the thread ends. A
+//! namespace someone else made (a pause container's) is named the same way.
 
 use std::fs;
 use std::fs::File;
@@ -75,6 +76,36 @@ pub fn create(name: &str) -> io::Result<PathBuf> {
         return Err(e);
     }
     Ok(target)
+}
+
+/// Names the namespace at `source` (a `/proc/PID/ns/net` of a process that
+/// owns it, such as a pause container) `name`, keeping it alive by a bind
+/// mount; a stale namespace of that name is replaced.
+pub fn adopt(name: &str, source: &Path) -> io::Result<PathBuf> {
+    let target = path(name);
+    if exists(&target) {
+        if same_file(&target, source)? {
+            return Ok(target);
+        }
+        nix::mount::umount2(&target, MntFlags::MNT_DETACH)?;
+    }
+    ensure_dir()?;
+    File::create(&target)?;
+    nix::mount::mount(
+        Some(source),
+        &target,
+        Some("none"),
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    Ok(target)
+}
+
+/// Whether two paths are the same namespace (nsfs gives each its inode).
+fn same_file(a: &Path, b: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (fs::metadata(a)?, fs::metadata(b)?);
+    Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
 }
 
 /// Removes the namespace at `path` (its processes keep it until they end).

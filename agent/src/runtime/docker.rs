@@ -3,7 +3,10 @@
 //! and attempt so that a restarted agent finds its containers again (and
 //! only its own, when several agents share an engine). Limits are the
 //! engine's NanoCpus, CpuShares and Memory (with no swap); logs come from
-//! the engine. Pods share the node's network until pod networking lands.
+//! the engine. A pod with a network of its own (`--network bridge`) gets a
+//! pause container first (network mode none; the agent wires its network
+//! namespace), and its containers join that namespace, with the pod's
+//! resolv.conf mounted over theirs; otherwise they use the host network.
 //!
 //! Images are never built or pushed here, and a registry is asked only
 //! when the policy says so: Never uses the local image or fails,
@@ -13,6 +16,7 @@
 //! ErrImagePull status, never a hang.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::SystemTime;
@@ -50,6 +54,9 @@ const NAMESPACE_LABEL: &str = "berth.pod.namespace";
 const POD_LABEL: &str = "berth.pod.name";
 const CONTAINER_LABEL: &str = "berth.container";
 const ATTEMPT_LABEL: &str = "berth.attempt";
+/// The container label of a pod's pause container (as kubelet's "POD":
+/// upper case, so no container of a pod can have that name).
+const PAUSE_CONTAINER: &str = "POD";
 
 pub struct DockerRuntime {
     docker: Docker,
@@ -60,6 +67,8 @@ pub struct DockerRuntime {
     known: Mutex<HashMap<String, (ContainerSummaryStateEnum, InstanceState)>>,
     /// Images seen present, and when: a burst of starts asks once.
     images: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// The image of pods' pause containers.
+    pause_image: String,
 }
 
 /// How long an image seen present is taken to still be there.
@@ -86,7 +95,7 @@ fn parse_time(t: Option<&String>) -> Option<SystemTime> {
 
 impl DockerRuntime {
     /// Connects to the engine at DOCKER_HOST or the local socket.
-    pub async fn connect(node: &str) -> Result<Self, RuntimeError> {
+    pub async fn connect(node: &str, pause_image: &str) -> Result<Self, RuntimeError> {
         let unreachable = |e: bollard::errors::Error| {
             RuntimeError::Other(format!(
                 "cannot reach the Docker Engine ({e}): start dockerd, or set DOCKER_HOST"
@@ -105,6 +114,7 @@ impl DockerRuntime {
             node: node.to_string(),
             known: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
+            pause_image: pause_image.to_string(),
         })
     }
 
@@ -112,9 +122,86 @@ impl DockerRuntime {
         format!("berth-{}-{}-{container}-{attempt}", self.node, pod.uid)
     }
 
+    fn pause_name(&self, pod: &PodRef) -> String {
+        format!("berth-{}-{}-pause", self.node, pod.uid)
+    }
+
+    /// The pod's pause container, running: found, or made and started.
+    /// Returns its network namespace.
+    async fn ensure_pause(&self, pod: &PodRef) -> Result<PathBuf, RuntimeError> {
+        let name = self.pause_name(pod);
+        match self
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => {
+                let pid = info.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0);
+                if let (Some(true), Some(pid)) = (info.state.and_then(|s| s.running), pid) {
+                    return Ok(PathBuf::from(format!("/proc/{pid}/ns/net")));
+                }
+                // Its namespace died with it: the pod gets a new one.
+                tracing::warn!(pod = %pod.name, "the pod's pause container stopped; making a new one");
+                self.remove_named(&name).await?;
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(engine_error(e)),
+        }
+        self.ensure_image(&self.pause_image, false).await?;
+        let body = ContainerCreateBody {
+            image: Some(self.pause_image.clone()),
+            labels: Some(self.labels(pod, PAUSE_CONTAINER, 0)),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| RuntimeError::Start {
+                reason: "CreatePodSandboxError".into(),
+                message: format!("cannot create the pause container: {e}"),
+            })?;
+        self.docker
+            .start_container(
+                &name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| RuntimeError::Start {
+                reason: "CreatePodSandboxError".into(),
+                message: format!("cannot start the pause container: {e}"),
+            })?;
+        let info = self
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+            .map_err(engine_error)?;
+        match info.state.and_then(|s| s.pid).filter(|p| *p > 0) {
+            Some(pid) => Ok(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+            None => Err(RuntimeError::Start {
+                reason: "CreatePodSandboxError".into(),
+                message: format!(
+                    "the pause container ({}) exited at once: its image must run a process that waits forever",
+                    self.pause_image
+                ),
+            }),
+        }
+    }
+
+    async fn remove_named(&self, name: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Err(e) if !is_not_found(&e) => Err(engine_error(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Makes the image available as its pull policy says.
-    async fn ensure_image(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        let image = &spec.image;
+    async fn ensure_image(&self, image: &str, always_pull: bool) -> Result<(), RuntimeError> {
         if image.is_empty() {
             return Err(RuntimeError::Start {
                 reason: "InvalidImageName".into(),
@@ -127,7 +214,7 @@ impl DockerRuntime {
             .expect("image cache lock")
             .get(image)
             .is_some_and(|at| at.elapsed() < IMAGE_SEEN_FOR);
-        if seen && !spec.always_pull {
+        if seen && !always_pull {
             return Ok(());
         }
         let local = self.docker.inspect_image(image).await.is_ok();
@@ -135,8 +222,8 @@ impl DockerRuntime {
             self.images
                 .lock()
                 .expect("image cache lock")
-                .insert(image.clone(), tokio::time::Instant::now());
-            if !spec.always_pull {
+                .insert(image.to_string(), tokio::time::Instant::now());
+            if !always_pull {
                 return Ok(());
             }
         }
@@ -230,12 +317,31 @@ impl Runtime for DockerRuntime {
         format!("docker://{}", v.unwrap_or_else(|| "unknown".into()))
     }
 
-    async fn create_sandbox(&self, _pod: &PodRef) -> Result<(), RuntimeError> {
-        Ok(())
+    async fn create_sandbox(
+        &self,
+        pod: &PodRef,
+        network: bool,
+    ) -> Result<Option<PathBuf>, RuntimeError> {
+        if !network {
+            return Ok(None);
+        }
+        self.ensure_pause(pod).await.map(Some)
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        self.ensure_image(spec).await?;
+        self.ensure_image(&spec.image, spec.always_pull).await?;
+        // Joined to the pause container's namespace, with the pod's
+        // resolver; or on the host's network.
+        let (network_mode, binds) = match &spec.network {
+            Some(net) => (
+                format!("container:{}", self.pause_name(&spec.pod)),
+                Some(vec![format!(
+                    "{}:/etc/resolv.conf:ro",
+                    net.resolv_conf.display()
+                )]),
+            ),
+            None => ("host".to_string(), None),
+        };
         let name = self.name(&spec.pod, &spec.container, spec.attempt);
         let memory = spec.memory_limit_bytes.map(|b| b as i64);
         let body = ContainerCreateBody {
@@ -256,7 +362,8 @@ impl Runtime for DockerRuntime {
                     .map(|m| (m * 1024 / 1000).max(2) as i64),
                 memory,
                 memory_swap: memory,
-                network_mode: Some("host".into()),
+                network_mode: Some(network_mode),
+                binds,
                 ..Default::default()
             }),
             ..Default::default()
@@ -333,6 +440,9 @@ impl Runtime for DockerRuntime {
             let Ok(attempt) = get(ATTEMPT_LABEL).parse::<u32>() else {
                 continue;
             };
+            if get(CONTAINER_LABEL) == PAUSE_CONTAINER {
+                continue;
+            }
             let summary_state = s.state.unwrap_or(ContainerSummaryStateEnum::EMPTY);
             let cached = self
                 .known
@@ -386,12 +496,7 @@ impl Runtime for DockerRuntime {
         container: &str,
         attempt: u32,
     ) -> Result<(), RuntimeError> {
-        let name = self.name(pod, container, attempt);
-        let options = RemoveContainerOptionsBuilder::new().force(true).build();
-        match self.docker.remove_container(&name, Some(options)).await {
-            Err(e) if !is_not_found(&e) => Err(engine_error(e)),
-            _ => Ok(()),
-        }
+        self.remove_named(&self.name(pod, container, attempt)).await
     }
 
     async fn remove_sandbox(&self, pod: &PodRef) -> Result<(), RuntimeError> {

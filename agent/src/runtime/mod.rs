@@ -153,8 +153,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// Version shown in the node's `containerRuntimeVersion`.
     async fn version(&self) -> String;
 
-    /// Prepares what a pod's containers share, before the first starts.
-    async fn create_sandbox(&self, pod: &PodRef) -> Result<(), RuntimeError>;
+    /// Prepares what a pod's containers share, before the first starts;
+    /// running it again checks and repairs. With `network` (the pod gets a
+    /// network of its own), a runtime that keeps the pod's network
+    /// namespace itself (docker's pause container) returns its path; None
+    /// means the agent makes one.
+    async fn create_sandbox(
+        &self,
+        pod: &PodRef,
+        network: bool,
+    ) -> Result<Option<PathBuf>, RuntimeError>;
 
     /// Creates and starts one instance. Errors that belong to the
     /// container (a missing image, a command not found) are returned as

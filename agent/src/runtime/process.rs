@@ -273,19 +273,23 @@ impl Runtime for ProcessRuntime {
         format!("process://{}-cgroup-{cg}", env!("CARGO_PKG_VERSION"))
     }
 
-    async fn create_sandbox(&self, pod: &PodRef) -> Result<(), RuntimeError> {
+    async fn create_sandbox(
+        &self,
+        pod: &PodRef,
+        _network: bool,
+    ) -> Result<Option<PathBuf>, RuntimeError> {
         let dir = self.pod_dir(pod);
         fs::create_dir_all(&dir)?;
         shim::write_atomic(
             &dir.join(POD_FILE),
             &serde_json::to_vec(pod).map_err(|e| RuntimeError::Other(e.to_string()))?,
         )?;
-        Ok(())
+        Ok(None)
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         if !self.pod_dir(&spec.pod).join(POD_FILE).exists() {
-            self.create_sandbox(&spec.pod).await?;
+            self.create_sandbox(&spec.pod, false).await?;
         }
         let dir = self.instance_dir(&spec.pod, &spec.container, spec.attempt);
         if dir.exists() {

@@ -76,8 +76,12 @@ impl Runtime for SimRuntime {
         format!("sim://{}", env!("CARGO_PKG_VERSION"))
     }
 
-    async fn create_sandbox(&self, _pod: &PodRef) -> Result<(), RuntimeError> {
-        Ok(())
+    async fn create_sandbox(
+        &self,
+        _pod: &PodRef,
+        _network: bool,
+    ) -> Result<Option<std::path::PathBuf>, RuntimeError> {
+        Ok(None)
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
