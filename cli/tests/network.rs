@@ -254,24 +254,66 @@ fn routes(node_ns: &str) -> String {
     run(Command::new("ip").args(["-n", node_ns, "route", "show"])).unwrap_or_default()
 }
 
+/// Agents with `--network bridge` and `extra` flags in node namespaces
+/// 1..=n of the fabric.
+fn node_agents(
+    cluster: &berth::harness::Cluster,
+    root: &Path,
+    prefix: &str,
+    n: usize,
+    extra: &[&str],
+) -> Vec<Agent> {
+    let mut flags = vec!["--network", "bridge", "--dns-upstream", "none"];
+    flags.extend_from_slice(extra);
+    (1..=n)
+        .map(|i| {
+            let name = format!("{prefix}-n{i}");
+            let ns = Path::new("/run/netns").join(&name);
+            Agent::start_in(cluster, root, &name, Some(&ns), &node_ip(i), &flags)
+        })
+        .collect()
+}
+
+/// Applies the echo deployment (`replicas`, `image`) and service, waits
+/// until every replica is a ready endpoint, and returns the pods, each on
+/// its own node with an address from the cluster CIDR.
+async fn apply_echo(
+    cluster: &berth::harness::Cluster,
+    ch: &Channel,
+    root: &Path,
+    replicas: usize,
+    image: &str,
+) -> Vec<pb::Pod> {
+    let manifest = root.join("echo.yaml");
+    let text = MANIFEST
+        .replace("replicas: 3", &format!("replicas: {replicas}"))
+        .replace("image: busybox", &format!("image: {image}"));
+    std::fs::write(&manifest, text).unwrap();
+    run(Command::new(BIN)
+        .args(["--server", &cluster.addrs().join(","), "apply", "-f"])
+        .arg(&manifest))
+    .expect("apply the echo deployment and service");
+    eventually(
+        &format!("{replicas} echo pods are ready behind the service"),
+        T,
+        || async { ready_endpoints(ch).await.len() == replicas },
+    )
+    .await;
+    let pods = echo_pods(ch).await;
+    let nodes_used: BTreeSet<&str> = pods.iter().map(|p| p.node_name()).collect();
+    assert_eq!(nodes_used.len(), replicas, "one echo pod per node");
+    for p in &pods {
+        assert!(pod_ip(p).starts_with("10.244."), "pod IP {}", pod_ip(p));
+    }
+    pods
+}
+
 async fn fabric_test(prefix: String) {
     let root = tempfile::tempdir().unwrap();
     let cluster = common::start_on(root.path(), &[], Some(FABRIC_IP)).await;
     let ch = channel(&cluster).await;
     let netns = |part: &str| Path::new("/run/netns").join(format!("{prefix}-{part}"));
-    let mut agents: Vec<Agent> = (1..=3)
-        .map(|i| {
-            let name = format!("{prefix}-n{i}");
-            Agent::start_in(
-                &cluster,
-                root.path(),
-                &name,
-                Some(&netns(&format!("n{i}"))),
-                &node_ip(i),
-                &["--network", "bridge", "--dns-upstream", "none"],
-            )
-        })
-        .collect();
+    let mut agents = node_agents(&cluster, root.path(), &prefix, 3, &[]);
     let node_names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
 
     // Every node gets its own pod CIDR.
@@ -289,25 +331,7 @@ async fn fabric_test(prefix: String) {
     })
     .await;
 
-    let manifest = root.path().join("echo.yaml");
-    std::fs::write(&manifest, MANIFEST).unwrap();
-    run(Command::new(BIN)
-        .args(["--server", &cluster.addrs().join(","), "apply", "-f"])
-        .arg(&manifest))
-    .expect("apply the echo deployment and service");
-
-    eventually(
-        "three echo pods are ready behind the service",
-        T,
-        || async { ready_endpoints(&ch).await.len() == 3 },
-    )
-    .await;
-    let pods = echo_pods(&ch).await;
-    let nodes_used: BTreeSet<&str> = pods.iter().map(|p| p.node_name()).collect();
-    assert_eq!(nodes_used.len(), 3, "one echo pod per node");
-    for p in &pods {
-        assert!(pod_ip(p).starts_with("10.244."), "pod IP {}", pod_ip(p));
-    }
+    let pods = apply_echo(&cluster, &ch, root.path(), 3, "busybox").await;
 
     // A pod reaches the pods of the other nodes by their IPs.
     let a = &pods[0];
@@ -439,47 +463,15 @@ async fn docker_fabric_test(prefix: String) {
     let root = tempfile::tempdir().unwrap();
     let cluster = common::start_on(root.path(), &[], Some(FABRIC_IP)).await;
     let ch = channel(&cluster).await;
-    let agents: Vec<Agent> = (1..=2)
-        .map(|i| {
-            let ns = Path::new("/run/netns").join(format!("{prefix}-n{i}"));
-            Agent::start_in(
-                &cluster,
-                root.path(),
-                &format!("{prefix}-n{i}"),
-                Some(&ns),
-                &node_ip(i),
-                &[
-                    "--runtime",
-                    "docker",
-                    "--network",
-                    "bridge",
-                    "--dns-upstream",
-                    "none",
-                    "--pause-image",
-                    PAUSE_IMAGE,
-                ],
-            )
-        })
-        .collect();
-    let manifest = root.path().join("echo.yaml");
-    let text = MANIFEST
-        .replace("replicas: 3", "replicas: 2")
-        .replace("image: busybox", &format!("image: {DOCKER_IMAGE}"));
-    std::fs::write(&manifest, text).unwrap();
-    run(Command::new(BIN)
-        .args(["--server", &cluster.addrs().join(","), "apply", "-f"])
-        .arg(&manifest))
-    .expect("apply the echo deployment and service");
-    eventually(
-        "two docker echo pods are ready behind the service",
-        T,
-        || async { ready_endpoints(&ch).await.len() == 2 },
-    )
-    .await;
-    let pods = echo_pods(&ch).await;
+    let agents = node_agents(
+        &cluster,
+        root.path(),
+        &prefix,
+        2,
+        &["--runtime", "docker", "--pause-image", PAUSE_IMAGE],
+    );
+    let pods = apply_echo(&cluster, &ch, root.path(), 2, DOCKER_IMAGE).await;
     let (a, b) = (&pods[0], &pods[1]);
-    assert_ne!(a.node_name(), b.node_name(), "one pod per node");
-    assert!(pod_ip(a).starts_with("10.244.") && pod_ip(b).starts_with("10.244."));
     assert_eq!(
         fetch_from(&pod_netns(a), &format!("{}:8080", pod_ip(b))).as_deref(),
         Ok(b.name()),
