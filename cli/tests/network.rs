@@ -3,8 +3,9 @@
 //! three controllers listen, and three node namespaces linked to it, each
 //! running an agent with `--network bridge` and the process runtime. An
 //! echo server (busybox httpd answering its pod's name) runs one replica
-//! per node behind a Service. Traffic goes only to addresses inside these
-//! namespaces; nothing routes out of them.
+//! per node behind a Service. The nodes carry Docker Engine's FORWARD
+//! policy DROP, as real hosts with Docker do. Traffic goes only to
+//! addresses inside these namespaces; nothing routes out of them.
 //!
 //! Also: address management never hands out a taken CIDR or ClusterIP,
 //! including while the leader is killed.
@@ -49,6 +50,15 @@ fn ip(args: &str) {
     run(Command::new("ip").args(args.split_whitespace())).expect("ip");
 }
 
+/// iptables-nft's shape of Docker's forward rules: policy DROP, and a
+/// jump to DOCKER-USER first.
+const DOCKER_FORWARD_RULES: &[&str] = &[
+    "add table ip filter",
+    "add chain ip filter DOCKER-USER",
+    "add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }",
+    "add rule ip filter FORWARD jump DOCKER-USER",
+];
+
 /// The namespaces of one test run; removed on drop, also after a failure.
 struct Fabric {
     prefix: String,
@@ -77,6 +87,12 @@ impl Fabric {
             ));
             ip(&format!("-n {node} link set eth0 up"));
             ip(&format!("-n {fab} link set v{i} master fab0 up"));
+            // What Docker Engine leaves on a host: iptables' FORWARD
+            // policy DROP, and its DOCKER-USER chain for others' rules.
+            for rule in DOCKER_FORWARD_RULES {
+                run(Command::new("ip").args(["netns", "exec", &node, "nft", rule]))
+                    .expect("docker-like forward rules");
+            }
         }
         fabric
     }

@@ -186,6 +186,40 @@ pub async fn apply(script: &str) -> Result<(), NftError> {
     }
 }
 
+/// Marks the accept rules the agent puts in Docker's chain.
+const DOCKER_USER_MARK: &str = "berth: forward pod traffic";
+
+/// Docker Engine sets the policy of iptables' FORWARD chain to DROP, which
+/// drops what a node forwards for its pods (to other nodes' pods, or out),
+/// and a drop in any table is final whatever our own table accepts. Where
+/// Docker's `DOCKER-USER` chain exists (iptables-nft, Debian's default),
+/// the agent inserts accept rules for the cluster CIDR there, once.
+/// Returns whether the chain exists.
+pub async fn allow_forwarding_past_docker(cluster: Ipv4Net) -> Result<bool, NftError> {
+    let listed = tokio::process::Command::new("nft")
+        .args(["list", "chain", "ip", "filter", "DOCKER-USER"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(NftError::Spawn)?;
+    if !listed.status.success() {
+        return Ok(false);
+    }
+    if String::from_utf8_lossy(&listed.stdout).contains(DOCKER_USER_MARK) {
+        return Ok(true);
+    }
+    let script = ["saddr", "daddr"]
+        .iter()
+        .map(|dir| {
+            format!(
+                "insert rule ip filter DOCKER-USER ip {dir} {cluster} counter accept comment \"{DOCKER_USER_MARK}\"\n"
+            )
+        })
+        .collect::<String>();
+    apply(&script).await?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,7 +126,13 @@ impl NetworkSync {
         let (kind, script) = match &self.applied {
             Some(old) if *old == rules => return,
             Some(old) => ("incremental", nft::render_changes(old, &rules)),
-            None => ("full", nft::render_full(&self.nat(), &rules)),
+            None => {
+                let cluster = self.net.config.cluster_cidr;
+                if let Err(e) = nft::allow_forwarding_past_docker(cluster).await {
+                    tracing::warn!(error = %e, "cannot let pod traffic past Docker's FORWARD policy");
+                }
+                ("full", nft::render_full(&self.nat(), &rules))
+            }
         };
         match nft::apply(&script).await {
             Ok(()) => {
