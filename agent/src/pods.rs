@@ -351,11 +351,13 @@ impl PodSync {
         }
     }
 
-    /// The pod's own address, or the node's when pods share its network.
+    /// The pod's own address (none until its network is set up), or the
+    /// node's when pods share its network.
     fn pod_ip(&self, uid: &str) -> String {
-        match self.addresses.get(uid) {
-            Some(a) => a.ip.to_string(),
-            None => self.config.host_ip.clone(),
+        match (self.addresses.get(uid), &self.network) {
+            (Some(a), _) => a.ip.to_string(),
+            (None, Some(_)) => String::new(),
+            (None, None) => self.config.host_ip.clone(),
         }
     }
 

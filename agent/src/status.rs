@@ -193,7 +193,10 @@ pub fn pod_status(
         conditions,
         host_ip: host_ip.into(),
         pod_ip: pod_ip.into(),
-        pod_ips: vec![pb::PodIp { ip: pod_ip.into() }],
+        pod_ips: (!pod_ip.is_empty())
+            .then(|| pb::PodIp { ip: pod_ip.into() })
+            .into_iter()
+            .collect(),
         start_time: if old.start_time.is_empty() {
             rfc3339(now)
         } else {
