@@ -161,15 +161,7 @@ async fn node_cidr(conn: &Connector, node: &str, mut seen: pb::Node) -> ipnet::I
         }
         tracing::warn!(node, "the node has no pod CIDR yet (is the cluster CIDR exhausted?); pods cannot start until it has one");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let req = pb::GetRequest {
-            name: node.to_string(),
-            ..Default::default()
-        };
-        let got = match conn.channel().await {
-            Ok(ch) => <pb::Node as berth_client::ClientKind>::get(ch, req).await,
-            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-        };
-        if let Ok(n) = got {
+        if let Ok(Some(n)) = node::get_node(conn, node).await {
             seen = n;
         }
     }

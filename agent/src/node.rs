@@ -178,7 +178,7 @@ async fn channel(conn: &Connector) -> Result<tonic::transport::Channel, Status> 
         .map_err(|e| Status::unavailable(e.to_string()))
 }
 
-async fn get_node(conn: &Connector, name: &str) -> Result<Option<pb::Node>, Status> {
+pub(crate) async fn get_node(conn: &Connector, name: &str) -> Result<Option<pb::Node>, Status> {
     let req = pb::GetRequest {
         name: name.into(),
         ..Default::default()

@@ -102,7 +102,8 @@ pub struct PodSync {
     start_failures: HashMap<ContainerKey, StartFailure>,
     busy: HashSet<ContainerKey>,
     busy_sandboxes: HashSet<String>,
-    /// Pods whose sandbox this agent created, until they are removed.
+    /// Pods whose sandbox may exist, until they are removed: made by this
+    /// agent, or holding a pod address since an earlier run.
     sandboxes: HashMap<String, PodRef>,
     /// The pod network (`--network bridge`); None: pods use the node's.
     network: Option<Arc<BridgeNetwork>>,
@@ -210,7 +211,20 @@ impl PodSync {
             start_failures: HashMap::new(),
             busy: HashSet::new(),
             busy_sandboxes: HashSet::new(),
-            sandboxes: HashMap::new(),
+            // Known by uid only until the pod's first sync: a pod deleted
+            // while the agent was away still has its network removed.
+            sandboxes: network
+                .iter()
+                .flat_map(|n| n.attached())
+                .map(|uid| {
+                    let r = PodRef {
+                        uid,
+                        namespace: String::new(),
+                        name: String::new(),
+                    };
+                    (r.uid.clone(), r)
+                })
+                .collect(),
             network,
             addresses: HashMap::new(),
             written: HashMap::new(),
@@ -405,15 +419,9 @@ impl PodSync {
             self.sync_pod(&u, containers, &mut probed).await;
         }
         let empty = HashMap::new();
-        let attached = self
-            .network
-            .as_ref()
-            .map(|n| n.attached())
-            .unwrap_or_default();
         let gone: HashSet<String> = by_pod
             .keys()
             .chain(self.sandboxes.keys())
-            .chain(&attached)
             .filter(|u| !self.pods.contains_key(*u))
             .cloned()
             .collect();
@@ -716,17 +724,15 @@ impl PodSync {
         if live || busy || !self.busy_sandboxes.insert(u.to_string()) {
             return;
         }
-        let pod = containers
+        let Some(pod) = containers
             .values()
             .flatten()
             .next()
             .map(|i| i.pod.clone())
             .or_else(|| self.sandboxes.get(u).cloned())
-            .unwrap_or_else(|| PodRef {
-                uid: u.to_string(),
-                namespace: String::new(),
-                name: String::new(),
-            });
+        else {
+            return;
+        };
         tracing::info!(pod = %pod.name, namespace = %pod.namespace, "removing a pod that is no longer bound here");
         self.sandboxes.remove(u);
         self.addresses.remove(u);

@@ -89,11 +89,23 @@ fn failure_status(kind: &str, namespace: &str, name: &str, f: &TxnFailure) -> St
     }
 }
 
-/// The claim whose key a failed transaction found taken.
-fn lost_claim(claim: Option<Claim>, failure: &TxnFailure) -> Option<Claim> {
+/// Whether a transaction failed only because another object holds the
+/// address it claimed: then that address joins `avoid` and the caller
+/// picks again. An address the manifest asked for is the user's to change.
+fn claim_lost(
+    claim: Option<Claim>,
+    failure: &TxnFailure,
+    avoid: &mut HashSet<String>,
+) -> Result<bool, Status> {
     match (claim, failure) {
-        (Some(c), TxnFailure::AlreadyExists { key, .. }) if *key == c.key => Some(c),
-        _ => None,
+        (Some(c), TxnFailure::AlreadyExists { key, .. }) if *key == c.key => {
+            if c.requested {
+                return Err(c.taken());
+            }
+            avoid.insert(String::from_utf8_lossy(&c.key).into_owned());
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 
@@ -309,13 +321,8 @@ impl<K: Object> Api<K> {
                     next.meta_mut().resource_version = revision.to_string();
                     return Ok(next);
                 }
-                Err(f) => match lost_claim(claim, &f) {
-                    Some(c) if c.requested => return Err(c.taken()),
-                    Some(c) => {
-                        avoid.insert(String::from_utf8_lossy(&c.key).into_owned());
-                    }
-                    None => return Err(failure_status(K::INFO.kind, &namespace, &name, &f)),
-                },
+                Err(f) if claim_lost(claim, &f, &mut avoid)? => {}
+                Err(f) => return Err(failure_status(K::INFO.kind, &namespace, &name, &f)),
             }
         }
         Err(address_contention(K::INFO.kind, &namespace, &name))
@@ -540,13 +547,8 @@ impl<K: Object> Api<K> {
                 }
                 Err(f) => f,
             };
-            match lost_claim(claim, &failure) {
-                Some(c) if c.requested => return Err(c.taken()),
-                Some(c) => {
-                    avoid.insert(String::from_utf8_lossy(&c.key).into_owned());
-                    continue;
-                }
-                None => {}
+            if claim_lost(claim, &failure, &mut avoid)? {
+                continue;
             }
             match failure_status(K::INFO.kind, &namespace, &name, &failure) {
                 s if s.code() == tonic::Code::Aborted && precondition.is_none() => continue,
