@@ -86,6 +86,11 @@ pub struct ServerArgs {
     /// Service ClusterIPs come from this range.
     #[arg(long, default_value = "10.96.0.0/16")]
     service_cidr: ipnet::Ipv4Net,
+    /// Test only: answer reads from local state without read-index, so
+    /// that a partitioned controller serves stale data. berth-chaos uses it
+    /// to prove that its linearizability checker catches stale reads.
+    #[arg(long, hide = true)]
+    unsafe_stale_reads: bool,
 }
 
 /// Parses `1=127.0.0.1:7001,2=...`.
@@ -147,6 +152,7 @@ impl ServerArgs {
             write_timeout: self.request_timeout,
             read_timeout: self.request_timeout,
             max_inflight_batches: self.max_inflight_batches.max(1),
+            unsafe_stale_reads: self.unsafe_stale_reads,
             ..StoreConfig::default()
         };
         Ok(ServerConfig {
@@ -164,6 +170,9 @@ impl ServerArgs {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    if args.unsafe_stale_reads {
+        tracing::warn!("--unsafe-stale-reads: reads skip read-index and may return stale data; for chaos tests only");
+    }
     let scheduler = match args.no_scheduler {
         true => None,
         false => Some(crate::scheduler_cmd::load_config(

@@ -69,6 +69,10 @@ pub struct StoreConfig {
     pub max_batch_bytes: usize,
     /// Most Raft entries this controller has in flight at once.
     pub max_inflight_batches: usize,
+    /// Serve every read from local state, skipping read-index: reads may
+    /// then be stale. Only for proving that the chaos tests' checkers catch
+    /// a stale read; never for a real cluster.
+    pub unsafe_stale_reads: bool,
 }
 
 impl Default for StoreConfig {
@@ -79,6 +83,7 @@ impl Default for StoreConfig {
             max_batch_txns: 1024,
             max_batch_bytes: 1 << 20,
             max_inflight_batches: 32,
+            unsafe_stale_reads: false,
         }
     }
 }
@@ -236,7 +241,7 @@ impl Store {
         limit: usize,
         serializable: bool,
     ) -> Result<RangeResult, StoreError> {
-        if !serializable {
+        if !serializable && !self.inner.config.unsafe_stale_reads {
             self.linearize().await?;
         }
         let db = self.inner.db.clone();

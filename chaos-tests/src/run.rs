@@ -1,0 +1,638 @@
+//! One run: start the cluster in the fabric, set out the workload, let
+//! the clients and the nemesis loose for the duration, heal, read the final
+//! state and hand everything to the checkers.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use berth_api::pb;
+use berth_client::connect::Connector;
+use berth_client::watcher::list_all;
+use berth_client::watcher::Scope;
+use berth_client::ClientKind;
+use tokio::sync::watch;
+
+use crate::checks;
+use crate::checks::Invariants;
+use crate::fabric::Fabric;
+use crate::history::OpKind;
+use crate::history::Outcome;
+use crate::history::Recorder;
+use crate::linear;
+use crate::nemesis::Cluster;
+use crate::nemesis::FaultKind;
+use crate::nemesis::Nemesis;
+use crate::nemesis::API_PORT;
+use crate::procs::Proc;
+use crate::report::CheckerVerdict;
+use crate::report::Report;
+use crate::report::Status;
+use crate::workload;
+use crate::workload::ObjectClient;
+use crate::workload::RegisterClient;
+use crate::workload::NAMESPACE;
+
+/// Which runtime the agents use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// Simulated pods: many nodes, no processes.
+    Sim,
+    /// Real processes with their own network namespaces (needs root).
+    Process,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub berth: PathBuf,
+    pub duration: Duration,
+    pub seed: u64,
+    pub controllers: usize,
+    pub faults: Vec<FaultKind>,
+    pub agents: usize,
+    pub runtime: Runtime,
+    pub registers: usize,
+    pub unsafe_stale_reads: bool,
+    /// How long the linearizability search may take before it says unknown.
+    pub check_budget: Duration,
+    /// Controllers' data, agents' data, and the processes' logs.
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunError(pub String);
+
+impl From<String> for RunError {
+    fn from(s: String) -> Self {
+        RunError(s)
+    }
+}
+
+const NODE_GRACE: Duration = Duration::from_secs(3);
+const POD_EVICTION: Duration = Duration::from_secs(6);
+/// Checker 6's bound.
+const RECOVERY: Duration = Duration::from_secs(30);
+
+/// The cluster's processes in the fabric's members (controllers first).
+pub fn cluster(cfg: &Config, fabric: &Fabric) -> Cluster {
+    let logs = cfg.work_dir.join("logs");
+    let _ = std::fs::create_dir_all(&logs);
+    let members = &fabric.members;
+    let peers: Vec<String> = (0..cfg.controllers)
+        .map(|i| format!("{}={}:{API_PORT}", i + 1, members[i].ip))
+        .collect();
+    let controllers = (0..cfg.controllers)
+        .map(|i| {
+            let m = &members[i];
+            let mut args: Vec<String> = vec![
+                "server".into(),
+                "--id".into(),
+                (i + 1).to_string(),
+                "--listen".into(),
+                format!("{}:{API_PORT}", m.ip),
+                "--metrics-listen".into(),
+                format!("{}:9100", m.ip),
+                "--data-dir".into(),
+                cfg.work_dir
+                    .join(format!("controller-{}", i + 1))
+                    .display()
+                    .to_string(),
+                "--peers".into(),
+                peers.join(","),
+                "--node-grace-period".into(),
+                humantime::format_duration(NODE_GRACE).to_string(),
+                "--pod-eviction-timeout".into(),
+                humantime::format_duration(POD_EVICTION).to_string(),
+            ];
+            if cfg.unsafe_stale_reads {
+                args.push("--unsafe-stale-reads".into());
+            }
+            Proc::new(&format!("c{}", i + 1), m.clone(), &cfg.berth, args, &logs)
+        })
+        .collect();
+    let addrs: Vec<String> = (0..cfg.controllers)
+        .map(|i| format!("{}:{API_PORT}", members[i].ip))
+        .collect();
+    let agents = (0..cfg.agents)
+        .map(|j| {
+            let m = &members[cfg.controllers + j];
+            let mut args: Vec<String> = vec![
+                "--server".into(),
+                addrs.join(","),
+                "agent".into(),
+                "--data-dir".into(),
+                cfg.work_dir
+                    .join(format!("agent-{j}"))
+                    .display()
+                    .to_string(),
+                "--address".into(),
+                m.ip.clone(),
+                "--cpu".into(),
+                "1".into(),
+                "--memory".into(),
+                "1Gi".into(),
+                "--max-pods".into(),
+                "4".into(),
+                "--lease-interval".into(),
+                "1s".into(),
+            ];
+            let runtime: &[&str] = match cfg.runtime {
+                Runtime::Sim => &[
+                    "--runtime",
+                    "sim",
+                    "--count",
+                    "2",
+                    "--sim-start-delay",
+                    "300ms",
+                ],
+                Runtime::Process => &[
+                    "--runtime",
+                    "process",
+                    "--network",
+                    "bridge",
+                    "--dns-upstream",
+                    "none",
+                ],
+            };
+            args.extend(runtime.iter().map(|s| s.to_string()));
+            let name = format!("a{j}-");
+            match cfg.runtime {
+                Runtime::Sim => args.extend(["--name-prefix".into(), name]),
+                Runtime::Process => args.extend(["--name".into(), format!("a{j}")]),
+            }
+            Proc::new(&format!("agent-{j}"), m.clone(), &cfg.berth, args, &logs)
+        })
+        .collect();
+    Cluster {
+        controllers,
+        agents,
+        netem: fabric.netem,
+    }
+}
+
+fn deployment(replicas: i32) -> pb::Deployment {
+    let manifest = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {NAMESPACE}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: chaos
+        command: ["sleep", "86400"]
+        resources: {{requests: {{cpu: 250m, memory: 64Mi}}}}
+"#,
+        name = workload::DEPLOYMENT
+    );
+    match berth_api::manifest::parse(&manifest)
+        .expect("the run's own manifest parses")
+        .pop()
+    {
+        Some(berth_api::AnyObject::Deployment(d)) => d,
+        _ => unreachable!("the manifest holds one deployment"),
+    }
+}
+
+/// Runs the whole thing inside the fabric (the caller's threads are in
+/// its namespace) and returns the checkers' report.
+pub async fn run(
+    cfg: &Config,
+    fabric: &Fabric,
+) -> Result<
+    (
+        Report,
+        Vec<crate::history::Op>,
+        Vec<crate::history::FaultWindow>,
+    ),
+    RunError,
+> {
+    let mut cluster = cluster(cfg, fabric);
+    let result = drive(cfg, &mut cluster).await;
+    if let Err(e) = &result {
+        for p in cluster.controllers.iter().chain(cluster.agents.iter()) {
+            eprintln!("--- last lines of {}'s log:\n{}", p.name, p.log_tail(15));
+        }
+        eprintln!("berth-chaos: {e}");
+    }
+    cluster.stop().await;
+    result
+}
+
+async fn drive(
+    cfg: &Config,
+    cluster: &mut Cluster,
+) -> Result<
+    (
+        Report,
+        Vec<crate::history::Op>,
+        Vec<crate::history::FaultWindow>,
+    ),
+    RunError,
+> {
+    for c in &mut cluster.controllers {
+        c.start().map_err(|e| format!("start {}: {e}", c.name))?;
+    }
+    wait_for(Duration::from_secs(30), "a leader", || async {
+        cluster.leader().await.is_some()
+    })
+    .await?;
+    let conn = Connector::new(cluster.addrs()).map_err(|e| e.to_string())?;
+    workload::prepare(&conn, cfg.registers, deployment(3))
+        .await
+        .map_err(|s| format!("set out the workload: {s}"))?;
+    for a in &mut cluster.agents {
+        a.start().map_err(|e| format!("start {}: {e}", a.name))?;
+    }
+    let wanted = cfg.agents * if cfg.runtime == Runtime::Sim { 2 } else { 1 };
+    wait_for(
+        Duration::from_secs(60),
+        "the agents' nodes to be Ready and the deployment to run",
+        || async {
+            ready_nodes(&conn).await >= wanted && deployments_running(&conn).await == Some(true)
+        },
+    )
+    .await?;
+
+    let start = Instant::now();
+    let recorder = Arc::new(Recorder::new(start));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let invariants = Arc::new(Mutex::new(Invariants::default()));
+    let sampler = tokio::spawn(sample(conn.clone(), invariants.clone(), stop_rx.clone()));
+    let mut clients = Vec::new();
+    let register_clients = 2 * cfg.controllers;
+    let addrs = cluster.addrs();
+    for i in 0..register_clients {
+        let client = RegisterClient {
+            index: i,
+            addr: addrs[i % addrs.len()].clone(),
+            registers: cfg.registers,
+            clients: register_clients,
+            seed: cfg.seed.wrapping_mul(1000).wrapping_add(i as u64),
+        };
+        clients.push(tokio::spawn(client.run(recorder.clone(), stop_rx.clone())));
+    }
+    for i in 0..2 {
+        let mut rotated = addrs.clone();
+        rotated.rotate_left(i % addrs.len());
+        let client = ObjectClient {
+            conn: Connector::new(rotated).map_err(|e| e.to_string())?,
+            process: 100 + i as u64,
+            seed: cfg.seed.wrapping_mul(1000).wrapping_add(500 + i as u64),
+            replicas: (2, 8),
+        };
+        clients.push(tokio::spawn(client.run(recorder.clone(), stop_rx.clone())));
+    }
+    let nemesis = Nemesis {
+        kinds: cfg.faults.clone(),
+        seed: cfg.seed,
+        eviction_hold: NODE_GRACE + POD_EVICTION + Duration::from_secs(4),
+    };
+    let faults_result = nemesis.run(cluster, &recorder, start + cfg.duration).await;
+    let healed = Instant::now();
+    let _ = stop_tx.send(true);
+    for c in clients {
+        let _ = c.await;
+    }
+    faults_result?;
+    tracing::info!("healed; reading the final state");
+
+    let finals = final_reads(&conn, &recorder, cfg.registers).await?;
+    let present = present_objects(&conn).await?;
+    let recovery = recovery(&conn, healed).await;
+    let _ = sampler.await;
+    let (pods, nodes, services) = snapshot(&conn)
+        .await
+        .ok_or_else(|| RunError("no final snapshot of pods, nodes and services".into()))?;
+    let mut inv = std::mem::take(&mut *invariants.lock().expect("invariants lock"));
+    inv.observe(&pods, &nodes, &services);
+
+    let ops = recorder.ops();
+    let faults = recorder.faults();
+    let names: Vec<String> = cfg.faults.iter().map(|f| f.name().to_string()).collect();
+    let mut report = Report::new(
+        cfg.seed,
+        cfg.duration.as_secs_f64(),
+        cfg.controllers,
+        names,
+        &ops,
+        &faults,
+    );
+    report.checkers = verdicts(cfg, &ops, &finals, &present, &inv, recovery);
+    Ok((report, ops, faults))
+}
+
+fn verdicts(
+    cfg: &Config,
+    ops: &[crate::history::Op],
+    finals: &BTreeMap<String, i64>,
+    present: &BTreeSet<String>,
+    inv: &Invariants,
+    recovery: Result<Duration, String>,
+) -> Vec<CheckerVerdict> {
+    let register_ops = ops
+        .iter()
+        .filter(|o| matches!(o.kind, OpKind::Read | OpKind::Write | OpKind::Cas))
+        .count();
+    let started = Instant::now();
+    let linear = match linear::check(ops, workload::INITIAL, cfg.check_budget) {
+        linear::Verdict::Linearizable => CheckerVerdict::from_problems(
+            "1 linearizable registers",
+            format!(
+                "{} registers, {register_ops} operations, searched in {:.1} s",
+                cfg.registers,
+                started.elapsed().as_secs_f64()
+            ),
+            Vec::new(),
+        ),
+        linear::Verdict::Violation(why) => {
+            CheckerVerdict::from_problems("1 linearizable registers", String::new(), vec![why])
+        }
+        linear::Verdict::Unknown(why) => CheckerVerdict {
+            checker: "1 linearizable registers".into(),
+            status: Status::Unknown,
+            detail: format!("undecided within {:?}: {why}", cfg.check_budget),
+            problems: Vec::new(),
+        },
+    };
+    let mut lost = checks::registers_kept(ops, workload::INITIAL, finals);
+    lost.extend(checks::objects_kept(ops, present));
+    let acknowledged = ops
+        .iter()
+        .filter(|o| o.outcome == Outcome::Ok && o.kind != OpKind::Read)
+        .count();
+    let recovered = match recovery {
+        Ok(took) => CheckerVerdict::from_problems(
+            "6 deployments running after heal",
+            format!(
+                "all replicas Running {:.1} s after heal",
+                took.as_secs_f64()
+            ),
+            Vec::new(),
+        ),
+        Err(why) => CheckerVerdict::from_problems(
+            "6 deployments running after heal",
+            String::new(),
+            vec![why],
+        ),
+    };
+    vec![
+        linear,
+        CheckerVerdict::from_problems(
+            "2 no acknowledged write lost",
+            format!(
+                "{acknowledged} acknowledged writes; {} registers and {} objects read after heal",
+                finals.len(),
+                present.len()
+            ),
+            lost,
+        ),
+        CheckerVerdict::from_problems(
+            "3 pods bound once, never moved",
+            format!(
+                "{} placements over {} snapshots",
+                inv.placements, inv.snapshots
+            ),
+            inv.moved.clone(),
+        ),
+        CheckerVerdict::from_problems(
+            "4 no node over allocatable",
+            format!("{} snapshots", inv.snapshots),
+            inv.overcommitted.clone(),
+        ),
+        CheckerVerdict::from_problems(
+            "5 no duplicate address",
+            format!(
+                "{} snapshots: {}",
+                inv.snapshots,
+                ["pod IP", "pod CIDR", "ClusterIP"]
+                    .map(|what| format!(
+                        "{} {what}s",
+                        inv.addresses_seen.get(what).copied().unwrap_or(0)
+                    ))
+                    .join(", ")
+            ),
+            inv.duplicates.clone(),
+        ),
+        recovered,
+    ]
+}
+
+async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<(), RunError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(RunError(format!("gave up waiting {timeout:?} for {what}")))
+}
+
+async fn list<K: ClientKind>(conn: &Connector, namespace: &str) -> Option<Vec<K>> {
+    let ch = conn.channel().await.ok()?;
+    let scope = Scope {
+        namespace: namespace.into(),
+        ..Default::default()
+    };
+    match tokio::time::timeout(Duration::from_secs(3), list_all::<K>(ch, &scope)).await {
+        Ok(Ok((items, _))) => Some(items),
+        Ok(Err(s)) => {
+            conn.failed(&s).await;
+            None
+        }
+        Err(_) => {
+            conn.failed(&tonic::Status::cancelled("list timed out"))
+                .await;
+            None
+        }
+    }
+}
+
+async fn ready_nodes(conn: &Connector) -> usize {
+    let nodes: Vec<pb::Node> = list(conn, "").await.unwrap_or_default();
+    nodes
+        .iter()
+        .filter(|n| berth_api::resources::node_is_ready(n))
+        .count()
+}
+
+/// Whether every deployment of the run has its replicas Running.
+async fn deployments_running(conn: &Connector) -> Option<bool> {
+    let deployments: Vec<pb::Deployment> = list(conn, NAMESPACE).await?;
+    let pods: Vec<pb::Pod> = list(conn, NAMESPACE).await?;
+    Some(deployments.iter().all(|d| {
+        let (running, wanted) = checks::running_replicas(d, &pods);
+        running == wanted
+    }))
+}
+
+async fn snapshot(conn: &Connector) -> Option<(Vec<pb::Pod>, Vec<pb::Node>, Vec<pb::Service>)> {
+    Some((
+        list(conn, "").await?,
+        list(conn, "").await?,
+        list(conn, "").await?,
+    ))
+}
+
+/// Feeds the invariants a snapshot every second until told to stop.
+async fn sample(
+    conn: Connector,
+    invariants: Arc<Mutex<Invariants>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        if let Some((pods, nodes, services)) = snapshot(&conn).await {
+            invariants
+                .lock()
+                .expect("invariants lock")
+                .observe(&pods, &nodes, &services);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Each register's value after heal, read linearizably and recorded in
+/// the history like any read.
+async fn final_reads(
+    conn: &Connector,
+    recorder: &Recorder,
+    registers: usize,
+) -> Result<BTreeMap<String, i64>, RunError> {
+    let mut finals = BTreeMap::new();
+    for i in 0..registers {
+        let key = workload::register_name(i);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pending = recorder
+                .invoke(u64::MAX, OpKind::Read, &key, None)
+                .controller("final");
+            let got = match conn.channel().await {
+                Ok(ch) => {
+                    let req = pb::GetRequest {
+                        namespace: NAMESPACE.into(),
+                        name: key.clone(),
+                        serializable: false,
+                    };
+                    tokio::time::timeout(Duration::from_secs(3), pb::ConfigMap::get(ch, req)).await
+                }
+                Err(e) => Ok(Err(tonic::Status::unavailable(e.to_string()))),
+            };
+            match got {
+                Ok(Ok(cm)) => {
+                    let value = cm.data.get("value").and_then(|v| v.parse::<i64>().ok());
+                    recorder.complete(pending, Outcome::Ok, value, None);
+                    let value =
+                        value.ok_or_else(|| format!("{key} holds no number: {:?}", cm.data))?;
+                    finals.insert(key.clone(), value);
+                    break;
+                }
+                Ok(Err(s)) => {
+                    conn.failed(&s).await;
+                    recorder.complete(pending, Outcome::Fail, None, Some(s.message().to_string()));
+                }
+                Err(_) => {
+                    conn.failed(&tonic::Status::cancelled("timed out")).await;
+                    recorder.complete(pending, Outcome::Fail, None, Some("timed out".into()));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(RunError(format!(
+                    "no linearizable read of {key} within 30 s after heal"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    Ok(finals)
+}
+
+/// The run's created objects that exist after heal, as `Kind/name`.
+async fn present_objects(conn: &Connector) -> Result<BTreeSet<String>, RunError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lists = async {
+            let cms: Vec<pb::ConfigMap> = list(conn, NAMESPACE).await?;
+            let nodes: Vec<pb::Node> = list(conn, "").await?;
+            let services: Vec<pb::Service> = list(conn, NAMESPACE).await?;
+            Some((cms, nodes, services))
+        };
+        if let Some((cms, nodes, services)) = lists.await {
+            let name =
+                |m: &Option<pb::ObjectMeta>| m.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            let mut present = BTreeSet::new();
+            present.extend(
+                cms.iter()
+                    .map(|o| name(&o.metadata))
+                    .filter(|n| n.starts_with("obj-"))
+                    .map(|n| format!("ConfigMap/{n}")),
+            );
+            present.extend(
+                nodes
+                    .iter()
+                    .map(|o| name(&o.metadata))
+                    .filter(|n| n.starts_with("churn-"))
+                    .map(|n| format!("Node/{n}")),
+            );
+            present.extend(
+                services
+                    .iter()
+                    .map(|o| name(&o.metadata))
+                    .filter(|n| n.starts_with("svc-"))
+                    .map(|n| format!("Service/{n}")),
+            );
+            return Ok(present);
+        }
+        if Instant::now() > deadline {
+            return Err(RunError(
+                "could not list the run's objects within 30 s after heal".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Checker 6: how long after heal every deployment had its replicas
+/// Running, or what was missing when the bound ran out.
+async fn recovery(conn: &Connector, healed: Instant) -> Result<Duration, String> {
+    let mut last = String::from("no listing of deployments and pods succeeded");
+    while healed.elapsed() < RECOVERY {
+        let deployments: Option<Vec<pb::Deployment>> = list(conn, NAMESPACE).await;
+        let pods: Option<Vec<pb::Pod>> = list(conn, NAMESPACE).await;
+        if let (Some(deployments), Some(pods)) = (deployments, pods) {
+            let short: Vec<String> = deployments
+                .iter()
+                .filter_map(|d| {
+                    let (running, wanted) = checks::running_replicas(d, &pods);
+                    let name = d.metadata.as_ref().map_or("", |m| m.name.as_str());
+                    (running != wanted).then(|| format!("{name}: {running} of {wanted} Running"))
+                })
+                .collect();
+            if short.is_empty() {
+                return Ok(healed.elapsed());
+            }
+            last = short.join(", ");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!(
+        "not all replicas Running {RECOVERY:?} after heal: {last}"
+    ))
+}
