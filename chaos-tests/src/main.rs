@@ -142,9 +142,19 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 .worker_threads(4)
                 .enable_all()
                 .build()?;
-            let result = rt.block_on(berth_chaos::run::run(&cfg, &fabric));
+            // On Ctrl-C or SIGTERM the run is dropped: its processes are
+            // killed (kill_on_drop) and the fabric removed below.
+            let result = rt.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    result = berth_chaos::run::run(&cfg, &fabric) => Ok(result?),
+                    _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+                    _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+                }
+            });
             rt.shutdown_timeout(Duration::from_secs(5));
-            anyhow::Ok(result?)
+            result
         })
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the run panicked")))

@@ -219,6 +219,9 @@ pub async fn run(
 > {
     let mut cluster = cluster(cfg, fabric);
     let result = drive(cfg, &mut cluster).await;
+    if cfg.runtime == Runtime::Process {
+        remove_workloads(cfg, &cluster).await;
+    }
     if let Err(e) = &result {
         for p in cluster.controllers.iter().chain(cluster.agents.iter()) {
             eprintln!("--- last lines of {}'s log:\n{}", p.name, p.log_tail(15));
@@ -635,4 +638,72 @@ async fn recovery(conn: &Connector, healed: Instant) -> Result<Duration, String>
     Err(format!(
         "not all replicas Running {RECOVERY:?} after heal: {last}"
     ))
+}
+
+/// Real processes outlive their agent (by design: an agent restart keeps
+/// its workloads), and they run in the pods' namespaces, not the members':
+/// delete the run's pods through the API and let the agents stop them (an
+/// agent removes a pod's directory last) before the agents go.
+async fn remove_workloads(cfg: &Config, cluster: &Cluster) {
+    delete_pods(cluster).await;
+    let pod_dirs = || {
+        (0..cfg.agents)
+            .flat_map(|j| {
+                std::fs::read_dir(cfg.work_dir.join(format!("agent-{j}/pods")))
+                    .into_iter()
+                    .flatten()
+            })
+            .flatten()
+            .map(|e| e.path().display().to_string())
+            .collect::<Vec<_>>()
+    };
+    let stopped = wait_for(
+        Duration::from_secs(30),
+        "the agents to stop the run's pods",
+        || async { pod_dirs().is_empty() },
+    )
+    .await;
+    if stopped.is_err() {
+        eprintln!(
+            "berth-chaos: the agents left pods behind: {}",
+            pod_dirs().join(", ")
+        );
+    }
+}
+
+async fn delete_pods(cluster: &Cluster) {
+    let Ok(conn) = Connector::new(cluster.addrs()) else {
+        return;
+    };
+    let _ = wait_for(
+        Duration::from_secs(60),
+        "the run's pods to be removed",
+        || async {
+            let Ok(ch) = conn.channel().await else {
+                return false;
+            };
+            let req = pb::DeleteRequest {
+                namespace: NAMESPACE.into(),
+                name: workload::DEPLOYMENT.into(),
+                resource_version: String::new(),
+            };
+            let _ = pb::Deployment::delete(ch.clone(), req).await;
+            let pods: Option<Vec<pb::Pod>> = list(&conn, NAMESPACE).await;
+            for pod in pods.iter().flatten() {
+                let name = pod
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                let req = pb::DeleteRequest {
+                    namespace: NAMESPACE.into(),
+                    name,
+                    resource_version: String::new(),
+                };
+                let _ = pb::Pod::delete(ch.clone(), req).await;
+            }
+            pods.is_some_and(|p| p.is_empty())
+        },
+    )
+    .await;
 }

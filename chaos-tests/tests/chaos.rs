@@ -50,9 +50,9 @@ fn chaos(args: &[&str]) -> (i32, serde_json::Value) {
         .expect("run berth-chaos");
     let stdout = String::from_utf8_lossy(&run.stdout);
     eprintln!("{stdout}");
-    if run.status.code() == Some(2) {
-        eprintln!("{}", String::from_utf8_lossy(&run.stderr));
-    }
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    eprintln!("{}", lines[lines.len().saturating_sub(40)..].join("\n"));
     let verdicts = std::fs::read_to_string(out.path().join("verdicts.json")).unwrap_or_default();
     let verdicts = serde_json::from_str(&verdicts).unwrap_or(serde_json::Value::Null);
     for file in ["history.jsonl", "timeline.svg"] {
