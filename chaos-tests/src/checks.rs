@@ -256,34 +256,11 @@ pub fn running_replicas(deployment: &pb::Deployment, pods: &[pb::Pod]) -> (usize
 mod tests {
     use super::*;
 
-    fn op(
-        id: usize,
-        kind: OpKind,
-        key: &str,
-        value: i64,
-        span: (f64, Option<f64>),
-        outcome: Outcome,
-    ) -> Op {
-        Op {
-            id,
-            process: 0,
-            kind,
-            key: key.into(),
-            value: Some(value),
-            expect: None,
-            invoke_ms: span.0,
-            complete_ms: span.1,
-            outcome,
-            error: None,
-            controller: String::new(),
-        }
-    }
-
     #[test]
     fn an_overwritten_acknowledged_write_is_lost() {
         let ops = vec![
-            op(0, OpKind::Write, "r", 1, (0.0, Some(1.0)), Outcome::Ok),
-            op(1, OpKind::Write, "r", 2, (2.0, Some(3.0)), Outcome::Ok),
+            Op::made(0, OpKind::Write, "r", 1, (0.0, Some(1.0)), Outcome::Ok),
+            Op::made(1, OpKind::Write, "r", 2, (2.0, Some(3.0)), Outcome::Ok),
         ];
         let finals = BTreeMap::from([("r".to_string(), 1)]);
         assert_eq!(registers_kept(&ops, 0, &finals).len(), 1);
@@ -293,7 +270,14 @@ mod tests {
 
     #[test]
     fn a_value_no_one_wrote_or_a_reverted_register_is_caught() {
-        let ops = vec![op(0, OpKind::Write, "r", 1, (0.0, Some(1.0)), Outcome::Ok)];
+        let ops = vec![Op::made(
+            0,
+            OpKind::Write,
+            "r",
+            1,
+            (0.0, Some(1.0)),
+            Outcome::Ok,
+        )];
         let finals = BTreeMap::from([("r".to_string(), 7)]);
         assert_eq!(registers_kept(&ops, 0, &finals).len(), 1);
         let finals = BTreeMap::from([("r".to_string(), 0)]);
@@ -303,8 +287,8 @@ mod tests {
     #[test]
     fn concurrent_or_unknown_writes_may_win() {
         let ops = vec![
-            op(0, OpKind::Write, "r", 1, (0.0, Some(5.0)), Outcome::Ok),
-            op(1, OpKind::Write, "r", 2, (1.0, None), Outcome::Info),
+            Op::made(0, OpKind::Write, "r", 1, (0.0, Some(5.0)), Outcome::Ok),
+            Op::made(1, OpKind::Write, "r", 2, (1.0, None), Outcome::Info),
         ];
         let finals = BTreeMap::from([("r".to_string(), 2)]);
         assert!(registers_kept(&ops, 0, &finals).is_empty());
@@ -313,7 +297,7 @@ mod tests {
     #[test]
     fn objects_acknowledged_must_match_what_is_left() {
         let ops = vec![
-            op(
+            Op::made(
                 0,
                 OpKind::Create,
                 "ConfigMap/a",
@@ -321,7 +305,7 @@ mod tests {
                 (0.0, Some(1.0)),
                 Outcome::Ok,
             ),
-            op(
+            Op::made(
                 1,
                 OpKind::Create,
                 "ConfigMap/b",
@@ -329,7 +313,7 @@ mod tests {
                 (0.0, Some(1.0)),
                 Outcome::Ok,
             ),
-            op(
+            Op::made(
                 2,
                 OpKind::Delete,
                 "ConfigMap/b",
@@ -337,7 +321,7 @@ mod tests {
                 (2.0, Some(3.0)),
                 Outcome::Ok,
             ),
-            op(
+            Op::made(
                 3,
                 OpKind::Create,
                 "ConfigMap/c",
@@ -345,7 +329,7 @@ mod tests {
                 (0.0, None),
                 Outcome::Info,
             ),
-            op(
+            Op::made(
                 4,
                 OpKind::Create,
                 "ConfigMap/d",
@@ -353,7 +337,7 @@ mod tests {
                 (0.0, Some(1.0)),
                 Outcome::Ok,
             ),
-            op(
+            Op::made(
                 5,
                 OpKind::Delete,
                 "ConfigMap/d",

@@ -62,6 +62,31 @@ pub struct Op {
 }
 
 impl Op {
+    /// A hand-made operation for checkers' tests.
+    #[cfg(test)]
+    pub fn made(
+        id: usize,
+        kind: OpKind,
+        key: &str,
+        value: i64,
+        span: (f64, Option<f64>),
+        outcome: Outcome,
+    ) -> Self {
+        Op {
+            id,
+            process: 0,
+            kind,
+            key: key.into(),
+            value: Some(value),
+            expect: None,
+            invoke_ms: span.0,
+            complete_ms: span.1,
+            outcome,
+            error: None,
+            controller: String::new(),
+        }
+    }
+
     /// How long the operation took, or None if it never completed.
     pub fn latency_ms(&self) -> Option<f64> {
         self.complete_ms.map(|c| c - self.invoke_ms)

@@ -270,19 +270,7 @@ mod tests {
     use super::*;
 
     fn op(kind: OpKind, value: i64, span: (f64, Option<f64>), outcome: Outcome) -> Op {
-        Op {
-            id: 0,
-            process: 0,
-            kind,
-            key: "r".into(),
-            value: Some(value),
-            expect: None,
-            invoke_ms: span.0,
-            complete_ms: span.1,
-            outcome,
-            error: None,
-            controller: String::new(),
-        }
+        Op::made(0, kind, "r", value, span, outcome)
     }
 
     fn ok(kind: OpKind, value: i64, from: f64, to: f64) -> Op {

@@ -201,27 +201,20 @@ impl Nemesis {
             |rng: &mut StdRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo..hi));
         let role = |i: usize| if Some(i) == leader { " (leader)" } else { "" };
         match kind {
-            FaultKind::Kill => {
-                cluster.controllers[target].kill().await;
-                Ok((
-                    format!(
-                        "SIGKILL {}{}",
-                        cluster.controllers[target].name,
-                        role(target)
-                    ),
-                    hold(rng, 1000, 5000),
-                ))
-            }
-            FaultKind::Pause => {
-                cluster.controllers[target].pause();
-                Ok((
-                    format!(
-                        "SIGSTOP {}{}",
-                        cluster.controllers[target].name,
-                        role(target)
-                    ),
-                    hold(rng, 1000, 5000),
-                ))
+            FaultKind::Kill | FaultKind::Pause => {
+                let c = &mut cluster.controllers[target];
+                let signal = match kind {
+                    FaultKind::Kill => {
+                        c.kill().await;
+                        "SIGKILL"
+                    }
+                    _ => {
+                        c.pause();
+                        "SIGSTOP"
+                    }
+                };
+                let detail = format!("{signal} {}{}", c.name, role(target));
+                Ok((detail, hold(rng, 1000, 5000)))
             }
             FaultKind::Partition => {
                 let detail = self.partition(cluster, rng, leader).await?;

@@ -20,8 +20,9 @@ use tokio::sync::watch;
 use crate::checks;
 use crate::checks::Invariants;
 use crate::fabric::Fabric;
+use crate::history::FaultWindow;
+use crate::history::Op;
 use crate::history::OpKind;
-use crate::history::Outcome;
 use crate::history::Recorder;
 use crate::linear;
 use crate::nemesis::Cluster;
@@ -204,19 +205,12 @@ spec:
     }
 }
 
+/// The report of a run, and the history it judged.
+pub type Outcome = (Report, Vec<Op>, Vec<FaultWindow>);
+
 /// Runs the whole thing inside the fabric (the caller's threads are in
 /// its namespace) and returns the checkers' report.
-pub async fn run(
-    cfg: &Config,
-    fabric: &Fabric,
-) -> Result<
-    (
-        Report,
-        Vec<crate::history::Op>,
-        Vec<crate::history::FaultWindow>,
-    ),
-    RunError,
-> {
+pub async fn run(cfg: &Config, fabric: &Fabric) -> Result<Outcome, RunError> {
     let mut cluster = cluster(cfg, fabric);
     let result = drive(cfg, &mut cluster).await;
     if cfg.runtime == Runtime::Process {
@@ -232,17 +226,7 @@ pub async fn run(
     result
 }
 
-async fn drive(
-    cfg: &Config,
-    cluster: &mut Cluster,
-) -> Result<
-    (
-        Report,
-        Vec<crate::history::Op>,
-        Vec<crate::history::FaultWindow>,
-    ),
-    RunError,
-> {
+async fn drive(cfg: &Config, cluster: &mut Cluster) -> Result<Outcome, RunError> {
     for c in &mut cluster.controllers {
         c.start().map_err(|e| format!("start {}: {e}", c.name))?;
     }
@@ -337,7 +321,7 @@ async fn drive(
 
 fn verdicts(
     cfg: &Config,
-    ops: &[crate::history::Op],
+    ops: &[Op],
     finals: &BTreeMap<String, i64>,
     present: &BTreeSet<String>,
     inv: &Invariants,
@@ -372,7 +356,7 @@ fn verdicts(
     lost.extend(checks::objects_kept(ops, present));
     let acknowledged = ops
         .iter()
-        .filter(|o| o.outcome == Outcome::Ok && o.kind != OpKind::Read)
+        .filter(|o| o.outcome == crate::history::Outcome::Ok && o.kind != OpKind::Read)
         .count();
     let recovered = match recovery {
         Ok(took) => CheckerVerdict::from_problems(
@@ -541,7 +525,7 @@ async fn final_reads(
             match got {
                 Ok(Ok(cm)) => {
                     let value = cm.data.get("value").and_then(|v| v.parse::<i64>().ok());
-                    recorder.complete(pending, Outcome::Ok, value, None);
+                    recorder.complete(pending, crate::history::Outcome::Ok, value, None);
                     let value =
                         value.ok_or_else(|| format!("{key} holds no number: {:?}", cm.data))?;
                     finals.insert(key.clone(), value);
@@ -549,11 +533,21 @@ async fn final_reads(
                 }
                 Ok(Err(s)) => {
                     conn.failed(&s).await;
-                    recorder.complete(pending, Outcome::Fail, None, Some(s.message().to_string()));
+                    recorder.complete(
+                        pending,
+                        crate::history::Outcome::Fail,
+                        None,
+                        Some(s.message().to_string()),
+                    );
                 }
                 Err(_) => {
                     conn.failed(&tonic::Status::cancelled("timed out")).await;
-                    recorder.complete(pending, Outcome::Fail, None, Some("timed out".into()));
+                    recorder.complete(
+                        pending,
+                        crate::history::Outcome::Fail,
+                        None,
+                        Some("timed out".into()),
+                    );
                 }
             }
             if Instant::now() > deadline {
@@ -578,29 +572,10 @@ async fn present_objects(conn: &Connector) -> Result<BTreeSet<String>, RunError>
             Some((cms, nodes, services))
         };
         if let Some((cms, nodes, services)) = lists.await {
-            let name =
-                |m: &Option<pb::ObjectMeta>| m.as_ref().map(|m| m.name.clone()).unwrap_or_default();
             let mut present = BTreeSet::new();
-            present.extend(
-                cms.iter()
-                    .map(|o| name(&o.metadata))
-                    .filter(|n| n.starts_with("obj-"))
-                    .map(|n| format!("ConfigMap/{n}")),
-            );
-            present.extend(
-                nodes
-                    .iter()
-                    .map(|o| name(&o.metadata))
-                    .filter(|n| n.starts_with("churn-"))
-                    .map(|n| format!("Node/{n}")),
-            );
-            present.extend(
-                services
-                    .iter()
-                    .map(|o| name(&o.metadata))
-                    .filter(|n| n.starts_with("svc-"))
-                    .map(|n| format!("Service/{n}")),
-            );
+            present.extend(made_by_run(&cms, "obj-", "ConfigMap"));
+            present.extend(made_by_run(&nodes, "churn-", "Node"));
+            present.extend(made_by_run(&services, "svc-", "Service"));
             return Ok(present);
         }
         if Instant::now() > deadline {
@@ -610,6 +585,16 @@ async fn present_objects(conn: &Connector) -> Result<BTreeSet<String>, RunError>
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// `Kind/name` of the objects among `items` whose name the run gave them.
+fn made_by_run<K: berth_api::Object>(items: &[K], prefix: &str, kind: &str) -> Vec<String> {
+    items
+        .iter()
+        .map(|o| o.name())
+        .filter(|n| n.starts_with(prefix))
+        .map(|n| format!("{kind}/{n}"))
+        .collect()
 }
 
 /// Checker 6: how long after heal every deployment had its replicas

@@ -23,6 +23,7 @@ use tonic::Status;
 
 use crate::history::OpKind;
 use crate::history::Outcome;
+use crate::history::Pending;
 use crate::history::Recorder;
 
 /// Everything the run makes lives here.
@@ -68,6 +69,13 @@ async fn call<T>(fut: impl std::future::Future<Output = Result<T, Status>>) -> R
 
 fn short(status: &Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
+}
+
+/// Records a call that ended in `status`.
+fn failed(recorder: &Recorder, pending: Pending, status: &Status) -> Outcome {
+    recorder
+        .complete(pending, outcome_of(status), None, Some(short(status)))
+        .outcome
 }
 
 fn register(name: &str, value: i64, resource_version: &str) -> pb::ConfigMap {
@@ -219,11 +227,7 @@ impl RegisterClient {
                 }
                 recorder.complete(pending, Outcome::Ok, value, None).outcome
             }
-            Err(s) => {
-                recorder
-                    .complete(pending, outcome_of(&s), None, Some(short(&s)))
-                    .outcome
-            }
+            Err(s) => failed(recorder, pending, &s),
         }
     }
 
@@ -244,11 +248,7 @@ impl RegisterClient {
                 seen.insert(key.to_string(), value);
                 recorder.complete(pending, Outcome::Ok, None, None).outcome
             }
-            Err(s) => {
-                recorder
-                    .complete(pending, outcome_of(&s), None, Some(short(&s)))
-                    .outcome
-            }
+            Err(s) => failed(recorder, pending, &s),
         }
     }
 
@@ -298,11 +298,7 @@ impl RegisterClient {
                 seen.insert(key.to_string(), value);
                 recorder.complete(pending, Outcome::Ok, None, None).outcome
             }
-            Err(s) => {
-                recorder
-                    .complete(pending, outcome_of(&s), None, Some(short(&s)))
-                    .outcome
-            }
+            Err(s) => failed(recorder, pending, &s),
         }
     }
 }
@@ -358,16 +354,14 @@ impl ObjectClient {
     async fn finish<T>(
         &self,
         recorder: &Recorder,
-        pending: crate::history::Pending,
+        pending: Pending,
         result: Result<T, Status>,
     ) -> Outcome {
         match result {
             Ok(_) => recorder.complete(pending, Outcome::Ok, None, None).outcome,
             Err(s) => {
                 self.conn.failed(&s).await;
-                recorder
-                    .complete(pending, outcome_of(&s), None, Some(short(&s)))
-                    .outcome
+                failed(recorder, pending, &s)
             }
         }
     }
