@@ -73,6 +73,18 @@ pub struct BridgeNetwork {
     ipam: PodIpam,
 }
 
+/// Turns IPv4 forwarding on unless it is on already: in a container /proc/sys
+/// is read-only, and the container's runtime sets it (compose: `sysctls`).
+fn ensure_forwarding() -> Result<(), NetworkError> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    if fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    fs::write(PATH, "1").map_err(io(
+        "turning on IPv4 forwarding (/proc/sys/net/ipv4/ip_forward; in a container, set the sysctl net.ipv4.ip_forward=1)",
+    ))
+}
+
 pub fn netns_name(uid: &str) -> String {
     format!("berth-{uid}")
 }
@@ -81,9 +93,7 @@ impl BridgeNetwork {
     /// Sets up (or checks) the node's side: forwarding on, the bridge with
     /// the gateway address, and a route for the service CIDR over it.
     pub async fn setup(config: BridgeConfig, node_cidr: Ipv4Net) -> Result<Self, NetworkError> {
-        fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(io(
-            "turning on IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)",
-        ))?;
+        ensure_forwarding()?;
         let handle = links::connect().map_err(io("opening a netlink socket"))?;
         let ipam = PodIpam::new(config.dir.join("ips"), node_cidr)?;
         let gateway = Ipv4Net::new(ipam.gateway(), node_cidr.prefix_len()).expect("a valid prefix");
