@@ -82,6 +82,8 @@ struct StartFailure {
 
 enum Done {
     Container(ContainerKey, Option<RuntimeError>),
+    /// A pod's sandbox was set up, or not.
+    Prepared(PodRef, Prepared),
     Sandbox(String),
     Status(String, Option<Box<pb::Pod>>),
 }
@@ -102,6 +104,8 @@ pub struct PodSync {
     start_failures: HashMap<ContainerKey, StartFailure>,
     busy: HashSet<ContainerKey>,
     busy_sandboxes: HashSet<String>,
+    /// Pods whose sandbox is being set up.
+    preparing: HashSet<String>,
     /// Pods whose sandbox may exist, until they are removed: made by this
     /// agent, or holding a pod address since an earlier run.
     sandboxes: HashMap<String, PodRef>,
@@ -211,6 +215,7 @@ impl PodSync {
             start_failures: HashMap::new(),
             busy: HashSet::new(),
             busy_sandboxes: HashSet::new(),
+            preparing: HashSet::new(),
             // Known by uid only until the pod's first sync: a pod deleted
             // while the agent was away still has its network removed.
             sandboxes: network
@@ -342,6 +347,7 @@ impl PodSync {
                     None => {}
                 }
             }
+            Done::Prepared(pod, prepared) => self.prepared(pod, prepared),
             Done::Sandbox(uid) => {
                 self.busy_sandboxes.remove(&uid);
             }
@@ -423,6 +429,8 @@ impl PodSync {
             .keys()
             .chain(self.sandboxes.keys())
             .filter(|u| !self.pods.contains_key(*u))
+            // Removed once its setup is done, not while it runs.
+            .filter(|u| !self.preparing.contains(*u))
             .cloned()
             .collect();
         for u in gone {
@@ -495,7 +503,7 @@ impl PodSync {
             }
             return;
         }
-        let sandbox_error = self.ensure_sandbox(&pod, u).await;
+        let sandbox_error = self.ensure_sandbox(&pod, u);
         let spec = pod.spec.clone().unwrap_or_default();
         let now = SystemTime::now();
         let mut views = Vec::with_capacity(spec.containers.len());
@@ -583,13 +591,17 @@ impl PodSync {
         self.write_status(&pod, status);
     }
 
-    /// The pod's sandbox and network, made (or found) once; a failure is
-    /// retried with back-off and returned as the (reason, message) its
-    /// containers wait with.
-    async fn ensure_sandbox(&mut self, pod: &pb::Pod, u: &str) -> Option<(String, String)> {
+    /// The pod's sandbox and network, made once in the background; until
+    /// then, and after a failure (retried with back-off), returns the
+    /// (reason, message) its containers wait with.
+    fn ensure_sandbox(&mut self, pod: &pb::Pod, u: &str) -> Option<(String, String)> {
         let needs_network = self.network.is_some() && !self.addresses.contains_key(u);
         if self.sandboxes.contains_key(u) && !needs_network {
             return None;
+        }
+        let creating = Some(("ContainerCreating".to_string(), String::new()));
+        if self.preparing.contains(u) {
+            return creating;
         }
         let key = (u.to_string(), String::new());
         if let Some(f) = self
@@ -599,32 +611,33 @@ impl PodSync {
         {
             return Some((f.reason.clone(), f.message.clone()));
         }
+        self.preparing.insert(u.to_string());
         let r = pod_ref(pod);
-        let result = match self
-            .runtime
-            .create_sandbox(&r, self.network.is_some())
-            .await
-        {
-            Err(RuntimeError::Start { reason, message }) => Err((reason, message)),
-            Err(e) => Err(("CreatePodSandboxError".to_string(), e.to_string())),
-            Ok(runtime_ns) => {
-                self.sandboxes.insert(u.to_string(), r.clone());
-                match &self.network {
-                    Some(net) => net.attach(&r, runtime_ns).await.map_err(|e| {
-                        (
-                            "NetworkNotReady".to_string(),
-                            format!("cannot set up the pod's network: {e}"),
-                        )
-                    }),
-                    None => return None,
-                }
-            }
-        };
-        match result {
+        let (runtime, network, done) = (
+            self.runtime.clone(),
+            self.network.clone(),
+            self.done_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let prepared = prepare(runtime.as_ref(), network.as_deref(), &r).await;
+            let _ = done.send(Done::Prepared(r, prepared));
+        });
+        creating
+    }
+
+    /// Takes in what a sandbox set-up came to; a failure backs off.
+    fn prepared(&mut self, r: PodRef, prepared: Prepared) {
+        self.preparing.remove(&r.uid);
+        let key = (r.uid.clone(), String::new());
+        if prepared.made {
+            self.sandboxes.insert(r.uid.clone(), r.clone());
+        }
+        match prepared.result {
             Ok(address) => {
-                self.addresses.insert(u.to_string(), address);
+                if let Some(address) = address {
+                    self.addresses.insert(r.uid.clone(), address);
+                }
                 self.start_failures.remove(&key);
-                None
             }
             Err((reason, message)) => {
                 let failures = self.start_failures.get(&key).map_or(1, |f| f.failures + 1);
@@ -632,13 +645,12 @@ impl PodSync {
                 self.start_failures.insert(
                     key,
                     StartFailure {
-                        reason: reason.clone(),
-                        message: message.clone(),
+                        reason,
+                        message,
                         failures,
                         retry_at: SystemTime::now() + self.backoff_delay(failures),
                     },
                 );
-                Some((reason, message))
             }
         }
     }
@@ -754,4 +766,43 @@ impl PodSync {
             let _ = done.send(Done::Sandbox(pod.uid));
         });
     }
+}
+
+/// What setting up a pod's sandbox came to: whether the runtime made it
+/// (it must be removed with the pod even if its network failed), and the
+/// pod's address (None on the node's network) or why there is none.
+struct Prepared {
+    made: bool,
+    result: Result<Option<PodAddress>, (String, String)>,
+}
+
+/// Makes the pod's sandbox and wires its network; run off the sync loop,
+/// so that many pods' sandboxes (a pause container each, with docker) are
+/// made at once.
+async fn prepare(runtime: &dyn Runtime, network: Option<&BridgeNetwork>, pod: &PodRef) -> Prepared {
+    let runtime_ns = match runtime.create_sandbox(pod, network.is_some()).await {
+        Ok(ns) => ns,
+        Err(RuntimeError::Start { reason, message }) => {
+            return Prepared {
+                made: false,
+                result: Err((reason, message)),
+            }
+        }
+        Err(e) => {
+            return Prepared {
+                made: false,
+                result: Err(("CreatePodSandboxError".to_string(), e.to_string())),
+            }
+        }
+    };
+    let result = match network {
+        None => Ok(None),
+        Some(net) => net.attach(pod, runtime_ns).await.map(Some).map_err(|e| {
+            (
+                "NetworkNotReady".to_string(),
+                format!("cannot set up the pod's network: {e}"),
+            )
+        }),
+    };
+    Prepared { made: true, result }
 }
