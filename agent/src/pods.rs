@@ -328,18 +328,8 @@ impl PodSync {
                 self.busy.remove(&key);
                 match error {
                     Some(RuntimeError::Start { reason, message }) => {
-                        let failures = self.start_failures.get(&key).map_or(1, |f| f.failures + 1);
-                        let delay = self.backoff_delay(failures);
                         tracing::warn!(pod_uid = %key.0, container = %key.1, %reason, %message, "container did not start");
-                        self.start_failures.insert(
-                            key,
-                            StartFailure {
-                                reason,
-                                message,
-                                failures,
-                                retry_at: SystemTime::now() + delay,
-                            },
-                        );
+                        self.refuse_start(key, reason, message);
                     }
                     Some(e) => {
                         tracing::warn!(pod_uid = %key.0, container = %key.1, error = %e, "runtime operation failed")
@@ -640,19 +630,27 @@ impl PodSync {
                 self.start_failures.remove(&key);
             }
             Err((reason, message)) => {
-                let failures = self.start_failures.get(&key).map_or(1, |f| f.failures + 1);
                 tracing::warn!(pod = %r.name, %reason, %message, "the pod's sandbox is not ready");
-                self.start_failures.insert(
-                    key,
-                    StartFailure {
-                        reason,
-                        message,
-                        failures,
-                        retry_at: SystemTime::now() + self.backoff_delay(failures),
-                    },
-                );
+                self.refuse_start(key, reason, message);
             }
         }
+    }
+
+    /// Records a refused start (of a container, or of a pod's sandbox under
+    /// an empty container name); the next try waits a back-off that
+    /// doubles per refusal.
+    fn refuse_start(&mut self, key: ContainerKey, reason: String, message: String) {
+        let failures = self.start_failures.get(&key).map_or(1, |f| f.failures + 1);
+        let retry_at = SystemTime::now() + self.backoff_delay(failures);
+        self.start_failures.insert(
+            key,
+            StartFailure {
+                reason,
+                message,
+                failures,
+                retry_at,
+            },
+        );
     }
 
     /// The back-off that applies after instance `i` of a container ended.

@@ -460,12 +460,20 @@ async fn ready_nodes(conn: &Connector) -> usize {
 
 /// Whether every deployment of the run has its replicas Running.
 async fn deployments_running(conn: &Connector) -> Option<bool> {
+    Some(short_replicas(conn).await?.is_empty())
+}
+
+/// "NAME: RUNNING of WANTED Running" for each of the run's deployments
+/// short of its replicas; None when the listings failed.
+async fn short_replicas(conn: &Connector) -> Option<Vec<String>> {
     let deployments: Vec<pb::Deployment> = list(conn, NAMESPACE).await?;
     let pods: Vec<pb::Pod> = list(conn, NAMESPACE).await?;
-    Some(deployments.iter().all(|d| {
+    let short = deployments.iter().filter_map(|d| {
         let (running, wanted) = checks::running_replicas(d, &pods);
-        running == wanted
-    }))
+        let name = d.metadata.as_ref().map_or("", |m| m.name.as_str());
+        (running != wanted).then(|| format!("{name}: {running} of {wanted} Running"))
+    });
+    Some(short.collect())
 }
 
 async fn snapshot(conn: &Connector) -> Option<(Vec<pb::Pod>, Vec<pb::Node>, Vec<pb::Service>)> {
@@ -602,17 +610,7 @@ fn made_by_run<K: berth_api::Object>(items: &[K], prefix: &str, kind: &str) -> V
 async fn recovery(conn: &Connector, healed: Instant) -> Result<Duration, String> {
     let mut last = String::from("no listing of deployments and pods succeeded");
     while healed.elapsed() < RECOVERY {
-        let deployments: Option<Vec<pb::Deployment>> = list(conn, NAMESPACE).await;
-        let pods: Option<Vec<pb::Pod>> = list(conn, NAMESPACE).await;
-        if let (Some(deployments), Some(pods)) = (deployments, pods) {
-            let short: Vec<String> = deployments
-                .iter()
-                .filter_map(|d| {
-                    let (running, wanted) = checks::running_replicas(d, &pods);
-                    let name = d.metadata.as_ref().map_or("", |m| m.name.as_str());
-                    (running != wanted).then(|| format!("{name}: {running} of {wanted} Running"))
-                })
-                .collect();
+        if let Some(short) = short_replicas(conn).await {
             if short.is_empty() {
                 return Ok(healed.elapsed());
             }
