@@ -17,6 +17,7 @@ use berth::harness::free_port;
 use berth::objects::ClientKind;
 use berth_api::pb;
 use common::eventually;
+use common::run_ok;
 use common::unique;
 use common::BIN;
 use tonic::transport::Channel;
@@ -70,16 +71,7 @@ fn systemd_units_pass_verify() {
         std::fs::write(&path, text.replace("/usr/local/bin/berth", BIN)).unwrap();
         units.push(path.display().to_string());
     }
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .args(&units)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "systemd-analyze verify: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new("systemd-analyze").arg("verify").args(&units));
 }
 
 /// docker-compose (Debian's) or the `docker compose` plugin.
@@ -172,15 +164,10 @@ async fn running_pods(ch: &Channel, app: &str) -> usize {
 }
 
 fn berth(addrs: &[String], args: &[&str]) {
-    let out = Command::new(BIN)
-        .args(["--server", &addrs.join(",")])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "berth {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(BIN)
+            .args(["--server", &addrs.join(",")])
+            .args(args),
     );
 }
 
@@ -196,15 +183,10 @@ async fn compose_cluster_runs_pods_and_survives_a_stopped_controller() {
     };
     let name = unique("berthdeploy").replace('-', "");
     let image = format!("berth-test/{name}:dev");
-    let build = Command::new(deploy_dir().join("build-image.sh"))
-        .env("BERTH_BIN", BIN)
-        .env("TAG", &image)
-        .output()
-        .unwrap();
-    assert!(
-        build.status.success(),
-        "build-image.sh: {}",
-        String::from_utf8_lossy(&build.stderr)
+    run_ok(
+        Command::new(deploy_dir().join("build-image.sh"))
+            .env("BERTH_BIN", BIN)
+            .env("TAG", &image),
     );
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
