@@ -192,12 +192,15 @@ impl kv_server::Kv for KvService {
                 events: batch
                     .events
                     .into_iter()
-                    .map(|e| pb::Event {
-                        r#type: match e.kind {
-                            berth_raft::EventKind::Put => pb::event::Type::Put as i32,
-                            berth_raft::EventKind::Delete => pb::event::Type::Delete as i32,
-                        },
-                        kv: Some(to_pb(e.kv)),
+                    .map(|e| {
+                        let e = std::sync::Arc::unwrap_or_clone(e);
+                        pb::Event {
+                            r#type: match e.kind {
+                                berth_raft::EventKind::Put => pb::event::Type::Put as i32,
+                                berth_raft::EventKind::Delete => pb::event::Type::Delete as i32,
+                            },
+                            kv: Some(to_pb(e.kv)),
+                        }
                     })
                     .collect(),
                 revision,

@@ -24,8 +24,6 @@ use openraft::ReadPolicy;
 use rocksdb::Direction;
 use rocksdb::IteratorMode;
 use rocksdb::DB;
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
@@ -46,15 +44,13 @@ use crate::storage::db::CF_KV;
 use crate::storage::state_machine::snapshot_revision;
 use crate::storage::StoredValue;
 use crate::types::validate_txn;
-use crate::types::Event;
 use crate::types::KeyValue;
 use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::Request;
 use crate::types::Txn;
 use crate::types::TxnOutcome;
-use crate::watch::Compacted;
-use crate::watch::HubItem;
+use crate::watch::WatchBatch;
 use crate::watch::WatchHub;
 
 #[derive(Clone, Debug)]
@@ -307,116 +303,9 @@ impl Store {
         &self,
         range: KeyRange,
         start_revision: u64,
-    ) -> Result<BoxStream<'static, WatchItem>, StoreError> {
-        let sub = self.inner.hub.subscribe(start_revision)?;
-        let backlog: Vec<Event> = sub
-            .backlog
-            .iter()
-            .filter(|e| range.contains(&e.kv.key))
-            .map(|e| (**e).clone())
-            .collect();
-        let head = futures::stream::iter((!backlog.is_empty()).then_some(Ok(WatchBatch {
-            events: backlog,
-            revision: sub.revision,
-        })));
-        let state = WatchState {
-            live: sub.live,
-            range,
-            // A controller that has not applied the watcher's start yet
-            // must not send it what it has already seen elsewhere.
-            last: sub.revision.max(start_revision.saturating_sub(1)),
-            reported: sub.revision.max(start_revision.saturating_sub(1)),
-            last_sent: Instant::now(),
-            done: false,
-        };
-        let tail = futures::stream::unfold(state, next_watch_batch);
-        Ok(Box::pin(head.chain(tail)))
-    }
-}
-
-/// Changes from a watch, and how far it has seen: every change in its range
-/// up to `revision` has been delivered. A batch may be empty, only to report
-/// progress (at most once a second, and within a second of the last change
-/// elsewhere), so that a watcher resumes from a recent revision.
-#[derive(Debug, Clone)]
-pub struct WatchBatch {
-    pub events: Vec<Event>,
-    pub revision: u64,
-}
-
-/// How often an idle watch reports progress.
-const WATCH_PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-struct WatchState {
-    live: broadcast::Receiver<HubItem>,
-    range: KeyRange,
-    /// Every change up to here has been seen.
-    last: u64,
-    /// The revision of the last batch sent.
-    reported: u64,
-    last_sent: Instant,
-    done: bool,
-}
-
-impl WatchState {
-    fn batch(&mut self, events: Vec<Event>) -> WatchBatch {
-        self.last_sent = Instant::now();
-        self.reported = self.last;
-        WatchBatch {
-            events,
-            revision: self.last,
-        }
-    }
-}
-
-pub type WatchItem = Result<WatchBatch, StoreError>;
-
-async fn next_watch_batch(mut st: WatchState) -> Option<(WatchItem, WatchState)> {
-    if st.done {
-        return None;
-    }
-    loop {
-        let behind = |st: &mut WatchState, oldest: u64| {
-            st.done = true;
-            Err(StoreError::Compacted(Compacted {
-                requested: st.last + 1,
-                oldest,
-            }))
-        };
-        let received = if st.last > st.reported {
-            // Unreported progress goes out when the throttle allows, even
-            // if nothing else changes.
-            let due = tokio::time::Instant::from_std(st.last_sent + WATCH_PROGRESS_EVERY);
-            match tokio::time::timeout_at(due, st.live.recv()).await {
-                Ok(r) => r,
-                Err(_) => return Some((Ok(st.batch(Vec::new())), st)),
-            }
-        } else {
-            st.live.recv().await
-        };
-        match received {
-            Ok(HubItem::Event(e)) if e.revision() <= st.last => {}
-            Ok(HubItem::Event(e)) => {
-                st.last = e.revision();
-                let matches = st.range.contains(&e.kv.key);
-                if matches {
-                    return Some((Ok(st.batch(vec![(*e).clone()])), st));
-                }
-                if st.last_sent.elapsed() >= WATCH_PROGRESS_EVERY {
-                    return Some((Ok(st.batch(Vec::new())), st));
-                }
-            }
-            Ok(HubItem::Reset { revision }) => {
-                let item = behind(&mut st, revision + 1);
-                return Some((item, st));
-            }
-            Err(RecvError::Lagged(_)) => {
-                let oldest = st.last + 1;
-                let item = behind(&mut st, oldest);
-                return Some((item, st));
-            }
-            Err(RecvError::Closed) => return None,
-        }
+    ) -> Result<BoxStream<'static, Result<WatchBatch, StoreError>>, StoreError> {
+        let batches = self.inner.hub.watch(range, start_revision)?;
+        Ok(Box::pin(batches.map(|b| b.map_err(StoreError::from))))
     }
 }
 
