@@ -65,6 +65,12 @@ pub struct ServerArgs {
     /// elsewhere, or bind pods yourself).
     #[arg(long)]
     no_scheduler: bool,
+    /// Do not run the reconcilers (node lifecycle, deployments, endpoints,
+    /// garbage collection) in this controller: another controller's take
+    /// over through their leases; with none running anywhere, deployments
+    /// are not rolled out and lost nodes' pods are not failed.
+    #[arg(long)]
+    no_reconcilers: bool,
     /// Settings for this controller's scheduler (YAML or JSON).
     #[arg(long)]
     scheduler_config: Option<PathBuf>,
@@ -182,11 +188,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut reconcile = berth_controller::reconcile::ReconcileConfig::new(String::new());
     reconcile.node_grace_period = args.node_grace_period;
     reconcile.pod_eviction_timeout = args.pod_eviction_timeout;
+    let run_reconcilers = !args.no_reconcilers;
     let config = args.into_config()?;
     if let Some(scheduler) = scheduler {
         spawn_scheduler(&config, scheduler)?;
     }
-    spawn_reconcilers(&config, reconcile)?;
+    if run_reconcilers {
+        spawn_reconcilers(&config, reconcile)?;
+    }
     berth_controller::run(config, crate::signals::shutdown()).await?;
     Ok(())
 }

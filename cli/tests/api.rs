@@ -24,10 +24,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_berth");
 /// The tests each run three controllers; on two cores they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Controllers without their schedulers: these tests bind pods themselves.
+/// Controllers without their schedulers and reconcilers: these tests bind
+/// pods and write status themselves, and count on no other writer (a
+/// deployment's status, leases renewed every second).
 fn options(extra: &[&str]) -> Options {
     Options {
-        extra_args: ["--no-scheduler"]
+        extra_args: ["--no-scheduler", "--no-reconcilers"]
             .iter()
             .chain(extra)
             .map(|s| s.to_string())
