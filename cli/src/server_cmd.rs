@@ -66,9 +66,9 @@ pub struct ServerArgs {
     #[arg(long)]
     no_scheduler: bool,
     /// Do not run the reconcilers (node lifecycle, deployments, endpoints,
-    /// garbage collection) in this controller: another controller's take
-    /// over through their leases; with none running anywhere, deployments
-    /// are not rolled out and lost nodes' pods are not failed.
+    /// garbage collection) in this controller: the other controllers' take
+    /// over through the leases; with none running anywhere, deployments are
+    /// not rolled out and lost nodes' pods are not failed.
     #[arg(long)]
     no_reconcilers: bool,
     /// Settings for this controller's scheduler (YAML or JSON).

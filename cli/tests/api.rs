@@ -879,6 +879,65 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     }
 }
 
+/// The reconcilers' leases (`berth-system`), empty while the namespace
+/// does not exist yet.
+async fn reconciler_leases(ch: Channel) -> BTreeSet<String> {
+    let req = pb::ListRequest {
+        namespace: "berth-system".into(),
+        ..Default::default()
+    };
+    match pb::Lease::list(ch, req).await {
+        Ok((leases, _)) => leases.iter().map(|l| l.name().to_string()).collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconcilers_take_their_leases_unless_turned_off() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let with = Cluster::start(
+        BIN.as_ref(),
+        &root.path().join("with"),
+        3,
+        Options {
+            extra_args: vec!["--no-scheduler".into()],
+            log_dir: None,
+            host: None,
+        },
+    );
+    with.wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let want: BTreeSet<String> = [
+        "berth-deployment-controller",
+        "berth-endpoints-controller",
+        "berth-garbage-collector",
+        "berth-node-lifecycle",
+    ]
+    .map(String::from)
+    .into();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = reconciler_leases(channel(&with.addr(1)).await).await;
+        if held == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reconcilers hold {held:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(with);
+
+    let without = start(&root.path().join("without"), &[]).await;
+    let before = harness::status(&without.addr(1)).await.unwrap().revision;
+    // Leases are renewed every second: three rounds would have written.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = reconciler_leases(channel(&without.addr(1)).await).await;
+    assert!(held.is_empty(), "--no-reconcilers, yet {held:?} are held");
+    let after = harness::status(&without.addr(1)).await.unwrap().revision;
+    assert_eq!(before, after, "something wrote while the cluster was idle");
+}
+
 async fn reflected_services(ch: Channel) -> Vec<String> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
