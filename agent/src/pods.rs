@@ -244,32 +244,54 @@ impl PodSync {
         let mut tick = tokio::time::interval(self.config.sync_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let changed = self.prober.changed.clone();
+        let mut last_list = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 c = changes.recv() => {
                     let Some(c) = c else { return };
                     self.apply(c);
-                    while let Ok(c) = changes.try_recv() {
-                        self.apply(c);
-                    }
+                    self.drain(&mut changes);
                     self.reindex();
                 }
                 Some(d) = self.done_rx.recv() => {
                     self.finish(d);
-                    while let Ok(d) = self.done_rx.try_recv() {
-                        self.finish(d);
+                    if self.drain(&mut changes) {
+                        self.reindex();
                     }
                 }
                 _ = tick.tick() => {}
                 _ = changed.notified() => {}
             }
             if self.listed {
+                let since = last_list.elapsed();
+                let gap = self.runtime.min_list_interval();
+                if since < gap {
+                    tokio::time::sleep(gap - since).await;
+                    if self.drain(&mut changes) {
+                        self.reindex();
+                    }
+                }
+                last_list = tokio::time::Instant::now();
                 let started = std::time::Instant::now();
                 self.sync().await;
                 metrics::histogram!("berth_agent_sync_duration_seconds")
                     .record(started.elapsed().as_secs_f64());
             }
         }
+    }
+
+    /// Takes in every pod change and finished operation already queued;
+    /// true if a pod changed.
+    fn drain(&mut self, changes: &mut mpsc::Receiver<Change<pb::Pod>>) -> bool {
+        let mut changed = false;
+        while let Ok(c) = changes.try_recv() {
+            self.apply(c);
+            changed = true;
+        }
+        while let Ok(d) = self.done_rx.try_recv() {
+            self.finish(d);
+        }
+        changed
     }
 
     fn mine(&self, pod: &pb::Pod) -> bool {

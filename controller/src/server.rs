@@ -39,7 +39,7 @@ pub struct ServerConfig {
 pub enum ServerError {
     #[error(transparent)]
     Node(#[from] NodeError),
-    #[error("could not listen on {addr}: {source}; is another process using the port?")]
+    #[error("could not listen on {addr} (is another process using the port?)")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
@@ -62,9 +62,9 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     // Installed before the node starts, so that it registers its metrics.
     let prometheus = config.metrics_listen.map(|_| http::prometheus());
-    let rules = Box::new(crate::bind_rules::PlacementRules::new());
-    let node = Node::open(config.node.clone(), rules).await?;
-    api::describe_metrics();
+    // Both ports are taken before the data dir is opened, so that a port in
+    // use fails before RocksDB's threads start: leaving with them running
+    // aborted the process ("pthread lock: Invalid argument").
     let listener =
         TcpListener::bind(config.listen)
             .await
@@ -72,10 +72,18 @@ pub async fn run(
                 addr: config.listen,
                 source,
             })?;
-    if let (Some(addr), Some(prometheus)) = (config.metrics_listen, prometheus) {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Listen { addr, source })?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+    let rules = Box::new(crate::bind_rules::PlacementRules::new());
+    let node = Node::open(config.node.clone(), rules).await?;
+    api::describe_metrics();
+    if let (Some(listener), Some(prometheus)) = (metrics_listener, prometheus) {
         tokio::spawn(http::serve(listener, node.raft.clone(), prometheus));
     }
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "controller starting");

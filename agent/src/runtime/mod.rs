@@ -182,6 +182,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Every instance this node's runtime holds, running or exited.
     async fn list(&self) -> Result<Vec<Instance>, RuntimeError>;
 
+    /// The shortest time the sync loop leaves between two lists, so that a
+    /// burst of changes (a hundred starts finishing) costs a few lists
+    /// rather than one each. Zero where listing is cheap.
+    fn min_list_interval(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// Forgets an exited instance (its record, its logs).
     async fn remove(&self, pod: &PodRef, container: &str, attempt: u32)
         -> Result<(), RuntimeError>;
