@@ -422,6 +422,26 @@ async fn killing_every_controller_during_writes_loses_no_acknowledged_write() {
     }
 }
 
+/// Runs controller 1 of `peers` on `listen` with `dir`, which must refuse
+/// to start: its output once it has exited.
+async fn server_that_must_exit(
+    listen: &str,
+    peers: &str,
+    dir: &std::path::Path,
+) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(BIN)
+            .args(["server", "--id", "1", "--listen", listen, "--peers", peers])
+            .arg("--data-dir")
+            .arg(dir)
+            .output(),
+    )
+    .await
+    .expect("the controller exits instead of serving")
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_data_dir_from_another_cluster_is_refused_at_start() {
     let _serial = SERIAL.lock().await;
@@ -448,19 +468,7 @@ async fn a_data_dir_from_another_cluster_is_refused_at_start() {
         .unwrap()
         .trim_start_matches("1=")
         .to_string();
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new(BIN)
-            .args([
-                "server", "--id", "1", "--listen", &listen, "--peers", &peers,
-            ])
-            .arg("--data-dir")
-            .arg(&dir)
-            .output(),
-    )
-    .await
-    .expect("the controller exits instead of serving")
-    .unwrap();
+    let out = server_that_must_exit(&listen, &peers, &dir).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("belongs to cluster"), "{stderr}");
@@ -475,18 +483,7 @@ async fn a_port_in_use_is_refused_before_the_data_dir_is_touched() {
     for attempt in 0..5 {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("data");
-        let out = tokio::time::timeout(
-            Duration::from_secs(20),
-            tokio::process::Command::new(BIN)
-                .args(["server", "--id", "1", "--listen", &listen])
-                .args(["--peers", &format!("1={listen}")])
-                .arg("--data-dir")
-                .arg(&dir)
-                .output(),
-        )
-        .await
-        .expect("the controller exits instead of serving")
-        .unwrap();
+        let out = server_that_must_exit(&listen, &format!("1={listen}"), &dir).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "attempt {attempt}: {stderr}");
         assert!(
