@@ -13,6 +13,11 @@ use std::time::Instant;
 use berth::harness;
 use berth::harness::Cluster;
 use berth::harness::Options;
+use berth_client::connect::endpoint;
+use berth_client::connect::Connector;
+use berth_proto::cluster::cluster_client::ClusterClient;
+use berth_proto::cluster::WatchLeaderRequest;
+use berth_proto::kv::kv_client::KvClient;
 use nix::sys::signal::Signal;
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
@@ -207,6 +212,82 @@ async fn writes_through_any_member_are_readable_from_every_member() {
     let r1 = harness::put(&mut kv, "rev", b"1", T).await.unwrap();
     let r2 = harness::put(&mut kv, "rev", b"2", T).await.unwrap();
     assert_eq!(r2, r1 + 1);
+}
+
+/// Writes through `conn` until one is acknowledged and the connection is
+/// on `want`, failing after 20 s.
+async fn until_connected_to(conn: &Connector, want: &str, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let written = match conn.channel().await {
+            Ok(ch) => match harness::put(&mut KvClient::new(ch), key, b"x", T).await {
+                Ok(_) => true,
+                Err(s) => {
+                    conn.failed(&s).await;
+                    false
+                }
+            },
+            Err(_) => false,
+        };
+        let at = conn.addr().await;
+        if written && at.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client is on {at:?}, not on the leader {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_given_a_follower_moves_to_the_leader_and_follows_it() {
+    let _serial = SERIAL.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+
+    // A follower announces the leader with the address clients can use.
+    let channel = endpoint(&cluster.addr(follower))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut updates = ClusterClient::new(channel)
+        .watch_leader(WatchLeaderRequest {})
+        .await
+        .expect("watch the leader")
+        .into_inner();
+    let first = updates.message().await.unwrap().expect("a first update");
+    assert_eq!(first.leader, Some(leader));
+    assert_eq!(first.addr, cluster.addr(leader));
+
+    // Given only the follower's address, the client ends up on the leader.
+    let conn = Connector::new(vec![cluster.addr(follower)]).unwrap();
+    until_connected_to(&conn, &cluster.addr(leader), "follow/1").await;
+
+    // The leader dies: the follower's stream names the new one, and the
+    // client, back on the follower it was given, moves there too.
+    cluster.kill(leader);
+    let survivors: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let new_leader = cluster
+        .wait_for_leader_other_than(&survivors, Some(leader), Duration::from_secs(20))
+        .await
+        .expect("the survivors elect a new leader");
+    loop {
+        let update = tokio::time::timeout(Duration::from_secs(20), updates.message())
+            .await
+            .expect("an update within 20 s")
+            .expect("the stream stays open")
+            .expect("the follower still serves it");
+        if update.leader == Some(new_leader) {
+            assert_eq!(update.addr, cluster.addr(new_leader));
+            break;
+        }
+    }
+    until_connected_to(&conn, &cluster.addr(new_leader), "follow/2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

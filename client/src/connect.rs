@@ -1,9 +1,15 @@
-//! Reaching a cluster: try each address in turn, or balance over all.
+//! Reaching a cluster: try each address in turn, then follow the leader.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 
 use berth_proto::cluster::cluster_client::ClusterClient;
+use berth_proto::cluster::WatchLeaderRequest;
 use berth_proto::kv::kv_client::KvClient;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
@@ -56,19 +62,41 @@ pub async fn kv(addrs: &[String]) -> Result<(String, KvClient<Channel>), ClientE
     Ok((addr, KvClient::new(ch)))
 }
 
-/// A connection to a cluster that moves to the next controller when the
-/// current one stops answering. Clones share it.
+/// A connection to a cluster that follows the leader, and moves to the
+/// next controller when the current one stops answering. Clones share it.
+///
+/// Any controller serves every call, but a follower forwards writes to the
+/// leader (and asks it for a read index), which costs a hop and about a
+/// quarter more server CPU per write. So once connected, a background task
+/// watches the leader through the connected controller (`WatchLeader`) and,
+/// whenever the leader is another controller that answers, moves the
+/// connection there. Calls made meanwhile are still served, by forwarding.
 #[derive(Clone)]
 pub struct Connector {
-    addrs: std::sync::Arc<[String]>,
-    state: std::sync::Arc<tokio::sync::Mutex<Current>>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    addrs: Arc<[String]>,
+    state: tokio::sync::Mutex<Current>,
+    /// Ticks whenever `Current::connected` changes, so that the follower
+    /// stops watching a controller the connection has left. Dropped with
+    /// the last clone, which ends the follower.
+    moved: watch::Sender<()>,
+    /// Whether the leader-following task was started (at first connection).
+    following: AtomicBool,
 }
 
 #[derive(Default)]
 struct Current {
+    /// Where the next reconnection starts in `addrs`.
     index: usize,
-    channel: Option<Channel>,
+    /// The connected controller: one of `addrs`, or the leader's address.
+    connected: Option<(String, Channel)>,
 }
+
+/// First and longest pause between attempts to watch the leader.
+const FOLLOW_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
 impl Connector {
     pub fn new(addrs: Vec<String>) -> Result<Self, ClientError> {
@@ -81,39 +109,164 @@ impl Connector {
             endpoint(addr)?;
         }
         Ok(Self {
-            addrs: addrs.into(),
-            state: Default::default(),
+            shared: Arc::new(Shared {
+                addrs: addrs.into(),
+                state: Default::default(),
+                moved: watch::Sender::new(()),
+                following: AtomicBool::new(false),
+            }),
         })
     }
 
     /// The current controller's channel, connecting (from the current
     /// address on, in turn) if there is none.
     pub async fn channel(&self) -> Result<Channel, ClientError> {
-        let mut state = self.state.lock().await;
-        if let Some(ch) = &state.channel {
+        let shared = &self.shared;
+        let mut state = shared.state.lock().await;
+        if let Some((_, ch)) = &state.connected {
             return Ok(ch.clone());
         }
-        for i in 0..self.addrs.len() {
-            let index = (state.index + i) % self.addrs.len();
-            if let Ok(ch) = endpoint(&self.addrs[index])?.connect().await {
+        for i in 0..shared.addrs.len() {
+            let index = (state.index + i) % shared.addrs.len();
+            let addr = &shared.addrs[index];
+            if let Ok(ch) = endpoint(addr)?.connect().await {
                 state.index = index;
-                state.channel = Some(ch.clone());
+                state.connected = Some((addr.clone(), ch.clone()));
+                drop(state);
+                shared.moved.send_replace(());
+                self.start_following();
                 return Ok(ch);
             }
         }
         Err(ClientError::Unreachable {
-            tried: self.addrs.join(", "),
+            tried: shared.addrs.join(", "),
         })
+    }
+
+    /// The address of the controller calls go to now, if connected.
+    pub async fn addr(&self) -> Option<String> {
+        let state = self.shared.state.lock().await;
+        state.connected.as_ref().map(|(addr, _)| addr.clone())
     }
 
     /// Tells the connector a call failed; a failure that says the
     /// controller is gone makes the next call try the next controller.
     pub async fn failed(&self, status: &tonic::Status) {
         if is_transient(status) {
-            let mut state = self.state.lock().await;
-            if state.channel.take().is_some() {
-                state.index = (state.index + 1) % self.addrs.len();
+            let mut state = self.shared.state.lock().await;
+            if state.connected.take().is_some() {
+                state.index = (state.index + 1) % self.shared.addrs.len();
+                self.shared.moved.send_replace(());
             }
+        }
+    }
+
+    fn start_following(&self) {
+        if !self.shared.following.swap(true, Ordering::Relaxed) {
+            let moved = self.shared.moved.subscribe();
+            tokio::spawn(follow_leader(Arc::downgrade(&self.shared), moved));
+        }
+    }
+}
+
+impl Shared {
+    async fn connected(&self) -> Option<(String, Channel)> {
+        self.state.lock().await.connected.clone()
+    }
+
+    async fn move_to(&self, addr: String, channel: Channel) {
+        tracing::debug!(%addr, "following the leader");
+        self.state.lock().await.connected = Some((addr, channel));
+        self.moved.send_replace(());
+    }
+}
+
+/// Watches the leader through the connected controller and moves the
+/// connection to it, for as long as the connector lives.
+async fn follow_leader(shared: Weak<Shared>, mut moved: watch::Receiver<()>) {
+    let mut pause = FOLLOW_RETRY.0;
+    loop {
+        moved.borrow_and_update();
+        let Some(current) = shared.upgrade() else {
+            return;
+        };
+        let connected = current.connected().await;
+        drop(current);
+        let watched = match connected {
+            Some(connected) => watch_once(&shared, connected, &mut moved).await,
+            // Wait for the next connection.
+            None => Watch::Left,
+        };
+        match watched {
+            Watch::Left => {
+                if moved.changed().await.is_err() {
+                    return;
+                }
+                pause = FOLLOW_RETRY.0;
+            }
+            Watch::Moved => pause = FOLLOW_RETRY.0,
+            Watch::Unsupported | Watch::Gone => return,
+            Watch::Ended { watched } => {
+                if watched {
+                    pause = FOLLOW_RETRY.0;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(FOLLOW_RETRY.1);
+            }
+        }
+    }
+}
+
+enum Watch {
+    /// The connection moved to the leader, or elsewhere after a failure:
+    /// watch again from where it is now.
+    Moved,
+    /// There is no connection to watch through: wait for one.
+    Left,
+    /// The controller does not serve `WatchLeader` (an older version).
+    Unsupported,
+    /// Every clone of the connector was dropped.
+    Gone,
+    /// The call or its stream failed: the controller went away or
+    /// stopped. `watched` if the stream had been opened.
+    Ended { watched: bool },
+}
+
+async fn watch_once(
+    shared: &Weak<Shared>,
+    (addr, channel): (String, Channel),
+    moved: &mut watch::Receiver<()>,
+) -> Watch {
+    let mut client = ClusterClient::new(channel);
+    let mut updates = match client.watch_leader(WatchLeaderRequest {}).await {
+        Ok(resp) => resp.into_inner(),
+        Err(s) if s.code() == tonic::Code::Unimplemented => return Watch::Unsupported,
+        Err(_) => return Watch::Ended { watched: false },
+    };
+    loop {
+        let update = tokio::select! {
+            update = updates.message() => update,
+            changed = moved.changed() => {
+                return if changed.is_ok() { Watch::Moved } else { Watch::Gone };
+            }
+        };
+        let Ok(Some(update)) = update else {
+            return Watch::Ended { watched: true };
+        };
+        if update.addr.is_empty() || update.addr == addr {
+            continue;
+        }
+        // A leader this client cannot reach (an address only the
+        // controllers can use) is not followed: forwarding still serves.
+        let Ok(leader) = endpoint(&update.addr) else {
+            continue;
+        };
+        if let Ok(ch) = leader.connect().await {
+            let Some(shared) = shared.upgrade() else {
+                return Watch::Gone;
+            };
+            shared.move_to(update.addr, ch).await;
+            return Watch::Moved;
         }
     }
 }

@@ -1,5 +1,5 @@
 //! berth-client is how programs reach a Berth cluster: connecting to the
-//! first controller that answers (or to all of them, balanced), typed calls
+//! first controller that answers and then following the leader, typed calls
 //! of the `berth.v1` API for every kind, and a watcher that lists, follows
 //! changes, resumes after a lost controller and lists again when its
 //! revision has been compacted away, and leader election through a Lease. The CLI, the scheduler and the agent

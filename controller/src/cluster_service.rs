@@ -10,9 +10,11 @@ use berth_proto::cluster::cluster_server;
 use berth_raft::types::Raft;
 use berth_raft::types::TypeConfig;
 use berth_raft::Store;
+use futures::stream::BoxStream;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
+use openraft::metrics::RaftServerMetrics;
 use openraft::BasicNode;
 use openraft::ChangeMembers;
 use openraft::Instant;
@@ -124,6 +126,40 @@ fn members(m: &RaftMetrics<TypeConfig>) -> Vec<pb::Member> {
             }
         })
         .collect()
+}
+
+fn leader_update(m: &RaftServerMetrics<TypeConfig>) -> pb::LeaderUpdate {
+    let addr = m
+        .current_leader
+        .and_then(|l| m.membership_config.membership().get_node(&l))
+        .map(|n| n.addr.clone())
+        .unwrap_or_default();
+    pb::LeaderUpdate {
+        leader: m.current_leader,
+        addr,
+        term: m.vote.leader_id().term,
+    }
+}
+
+/// The leader now, then at every change, until the controller stops.
+/// Server metrics change only with the vote, state or membership, so an
+/// idle watcher costs nothing under write load.
+fn leader_updates(raft: &Raft) -> BoxStream<'static, Result<pb::LeaderUpdate, Status>> {
+    let rx = raft.server_metrics();
+    let sent: Option<(Option<u64>, String)> = None;
+    Box::pin(futures::stream::unfold(
+        (rx, sent),
+        |(mut rx, sent)| async move {
+            loop {
+                let update = leader_update(&rx.borrow_watched());
+                let key = (update.leader, update.addr.clone());
+                if sent.as_ref() != Some(&key) {
+                    return Some((Ok(update), (rx, Some(key))));
+                }
+                rx.changed().await.ok()?;
+            }
+        },
+    ))
 }
 
 fn state_name(s: ServerState) -> &'static str {
@@ -293,5 +329,14 @@ impl cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::RemoveMemberResponse {
             members: self.members(),
         }))
+    }
+
+    type WatchLeaderStream = BoxStream<'static, Result<pb::LeaderUpdate, Status>>;
+
+    async fn watch_leader(
+        &self,
+        _req: Request<pb::WatchLeaderRequest>,
+    ) -> Result<Response<Self::WatchLeaderStream>, Status> {
+        Ok(Response::new(leader_updates(self.raft())))
     }
 }

@@ -10,13 +10,23 @@ use berth::harness;
 use clap::Args;
 use serde_json::json;
 
+use berth_client::connect::Connector;
+use berth_proto::kv::kv_client::KvClient;
+use tonic::transport::Channel;
+
 use super::latency::Samples;
 
 #[derive(Args)]
 pub struct StoreArgs {
-    /// Concurrent clients; client i talks to controller i mod N.
+    /// Concurrent clients, each with its own connection. A client follows
+    /// the leader, as berth-client does.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Keep client i on controller i mod N instead of following the
+    /// leader: measures the follower path (forwarded writes, read-index
+    /// from the leader).
+    #[arg(long)]
+    pinned: bool,
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Bytes per value.
@@ -83,15 +93,44 @@ trait LoadClient {
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-struct BerthClient(berth_proto::kv::kv_client::KvClient<tonic::transport::Channel>);
+enum BerthClient {
+    Following(Connector),
+    Pinned(KvClient<Channel>),
+}
+
+impl BerthClient {
+    async fn kv(&self) -> Option<KvClient<Channel>> {
+        match self {
+            Self::Following(conn) => conn.channel().await.ok().map(KvClient::new),
+            Self::Pinned(kv) => Some(kv.clone()),
+        }
+    }
+
+    async fn note<T>(&self, result: Result<T, tonic::Status>) -> Option<T> {
+        match (result, self) {
+            (Ok(v), _) => Some(v),
+            (Err(s), Self::Following(conn)) => {
+                conn.failed(&s).await;
+                None
+            }
+            (Err(_), Self::Pinned(_)) => None,
+        }
+    }
+}
 
 impl LoadClient for BerthClient {
     async fn put(&mut self, key: &str, value: &[u8]) -> bool {
-        harness::put(&mut self.0, key, value, TIMEOUT).await.is_ok()
+        let Some(mut kv) = self.kv().await else {
+            return false;
+        };
+        let result = harness::put(&mut kv, key, value, TIMEOUT).await;
+        self.note(result).await.is_some()
     }
 
     async fn get(&mut self, key: &str) -> Option<Option<Vec<u8>>> {
-        let kv = harness::get(&mut self.0, key, false, TIMEOUT).await.ok()?;
+        let mut kv = self.kv().await?;
+        let result = harness::get(&mut kv, key, false, TIMEOUT).await;
+        let kv = self.note(result).await?;
         Some(kv.map(|kv| kv.value))
     }
 }
@@ -141,13 +180,22 @@ async fn drive(
 }
 
 async fn berth_client(
-    addr: String,
+    addrs: Vec<String>,
     client: usize,
     args: Arc<StoreArgs>,
     until: Instant,
 ) -> ClientResult {
-    match harness::kv(&addr).await {
-        Some(kv) => drive(BerthClient(kv), client, args, until).await,
+    let connected = if args.pinned {
+        let addr = &addrs[client % addrs.len()];
+        harness::kv(addr).await.map(BerthClient::Pinned)
+    } else {
+        match Connector::new(addrs) {
+            Ok(conn) if conn.channel().await.is_ok() => Some(BerthClient::Following(conn)),
+            _ => None,
+        }
+    };
+    match connected {
+        Some(c) => drive(c, client, args, until).await,
         None => ClientResult {
             errors: 1,
             ..ClientResult::default()
@@ -207,14 +255,7 @@ pub async fn run(args: StoreArgs, addrs: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let until = started + args.duration;
     let handles = (0..args.clients)
-        .map(|c| {
-            tokio::spawn(berth_client(
-                addrs[c % addrs.len()].clone(),
-                c,
-                args.clone(),
-                until,
-            ))
-        })
+        .map(|c| tokio::spawn(berth_client(addrs.to_vec(), c, args.clone(), until)))
         .collect();
     reports.push(collect("berth", handles, started).await);
 
