@@ -210,7 +210,12 @@ async fn follow_leader(shared: Weak<Shared>, mut moved: watch::Receiver<()>) {
                 if watched {
                     pause = FOLLOW_RETRY.0;
                 }
-                tokio::time::sleep(pause).await;
+                // A call that failed meanwhile moves the connection: no
+                // need to wait out the pause then.
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    changed = moved.changed() => if changed.is_err() { return },
+                }
                 pause = (pause * 2).min(FOLLOW_RETRY.1);
             }
         }
