@@ -41,6 +41,17 @@ async fn leader_of(cluster: &Cluster, among: &[u64]) -> u64 {
         .expect("the controllers agree on a leader")
 }
 
+/// SIGKILLs `leader` of three controllers and returns the one the other
+/// two elect in its place.
+async fn kill_leader(cluster: &mut Cluster, leader: u64) -> u64 {
+    cluster.kill(leader);
+    let survivors: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    cluster
+        .wait_for_leader_other_than(&survivors, Some(leader), Duration::from_secs(20))
+        .await
+        .expect("the survivors elect a new leader")
+}
+
 /// Acknowledged writes, key -> value.
 type Acked = Arc<Mutex<BTreeMap<String, String>>>;
 
@@ -270,12 +281,7 @@ async fn a_client_given_a_follower_moves_to_the_leader_and_follows_it() {
 
     // The leader dies: the follower's stream names the new one, and the
     // client, back on the follower it was given, moves there too.
-    cluster.kill(leader);
-    let survivors: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
-    let new_leader = cluster
-        .wait_for_leader_other_than(&survivors, Some(leader), Duration::from_secs(20))
-        .await
-        .expect("the survivors elect a new leader");
+    let new_leader = kill_leader(&mut cluster, leader).await;
     loop {
         let update = tokio::time::timeout(Duration::from_secs(20), updates.message())
             .await
@@ -298,12 +304,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
     let load = Load::start(cluster.addrs(), 8, "kill");
     load.wait_for(200).await;
-    cluster.kill(leader);
-    let survivors: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
-    let new_leader = cluster
-        .wait_for_leader_other_than(&survivors, Some(leader), Duration::from_secs(20))
-        .await
-        .expect("the survivors elect a new leader");
+    let new_leader = kill_leader(&mut cluster, leader).await;
     let before = load.count();
     load.wait_for(before + 200).await;
     cluster.spawn(leader);
