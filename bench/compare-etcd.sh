@@ -12,7 +12,7 @@ berth="${BERTH_BIN:-$root/target/release/berth}"
 if [[ ! -x "$berth" && -x "${CARGO_TARGET_DIR:-/nonexistent}/release/berth" ]]; then
   berth="$CARGO_TARGET_DIR/release/berth"
 fi
-[[ -x "$berth" ]] || { echo "build berth first: cargo build --release" >&2; exit 1; }
+[[ -x "$berth" ]] || { echo "build berth first: cargo build --release --features berth/etcd" >&2; exit 1; }
 
 if ! command -v etcd >/dev/null; then
   echo "installing Debian's etcd-server" >&2

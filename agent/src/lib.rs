@@ -23,6 +23,7 @@ use berth_api::pb;
 use berth_client::connect::Connector;
 use berth_client::watcher;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 pub use network::BridgeConfig;
 pub use network::BridgeNetwork;
@@ -82,7 +83,7 @@ pub async fn run(
     index: PodIndex,
     network: Option<BridgeConfig>,
 ) {
-    let mut delay = watcher::Backoff::default();
+    let mut delay = watcher::RETRY;
     let registered = loop {
         match node::register(&conn, &node).await {
             Ok(n) => break n,
@@ -94,9 +95,13 @@ pub async fn run(
         }
     };
     tracing::info!(node = %node.name, runtime = runtime.name(), "node registered");
-    tokio::spawn(node::heartbeat(conn.clone(), node.clone()));
+    // Everything the agent starts ends with it (when its task is aborted).
+    let mut tasks = JoinSet::new();
+    tasks.spawn(node::heartbeat(conn.clone(), node.clone()));
     let network = match network {
-        Some(config) => Some(start_network(&conn, &node.name, registered, config).await),
+        Some(config) => {
+            Some(start_network(&conn, &node.name, registered, config, &mut tasks).await)
+        }
         None => None,
     };
     let (tx, rx) = mpsc::channel(1024);
@@ -104,10 +109,11 @@ pub async fn run(
         field_selector: format!("spec.nodeName={}", node.name),
         ..Default::default()
     };
-    tokio::spawn(watcher::run::<pb::Pod>(conn.clone(), scope, tx));
+    tasks.spawn(watcher::run::<pb::Pod>(conn.clone(), scope, tx));
     pods::PodSync::new(sync, conn, runtime, index, network)
         .run(rx)
         .await;
+    drop(tasks);
 }
 
 /// Sets up the node's pod network once the controllers have given the node
@@ -117,6 +123,7 @@ async fn start_network(
     node: &str,
     registered: pb::Node,
     config: BridgeConfig,
+    tasks: &mut JoinSet<()>,
 ) -> Arc<BridgeNetwork> {
     let cidr = node_cidr(conn, node, registered).await;
     let net = loop {
@@ -138,14 +145,14 @@ async fn start_network(
                 domain: config.cluster_domain.clone(),
                 upstream: config.dns_upstream.clone(),
             });
-            tokio::spawn(server.serve(socket));
+            tasks.spawn(server.serve(socket));
         }
         Err(e) => {
             tracing::error!(addr = %dns_addr, error = %e, "cannot serve DNS for the pods: service names will not resolve")
         }
     }
     let sync = network::sync::NetworkSync::new(net.clone(), node.to_string(), names);
-    tokio::spawn(sync.run(conn.clone()));
+    tasks.spawn(sync.run(conn.clone()));
     net
 }
 

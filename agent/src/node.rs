@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use std::time::SystemTime;
 
+use berth_api::names::SYSTEM_NAMESPACE;
 use berth_api::pb;
 use berth_api::quantity::Quantity;
 use berth_api::Object;
@@ -19,9 +20,6 @@ use tonic::Code;
 use tonic::Status;
 
 use crate::runtime::rfc3339;
-
-/// Namespace of the node leases.
-pub const LEASE_NAMESPACE: &str = "berth-system";
 
 pub fn lease_name(node: &str) -> String {
     format!("node-{node}")
@@ -289,7 +287,7 @@ async fn renew(
         Some(l) => Some(l),
         None => {
             let req = pb::GetRequest {
-                namespace: LEASE_NAMESPACE.into(),
+                namespace: SYSTEM_NAMESPACE.into(),
                 name: name.clone(),
                 serializable: false,
             };
@@ -313,7 +311,7 @@ async fn renew(
         None => {
             let mut lease = pb::Lease::default();
             lease.meta_mut().name = name;
-            lease.meta_mut().namespace = LEASE_NAMESPACE.into();
+            lease.meta_mut().namespace = SYSTEM_NAMESPACE.into();
             if let Some(node) = get_node(conn, &config.name).await? {
                 // Owned by its node: deleting the node deletes its lease.
                 lease.meta_mut().owner_references = vec![pb::OwnerReference {

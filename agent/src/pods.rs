@@ -393,9 +393,11 @@ impl PodSync {
         }
     }
 
+    /// kubelet's crash back-off: exact, as `describe` shows it.
     fn backoff_delay(&self, crashes: u32) -> Duration {
-        let factor = 1u32 << crashes.saturating_sub(1).min(16);
-        (self.config.backoff_initial * factor).min(self.config.backoff_max)
+        berth_retry::Backoff::new(self.config.backoff_initial, self.config.backoff_max)
+            .exact()
+            .delay(crashes.saturating_sub(1))
     }
 
     async fn sync(&mut self) {

@@ -49,22 +49,32 @@ impl KindInfo {
     }
 }
 
+/// The root of every key the API stores.
+const REGISTRY: &str = "/registry";
+
 /// The store key of one object.
 pub fn object_key(info: &KindInfo, namespace: &str, name: &str) -> String {
     if info.namespaced {
-        format!("/registry/{}/{namespace}/{name}", info.plural)
+        format!("{REGISTRY}/{}/{namespace}/{name}", info.plural)
     } else {
-        format!("/registry/{}/{name}", info.plural)
+        format!("{REGISTRY}/{}/{name}", info.plural)
     }
+}
+
+/// The key prefix of the address claims of `pool` (`podcidrs`,
+/// `clusterips`): keys beside the objects, each holding its owner's key, so
+/// that the state machine decides who holds an address.
+pub fn ip_claim_prefix(pool: &str) -> String {
+    format!("{REGISTRY}/ipallocations/{pool}/")
 }
 
 /// The store key prefix of a kind's objects in a namespace (all namespaces
 /// when `namespace` is empty).
 pub fn list_prefix(info: &KindInfo, namespace: &str) -> String {
     if info.namespaced && !namespace.is_empty() {
-        format!("/registry/{}/{namespace}/", info.plural)
+        format!("{REGISTRY}/{}/{namespace}/", info.plural)
     } else {
-        format!("/registry/{}/", info.plural)
+        format!("{REGISTRY}/{}/", info.plural)
     }
 }
 

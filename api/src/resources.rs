@@ -10,7 +10,6 @@ use crate::quantity::Quantity;
 
 /// The lease whose holder is the active scheduler; its
 /// `spec.leaseTransitions` is the fencing epoch every bind carries.
-pub const SCHEDULER_LEASE_NAMESPACE: &str = "berth-system";
 pub const SCHEDULER_LEASE_NAME: &str = "berth-scheduler";
 
 /// An amount of every resource scheduling accounts for.

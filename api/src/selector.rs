@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::names::is_label_key;
+use crate::names::is_label_value;
 use crate::pb;
-use crate::validation::is_label_key;
-use crate::validation::is_label_value;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid selector {selector:?}: {reason}")]

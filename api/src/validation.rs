@@ -7,6 +7,11 @@ use std::fmt;
 
 use base64::Engine;
 
+use crate::names::is_dns_label;
+use crate::names::is_dns_subdomain;
+use crate::names::is_label_key;
+use crate::names::is_label_value;
+use crate::names::DNS_SUBDOMAIN_MAX;
 use crate::pb;
 use crate::quantity::Quantity;
 use crate::selector::LabelSelector;
@@ -55,51 +60,8 @@ impl Errors {
     }
 }
 
-const DNS_LABEL_MAX: usize = 63;
-const DNS_SUBDOMAIN_MAX: usize = 253;
 /// Kubernetes' limit on all annotations of one object together.
 const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
-
-fn is_dns_label_chars(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-/// A DNS-1123 label: the name of a namespace, a service, a container.
-pub fn is_dns_label(s: &str) -> bool {
-    s.len() <= DNS_LABEL_MAX && is_dns_label_chars(s)
-}
-
-/// A DNS-1123 subdomain: the name of most objects.
-pub fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= DNS_SUBDOMAIN_MAX && s.split('.').all(is_dns_label_chars)
-}
-
-fn is_qualified_name_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= DNS_LABEL_MAX
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-}
-
-/// `[prefix/]name` as used for label and annotation keys.
-pub fn is_label_key(s: &str) -> bool {
-    match s.split_once('/') {
-        Some((prefix, name)) => is_dns_subdomain(prefix) && is_qualified_name_part(name),
-        None => is_qualified_name_part(s),
-    }
-}
-
-pub fn is_label_value(s: &str) -> bool {
-    s.is_empty() || is_qualified_name_part(s)
-}
 
 const NAME_RULE_SUBDOMAIN: &str = "must be lowercase letters, digits, '-' and '.', start and end with a letter or digit, at most 253 characters (e.g. my-app.v1)";
 const NAME_RULE_LABEL: &str = "must be lowercase letters, digits and '-', start and end with a letter or digit, at most 63 characters (e.g. my-app)";

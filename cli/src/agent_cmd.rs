@@ -234,8 +234,7 @@ pub fn node_config(
 /// `bridge` when the agent can build it (root, process runtime), else
 /// `host`; an explicit `bridge` it cannot build is refused.
 fn network_mode(args: &AgentArgs) -> anyhow::Result<NetworkMode> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     match (args.network, args.runtime) {
         (Some(NetworkMode::Bridge), RuntimeKind::Sim) => {
             bail!("the sim runtime runs no processes, so its pods have no network: drop --network bridge")

@@ -36,6 +36,43 @@ pub struct DevArgs {
     /// The agents' runtime.
     #[arg(long, value_enum, default_value = "process")]
     runtime: crate::agent_cmd::RuntimeKind,
+    /// Pod networking: `bridge` gives each pod its own network namespace
+    /// and address, as agents on real nodes do (the default as root with
+    /// one process-runtime agent; removed again on Ctrl-C); `host` runs
+    /// pods in this machine's network, where two pods cannot both listen
+    /// on one port.
+    #[arg(long, value_enum)]
+    network: Option<crate::agent_cmd::NetworkMode>,
+}
+
+/// The dev agent's pod network, if it gets one: a bridge needs root and
+/// belongs to one agent on this host, and docker pods would need a pause
+/// image, which a machine without a registry may lack.
+fn pod_network(
+    args: &DevArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<berth_agent::BridgeConfig>> {
+    use crate::agent_cmd::NetworkMode;
+    use crate::agent_cmd::RuntimeKind;
+    let root = nix::unistd::geteuid().is_root();
+    let possible = root && args.runtime == RuntimeKind::Process && args.agents == 1;
+    match (args.network, possible) {
+        (Some(NetworkMode::Host), _) | (None, false) => Ok(None),
+        (Some(NetworkMode::Bridge), false) => bail!(
+            "--network bridge in dev needs root, the process runtime and one agent (the agents share this host and its bridge): drop --network or change those"
+        ),
+        (_, true) => {
+            let plan = berth_controller::ipam::NetworkConfig::default();
+            Ok(Some(berth_agent::BridgeConfig {
+                bridge: "berth0".into(),
+                cluster_cidr: plan.cluster_cidr,
+                service_cidr: plan.service_cidr,
+                cluster_domain: "cluster.local".into(),
+                dns_upstream: berth_agent::network::dns::host_upstream(),
+                dir: data_dir.join("agent-1").join("network"),
+            }))
+        }
+    }
 }
 
 /// Applies `files` once the cluster takes writes and has its built-in
@@ -76,6 +113,7 @@ async fn start_agents(
     args: &DevArgs,
     addrs: &[String],
     data_dir: &std::path::Path,
+    network: Option<berth_agent::BridgeConfig>,
 ) -> anyhow::Result<DevAgents> {
     use crate::agent_cmd;
     let capacity = berth_agent::node::capacity(None, None, 110)?;
@@ -107,8 +145,7 @@ async fn start_agents(
             sync,
             runtime,
             index: Default::default(),
-            // The dev agents share one host: their pods use its network.
-            network: None,
+            network: network.clone(),
         });
     }
     if plans.is_empty() {
@@ -125,7 +162,11 @@ async fn start_agents(
     }
     let runtimes = plans.iter().map(|p| p.runtime.clone()).collect();
     let tasks = agent_cmd::spawn_agents(addrs, plans)?;
-    Ok(DevAgents { runtimes, tasks })
+    Ok(DevAgents {
+        runtimes,
+        tasks,
+        network,
+    })
 }
 
 /// The dev agents' runtimes and tasks.
@@ -133,11 +174,12 @@ async fn start_agents(
 struct DevAgents {
     runtimes: Vec<std::sync::Arc<dyn berth_agent::Runtime>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    network: Option<berth_agent::BridgeConfig>,
 }
 
 impl DevAgents {
-    /// Stops the agents, then their pods' containers: dev's workloads end
-    /// with it.
+    /// Stops the agents, then their pods' containers and network: dev's
+    /// workloads end with it.
     async fn stop(self) {
         for t in &self.tasks {
             t.abort();
@@ -147,6 +189,11 @@ impl DevAgents {
         }
         for rt in &self.runtimes {
             berth_agent::remove_all(&**rt, std::time::Duration::from_secs(5)).await;
+        }
+        if let Some(config) = &self.network {
+            if let Err(e) = berth_agent::network::teardown(config).await {
+                eprintln!("warning: the pod network was not all removed: {e}");
+            }
         }
     }
 }
@@ -191,7 +238,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         crate::server_cmd::spawn_scheduler(&config, berth_scheduler::SchedulerConfig::default())?;
         crate::server_cmd::spawn_reconcilers(
             &config,
-            berth_controller::reconcile::ReconcileConfig::new(String::new()),
+            berth_reconcilers::ReconcileConfig::new(String::new()),
         )?;
         let span = tracing::info_span!("controller", id = *id);
         tasks.push(tokio::spawn(
@@ -199,7 +246,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ));
     }
     let addrs: Vec<String> = peers.iter().map(|(_, a)| a.clone()).collect();
-    let agents = start_agents(&args, &addrs, &data_dir).await?;
+    let network = pod_network(&args, &data_dir)?;
+    let bridged = network.is_some();
+    let agents = start_agents(&args, &addrs, &data_dir, network).await?;
     let servers = addrs.join(",");
     println!(
         "Berth dev cluster: {} controllers and {} {:?} agents, data in {}",
@@ -211,6 +260,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  reach it with:   berth --server {servers} get namespaces");
     println!("                   berth --server {servers} apply -f MANIFEST.yaml");
     println!("  (the default --server 127.0.0.1:7001 works when --port-base is 7001)");
+    if bridged {
+        println!("  pods get addresses in 10.244.0.0/16 and services in 10.96.0.0/16, reachable");
+        println!("  from this machine: `berth get pods -o wide` shows the IPs, `berth get svc` the ClusterIPs");
+    } else if !agents.runtimes.is_empty() {
+        println!("  pods share this machine's network (--network host): give each its own port");
+    }
     println!("  stop with Ctrl-C; the next `berth dev` reuses the data");
     if !args.apply.is_empty() {
         let ctx = crate::verbs::Ctx {

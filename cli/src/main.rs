@@ -115,6 +115,7 @@ fn disable_transparent_huge_pages() {
 /// enough, as other command-line tools do: Rust ignores SIGPIPE, and a
 /// print to a closed pipe would panic. Long-running processes keep
 /// ignoring it (a peer closing a socket is no reason to die).
+#[allow(unsafe_code)]
 fn exit_quietly_on_closed_pipe() {
     use nix::sys::signal::signal;
     use nix::sys::signal::SigHandler;

@@ -185,7 +185,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             args.scheduler_config.as_ref(),
         )?),
     };
-    let mut reconcile = berth_controller::reconcile::ReconcileConfig::new(String::new());
+    let mut reconcile = berth_reconcilers::ReconcileConfig::new(String::new());
     reconcile.node_grace_period = args.node_grace_period;
     reconcile.pod_eviction_timeout = args.pod_eviction_timeout;
     let run_reconcilers = !args.no_reconcilers;
@@ -218,10 +218,10 @@ fn own_addrs_first(config: &ServerConfig) -> Vec<String> {
 /// collection), each active where it holds its lease.
 pub fn spawn_reconcilers(
     config: &ServerConfig,
-    mut reconcile: berth_controller::reconcile::ReconcileConfig,
+    mut reconcile: berth_reconcilers::ReconcileConfig,
 ) -> anyhow::Result<()> {
     reconcile.identity = crate::scheduler_cmd::identity(&format!("controller-{}", config.id));
-    berth_controller::reconcile::spawn(own_addrs_first(config), reconcile)?;
+    berth_reconcilers::spawn(own_addrs_first(config), reconcile)?;
     Ok(())
 }
 

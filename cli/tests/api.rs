@@ -16,6 +16,7 @@ use berth::harness::Options;
 use berth::objects::ClientKind;
 use berth_api::pb;
 use berth_api::Object;
+use berth_api::Reason;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -449,7 +450,32 @@ async fn pods_bind_once_and_namespaces_take_their_objects_with_them() {
         err.message().contains("namespace \"team\" does not exist"),
         "{err:?}"
     );
-    refused(&cluster, &["delete", "ns", "default"], None, &["built in"]);
+    assert_eq!(Reason::of(&err), Some(Reason::NamespaceNotFound));
+    let missing = pb::ConfigMap::get(ch.clone(), get_req("default", "nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(Reason::of(&missing), Some(Reason::NotFound), "{missing:?}");
+    let err = refused(&cluster, &["delete", "ns", "default"], None, &["built in"]);
+    assert!(err.contains("cannot be deleted"), "{err}");
+
+    // A new namespace and what goes in it, in one manifest, in either order.
+    let shop = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: shop}\ndata: {mode: fast}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+    assert_eq!(
+        ok(&cluster, &["apply", "-f", "-"], Some(shop)),
+        "namespace/shop created\nconfigmap/settings created\n"
+    );
+    assert_eq!(
+        ok(&cluster, &["apply", "-f", "-"], Some(shop)),
+        "namespace/shop unchanged\nconfigmap/settings unchanged\n"
+    );
+    // A namespace that neither exists nor comes with the manifest is named.
+    let nowhere = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: nowhere}\n";
+    refused(
+        &cluster,
+        &["apply", "-f", "-"],
+        Some(nowhere),
+        &["namespace \"nowhere\" does not exist"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

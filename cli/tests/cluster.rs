@@ -591,7 +591,7 @@ async fn bad_requests_are_refused_with_clear_errors() {
     let big = vec![0u8; 2 << 20];
     let err = harness::put(&mut kv, "big", &big, T).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
-    let huge = vec![0u8; 5 << 20];
+    let huge = vec![0u8; berth_api::limits::MAX_REQUEST_BYTES + (1 << 20)];
     let err = harness::put(&mut kv, "huge", &huge, T).await.unwrap_err();
     assert!(
         matches!(

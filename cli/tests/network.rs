@@ -120,8 +120,7 @@ fn node_ip(i: usize) -> String {
 
 /// Why this machine cannot run the test, if it cannot.
 fn missing_prerequisite() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Some("not root".into());
     }
     for tool in ["ip", "nft", "nsenter", "busybox"] {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use berth_proto::cluster::cluster_client::ClusterClient;
 use berth_proto::cluster::WatchLeaderRequest;
 use berth_proto::kv::kv_client::KvClient;
+use berth_retry::Backoff;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
@@ -95,8 +96,8 @@ struct Current {
     connected: Option<(String, Channel)>,
 }
 
-/// First and longest pause between attempts to watch the leader.
-const FOLLOW_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+/// Pauses between attempts to watch the leader.
+const FOLLOW_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 impl Connector {
     pub fn new(addrs: Vec<String>) -> Result<Self, ClientError> {
@@ -184,7 +185,7 @@ impl Shared {
 /// Watches the leader through the connected controller and moves the
 /// connection to it, for as long as the connector lives.
 async fn follow_leader(shared: Weak<Shared>, mut moved: watch::Receiver<()>) {
-    let mut pause = FOLLOW_RETRY.0;
+    let mut pause = FOLLOW_RETRY;
     loop {
         moved.borrow_and_update();
         let Some(current) = shared.upgrade() else {
@@ -202,21 +203,20 @@ async fn follow_leader(shared: Weak<Shared>, mut moved: watch::Receiver<()>) {
                 if moved.changed().await.is_err() {
                     return;
                 }
-                pause = FOLLOW_RETRY.0;
+                pause.reset();
             }
-            Watch::Moved => pause = FOLLOW_RETRY.0,
+            Watch::Moved => pause.reset(),
             Watch::Unsupported | Watch::Gone => return,
             Watch::Ended { watched } => {
                 if watched {
-                    pause = FOLLOW_RETRY.0;
+                    pause.reset();
                 }
                 // A call that failed meanwhile moves the connection: no
                 // need to wait out the pause then.
                 tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = pause.wait() => {}
                     changed = moved.changed() => if changed.is_err() { return },
                 }
-                pause = (pause * 2).min(FOLLOW_RETRY.1);
             }
         }
     }

@@ -2,12 +2,14 @@
 //! first controller that answers and then following the leader, typed calls
 //! of the `berth.v1` API for every kind, and a watcher that lists, follows
 //! changes, resumes after a lost controller and lists again when its
-//! revision has been compacted away, and leader election through a Lease. The CLI, the scheduler and the agent
-//! build on it.
+//! revision has been compacted away, leader election through a Lease, and
+//! a controller runtime for reconcilers. The CLI, the scheduler, the agent
+//! and the reconcilers build on it.
 
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod controller;
 pub mod election;
 pub mod objects;
 pub mod reflector;

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+use berth_api::limits::MAX_RESPONSE_BYTES;
 use berth_api::pb;
 use berth_api::Object;
 use futures::stream::BoxStream;
@@ -30,9 +31,6 @@ pub trait ClientKind: Object {
         r: pb::WatchRequest,
     ) -> impl Future<Output = Result<BoxStream<'static, Result<Event<Self>, Status>>, Status>> + Send;
 }
-
-/// Largest response the CLI accepts: a long listing.
-const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
 macro_rules! client_kind {
     ($kind:ident, $client_mod:ident, $client:ident) => {

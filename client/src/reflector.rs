@@ -105,6 +105,23 @@ impl<K: ClientKind> Reflector<K> {
         }
     }
 
+    /// A reflector that holds `objects` as listed and watches nothing: for
+    /// unit tests of code that reads one.
+    pub fn fixed(objects: Vec<K>) -> Self {
+        let (_, listed) = watch::channel(true);
+        let (events, _) = broadcast::channel(16);
+        Self {
+            objects: Arc::new(RwLock::new(
+                objects
+                    .into_iter()
+                    .map(|o| (key(&o), Arc::new(o)))
+                    .collect(),
+            )),
+            listed,
+            events,
+        }
+    }
+
     /// Waits for the first list.
     pub async fn ready(&self) {
         let mut listed = self.listed.clone();

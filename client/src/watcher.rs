@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use berth_api::pb;
+use berth_retry::Backoff;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -27,6 +28,9 @@ pub enum Change<K> {
 }
 
 /// Which objects to watch.
+/// Pauses between failed lists and watches: 100 ms doubling to 5 s.
+pub const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
     /// Empty: every namespace.
@@ -38,7 +42,7 @@ pub struct Scope {
 /// Feeds `tx` until its receiver is dropped.
 pub async fn run<K: ClientKind>(conn: Connector, scope: Scope, tx: mpsc::Sender<Change<K>>) {
     let mut revision: Option<String> = None;
-    let mut delay = Backoff::default();
+    let mut delay = RETRY;
     loop {
         let ch = match conn.channel().await {
             Ok(ch) => ch,
@@ -160,30 +164,5 @@ pub async fn list_all<K: ClientKind>(
             return Ok((items, revision.unwrap_or_default()));
         }
         token = meta.continue_token;
-    }
-}
-
-/// 100 ms doubling to 5 s between attempts that fail in a row.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_millis(100),
-        }
-    }
-}
-
-impl Backoff {
-    pub async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-    }
-
-    pub fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
     }
 }

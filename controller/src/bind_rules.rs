@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
+use berth_api::kinds::list_prefix;
 use berth_api::kinds::object_key;
+use berth_api::names::SYSTEM_NAMESPACE;
 use berth_api::pb;
 use berth_api::resources::lease_epoch;
 use berth_api::resources::node_allocatable;
@@ -19,7 +21,6 @@ use berth_api::resources::pod_holds_node;
 use berth_api::resources::pod_requests;
 use berth_api::resources::Resources;
 use berth_api::resources::SCHEDULER_LEASE_NAME;
-use berth_api::resources::SCHEDULER_LEASE_NAMESPACE;
 use berth_api::Object;
 use berth_raft::rules::ReadKey;
 use berth_raft::BindOp;
@@ -27,7 +28,8 @@ use berth_raft::BindRefusal;
 use berth_raft::BindRules;
 use prost::Message;
 
-const PODS_PREFIX: &[u8] = b"/registry/pods/";
+static PODS_PREFIX: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| list_prefix(&<pb::Pod as Object>::INFO, ""));
 
 type Decision = Result<Vec<u8>, (BindRefusal, String)>;
 
@@ -76,11 +78,7 @@ impl PlacementRules {
         if bind.node.is_empty() {
             return refuse(BindRefusal::Invalid, "a bind needs a node name".into());
         }
-        let lease_key = object_key(
-            &pb::Lease::INFO,
-            SCHEDULER_LEASE_NAMESPACE,
-            SCHEDULER_LEASE_NAME,
-        );
+        let lease_key = object_key(&pb::Lease::INFO, SYSTEM_NAMESPACE, SCHEDULER_LEASE_NAME);
         let current = match read(lease_key.as_bytes())? {
             Some(raw) => pb::Lease::decode(raw.as_slice()).map_or(0, |l| lease_epoch(&l)),
             None => 0,
@@ -89,7 +87,7 @@ impl PlacementRules {
             return refuse(
                 BindRefusal::StaleEpoch,
                 format!(
-                    "the bind carries scheduler epoch {}, but lease {SCHEDULER_LEASE_NAMESPACE}/{SCHEDULER_LEASE_NAME} is at epoch {current}: the scheduler lost its lease; binds come only from the lease holder",
+                    "the bind carries scheduler epoch {}, but lease {SYSTEM_NAMESPACE}/{SCHEDULER_LEASE_NAME} is at epoch {current}: the scheduler lost its lease; binds come only from the lease holder",
                     bind.epoch
                 ),
             );
@@ -184,7 +182,7 @@ impl PlacementRules {
 
 impl BindRules for PlacementRules {
     fn observed_prefix(&self) -> &'static [u8] {
-        PODS_PREFIX
+        PODS_PREFIX.as_bytes()
     }
 
     fn reset(&mut self) {

@@ -21,9 +21,10 @@ use berth_proto::cluster as pb;
 use berth_proto::cluster::cluster_client::ClusterClient;
 use berth_raft::network::endpoint;
 use berth_raft::Node;
+use berth_retry::Backoff;
 use openraft::BasicNode;
 
-use crate::server::ServerConfig;
+use crate::config::ServerConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -200,14 +201,13 @@ async fn join(node: &Node, config: &ServerConfig, target: &str) -> Result<(), Bo
         target: target.to_string(),
         message,
     };
-    let mut delay = Duration::from_millis(100);
+    let mut delay = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let remote = loop {
         match status(target).await {
             Some(s) if !s.cluster_id.is_empty() => break s,
             _ => {
                 tracing::info!(%target, "waiting for the cluster to answer");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+                delay.wait().await;
             }
         }
     };

@@ -11,8 +11,13 @@
 use std::any::Any;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
+use std::sync::LazyLock;
 
+use berth_api::kinds::ip_claim_prefix;
+use berth_api::kinds::list_prefix;
 use berth_api::pb;
+use berth_api::Object;
+use berth_api::Reason;
 use berth_raft::KeyRange;
 use berth_raft::Op;
 use berth_raft::Precondition;
@@ -22,10 +27,12 @@ use prost::Message;
 use rand::Rng;
 use tonic::Status;
 
-const NODE_CIDR_CLAIMS: &str = "/registry/ipallocations/podcidrs/";
-const CLUSTER_IP_CLAIMS: &str = "/registry/ipallocations/clusterips/";
-const SERVICES_PREFIX: &[u8] = b"/registry/services/";
-const NODES_PREFIX: &[u8] = b"/registry/nodes/";
+static NODE_CIDR_CLAIMS: LazyLock<String> = LazyLock::new(|| ip_claim_prefix("podcidrs"));
+static CLUSTER_IP_CLAIMS: LazyLock<String> = LazyLock::new(|| ip_claim_prefix("clusterips"));
+static SERVICES_PREFIX: LazyLock<String> =
+    LazyLock::new(|| list_prefix(&<pb::Service as Object>::INFO, ""));
+static NODES_PREFIX: LazyLock<String> =
+    LazyLock::new(|| list_prefix(&<pb::Node as Object>::INFO, ""));
 /// Random picks before the allocator falls back to a full scan.
 const RANDOM_PICKS: usize = 32;
 
@@ -131,7 +138,7 @@ impl Claim {
 
     /// The refusal for a requested address that is already held.
     pub fn taken(&self) -> Status {
-        Status::already_exists(format!(
+        Reason::AddressTaken.status(format!(
             "{} is already allocated to another object: choose a free one or leave the field empty to have one assigned",
             self.address
         ))
@@ -139,11 +146,16 @@ impl Claim {
 }
 
 fn node_claim_key(cidr: &Ipv4Net) -> String {
-    format!("{NODE_CIDR_CLAIMS}{}-{}", cidr.network(), cidr.prefix_len())
+    format!(
+        "{}{}-{}",
+        *NODE_CIDR_CLAIMS,
+        cidr.network(),
+        cidr.prefix_len()
+    )
 }
 
 fn cluster_ip_claim_key(ip: Ipv4Addr) -> String {
-    format!("{CLUSTER_IP_CLAIMS}{ip}")
+    format!("{}{ip}", *CLUSTER_IP_CLAIMS)
 }
 
 /// The claim key `obj` holds, if it is a node with a pod CIDR or a
@@ -169,9 +181,9 @@ pub fn release_op(obj: &dyn Any) -> Option<Op> {
 
 /// `release_op` for a stored key and value (deletes by prefix).
 pub fn release(key: &[u8], value: &[u8]) -> Option<Op> {
-    if key.starts_with(SERVICES_PREFIX) {
+    if key.starts_with(SERVICES_PREFIX.as_bytes()) {
         release_op(&pb::Service::decode(value).ok()?)
-    } else if key.starts_with(NODES_PREFIX) {
+    } else if key.starts_with(NODES_PREFIX.as_bytes()) {
         release_op(&pb::Node::decode(value).ok()?)
     } else {
         None
@@ -217,7 +229,7 @@ impl Ipam {
         let spec = node.spec.get_or_insert_default();
         if !spec.pod_cidr.is_empty() {
             let cidr: Ipv4Net = spec.pod_cidr.parse().map_err(|_| {
-                Status::invalid_argument(format!(
+                Reason::Invalid.status(format!(
                     "spec.podCIDR {:?} is not an IPv4 CIDR",
                     spec.pod_cidr
                 ))
@@ -226,7 +238,7 @@ impl Ipam {
                 || cidr.trunc() != cidr
                 || !self.config.cluster_cidr.contains(&cidr)
             {
-                return Err(Status::invalid_argument(format!(
+                return Err(Reason::Invalid.status(format!(
                     "spec.podCIDR {cidr} is not a /{} network inside the cluster CIDR {}: leave it empty to have one assigned",
                     self.config.node_cidr_prefix, self.config.cluster_cidr
                 )));
@@ -237,7 +249,7 @@ impl Ipam {
                 requested: true,
             }));
         }
-        let taken = self.taken(NODE_CIDR_CLAIMS, avoid).await?;
+        let taken = self.taken(&NODE_CIDR_CLAIMS, avoid).await?;
         let config = &self.config;
         let Some(cidr) = pick(config.node_cidr_count(), |i| {
             let cidr = config.node_cidr(i);
@@ -274,14 +286,14 @@ impl Ipam {
         }
         if !spec.cluster_ip.is_empty() {
             let ip: Ipv4Addr = spec.cluster_ip.parse().map_err(|_| {
-                Status::invalid_argument(format!(
+                Reason::Invalid.status(format!(
                     "spec.clusterIP {:?} is not an IPv4 address",
                     spec.cluster_ip
                 ))
             })?;
             let range = self.config.service_cidr;
             if !range.contains(&ip) || ip == range.network() || ip == range.broadcast() {
-                return Err(Status::invalid_argument(format!(
+                return Err(Reason::Invalid.status(format!(
                     "spec.clusterIP {ip} is not a usable address of the service CIDR {range}: pick one inside it or leave it empty"
                 )));
             }
@@ -291,7 +303,7 @@ impl Ipam {
                 requested: true,
             }));
         }
-        let taken = self.taken(CLUSTER_IP_CLAIMS, avoid).await?;
+        let taken = self.taken(&CLUSTER_IP_CLAIMS, avoid).await?;
         let config = &self.config;
         let Some(ip) = pick(config.service_ip_count(), |i| {
             let ip = config.service_ip(i);
@@ -299,7 +311,7 @@ impl Ipam {
         }) else {
             metrics::counter!("berth_controller_ipam_exhausted_total", "pool" => "clusterips")
                 .increment(1);
-            return Err(Status::resource_exhausted(format!(
+            return Err(Reason::AddressesExhausted.status(format!(
                 "no ClusterIP is free in the service CIDR {}: delete unused services or start the controllers with a larger --service-cidr",
                 config.service_cidr
             )));

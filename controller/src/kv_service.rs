@@ -1,5 +1,7 @@
 //! The key-value store over gRPC (`berth.kv.v1.KV`).
 
+use berth_api::limits::MAX_REQUEST_BYTES;
+use berth_api::limits::MAX_RESPONSE_BYTES;
 use berth_proto::kv as pb;
 use berth_proto::kv::kv_server;
 use berth_raft::KeyRange;
@@ -15,11 +17,6 @@ use futures::StreamExt;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
-
-use crate::server::MAX_REQUEST_BYTES;
-
-/// Largest response: a range read of many keys.
-const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 pub struct KvService {
     store: Store,

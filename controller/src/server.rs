@@ -1,39 +1,19 @@
 //! The controller process: startup, serving, and clean shutdown.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_raft::node::NodeError;
 use berth_raft::Node;
-use berth_raft::NodeConfig;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api;
 use crate::bootstrap;
 use crate::cluster_service::ClusterService;
+use crate::config::ServerConfig;
 use crate::http;
 use crate::kv_service::KvService;
-
-/// Largest request a client may send; larger ones are refused with
-/// RESOURCE_EXHAUSTED before they are decoded.
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
-
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    pub id: u64,
-    pub listen: SocketAddr,
-    /// The address other controllers and clients use to reach this one.
-    pub advertise: String,
-    pub data_dir: PathBuf,
-    pub peers: Vec<(u64, String)>,
-    pub join: Option<String>,
-    pub metrics_listen: Option<SocketAddr>,
-    pub node: NodeConfig,
-    /// The address plan: cluster, node and service CIDRs.
-    pub network: crate::ipam::NetworkConfig,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

@@ -6,7 +6,15 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::Serialize;
 
-use crate::watch::Compacted;
+/// A watch asked for a revision the hub's buffer no longer holds.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "revision {requested} is no longer available: this controller keeps changes from revision {oldest} on; list again and watch from the list's revision"
+)]
+pub struct Compacted {
+    pub requested: u64,
+    pub oldest: u64,
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

@@ -6,6 +6,8 @@
 //! openraft is pinned to `=0.10.0-alpha.37`: the 0.10 line is where openraft
 //! develops (streamed append, read-index, pre-vote); 0.9 only takes fixes.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod error;
 pub mod identity;
@@ -26,11 +28,11 @@ pub use node::NodeConfig;
 pub use rules::BindOp;
 pub use rules::BindRefusal;
 pub use rules::BindRules;
-pub use store::KeyRange;
 pub use store::Store;
 pub use store::StoreConfig;
 pub use types::Event;
 pub use types::EventKind;
+pub use types::KeyRange;
 pub use types::KeyValue;
 pub use types::Op;
 pub use types::Precondition;

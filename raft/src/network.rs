@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use berth_retry::Backoff;
 use futures::Stream;
 use futures::StreamExt;
 use openraft::base::BoxFuture;
@@ -21,7 +22,6 @@ use openraft::errors::RPCError;
 use openraft::errors::ReplicationClosed;
 use openraft::errors::StreamingError;
 use openraft::errors::Unreachable;
-use openraft::network::Backoff;
 use openraft::network::RPCOption;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
@@ -121,7 +121,7 @@ impl Network {
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             }),
             identity: self.identity.clone(),
-            failures: 0,
+            unreachable: UNREACHABLE_PEER,
         }
     }
 }
@@ -143,9 +143,15 @@ pub struct Connection {
     addr: String,
     client: Option<RaftClient<Channel>>,
     identity: Identity,
-    /// Consecutive replication calls that could not reach the peer.
-    failures: u32,
+    /// Pauses after replication calls that could not reach the peer.
+    unreachable: Backoff,
 }
+
+/// 20 ms doubling to 500 ms: a restarted peer is back within milliseconds
+/// and should not wait long for its first append, a dead one costs a call
+/// every half second.
+const UNREACHABLE_PEER: Backoff =
+    Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
 
 /// Attaches the cluster id (and a deadline) to an outgoing call.
 pub fn request<T>(identity: &Identity, msg: T, timeout: Option<Duration>) -> tonic::Request<T> {
@@ -214,17 +220,13 @@ impl Connection {
     }
 
     /// Holds back a replication call's failure while the peer stays
-    /// unreachable (20 ms doubling to 500 ms): openraft restarts a failed
-    /// replication stream at once, and without this a dead peer costs a
-    /// connection attempt every millisecond.
+    /// unreachable: openraft restarts a failed replication stream at once,
+    /// and without this a dead peer costs a connection attempt every
+    /// millisecond.
     async fn note<T>(&mut self, result: Result<T, RpcErr>) -> Result<T, RpcErr> {
         match &result {
-            Ok(_) => self.failures = 0,
-            Err(RPCError::Unreachable(_)) => {
-                let delay = 20u64 << self.failures.min(5);
-                self.failures += 1;
-                tokio::time::sleep(Duration::from_millis(delay.min(500))).await;
-            }
+            Ok(_) => self.unreachable.reset(),
+            Err(RPCError::Unreachable(_)) => self.unreachable.wait().await,
             Err(_) => {}
         }
         result
@@ -380,15 +382,8 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         .await
     }
 
-    fn backoff(&self) -> Option<Backoff> {
-        // Short first retries: a restarted peer is back within milliseconds
-        // and should not wait a second for its first append.
-        Some(Backoff::new(
-            [20u64, 40, 80, 160, 320]
-                .into_iter()
-                .chain(std::iter::repeat(500))
-                .map(Duration::from_millis),
-        ))
+    fn backoff(&self) -> Option<openraft::network::Backoff> {
+        Some(openraft::network::Backoff::new(UNREACHABLE_PEER))
     }
 }
 

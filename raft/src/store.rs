@@ -44,6 +44,7 @@ use crate::storage::db::CF_KV;
 use crate::storage::state_machine::snapshot_revision;
 use crate::storage::StoredValue;
 use crate::types::validate_txn;
+use crate::types::KeyRange;
 use crate::types::KeyValue;
 use crate::types::NodeId;
 use crate::types::Raft;
@@ -80,50 +81,6 @@ impl Default for StoreConfig {
             max_batch_bytes: 1 << 20,
             max_inflight_batches: 32,
             unsafe_stale_reads: false,
-        }
-    }
-}
-
-/// A key range: `[start, end)`, or the single key `start` when `end` is None.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyRange {
-    pub start: Vec<u8>,
-    pub end: Option<Vec<u8>>,
-}
-
-impl KeyRange {
-    pub fn key(key: impl Into<Vec<u8>>) -> Self {
-        Self {
-            start: key.into(),
-            end: None,
-        }
-    }
-
-    /// Every key that starts with `prefix`.
-    pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
-        let start: Vec<u8> = prefix.into();
-        let mut end = start.clone();
-        // The smallest key greater than every key with this prefix.
-        while let Some(last) = end.pop() {
-            if last < 0xff {
-                end.push(last + 1);
-                return Self {
-                    start,
-                    end: Some(end),
-                };
-            }
-        }
-        Self {
-            start,
-            end: Some(Vec::new()),
-        }
-    }
-
-    pub fn contains(&self, key: &[u8]) -> bool {
-        match &self.end {
-            None => key == self.start.as_slice(),
-            // An empty end means "to the end of the key space".
-            Some(end) => key >= self.start.as_slice() && (end.is_empty() || key < end.as_slice()),
         }
     }
 }

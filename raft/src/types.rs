@@ -282,6 +282,50 @@ pub fn validate_txn(txn: &Txn) -> Result<(), TxnFailure> {
     Ok(())
 }
 
+/// A key range: `[start, end)`, or the single key `start` when `end` is None.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    pub fn key(key: impl Into<Vec<u8>>) -> Self {
+        Self {
+            start: key.into(),
+            end: None,
+        }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
+        let start: Vec<u8> = prefix.into();
+        let mut end = start.clone();
+        // The smallest key greater than every key with this prefix.
+        while let Some(last) = end.pop() {
+            if last < 0xff {
+                end.push(last + 1);
+                return Self {
+                    start,
+                    end: Some(end),
+                };
+            }
+        }
+        Self {
+            start,
+            end: Some(Vec::new()),
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match &self.end {
+            None => key == self.start.as_slice(),
+            // An empty end means "to the end of the key space".
+            Some(end) => key >= self.start.as_slice() && (end.is_empty() || key < end.as_slice()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

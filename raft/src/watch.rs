@@ -21,8 +21,9 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::error::TryRecvError;
 
-use crate::store::KeyRange;
+use crate::error::Compacted;
 use crate::types::Event;
+use crate::types::KeyRange;
 
 /// Events kept for watchers that resume.
 pub const DEFAULT_BUFFER_EVENTS: usize = 100_000;
@@ -35,15 +36,6 @@ const LIVE_REVISIONS: usize = 16 * 1024;
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Events a watch batch is cut at (between revisions, never inside one).
 const MAX_BATCH_EVENTS: usize = 1024;
-
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "revision {requested} is no longer available: this controller keeps changes from revision {oldest} on; list again and watch from the list's revision"
-)]
-pub struct Compacted {
-    pub requested: u64,
-    pub oldest: u64,
-}
 
 struct Buffer {
     events: VecDeque<Arc<Event>>,

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use berth_retry::Backoff;
 use serde::Deserialize;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -135,12 +136,12 @@ impl SchedulerConfig {
         (nodes * pct / 100).max(MIN)
     }
 
-    pub fn initial_backoff(&self) -> Duration {
-        Duration::from_millis(self.initial_backoff_millis)
-    }
-
-    pub fn max_backoff(&self) -> Duration {
-        Duration::from_millis(self.max_backoff_millis)
+    /// An unschedulable pod's wait before its next try.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.initial_backoff_millis),
+            Duration::from_millis(self.max_backoff_millis),
+        )
     }
 }
 

@@ -16,9 +16,9 @@ pub mod plugins;
 pub mod queue;
 pub mod scheduler;
 
+use berth_api::names::SYSTEM_NAMESPACE;
 use berth_api::pb;
 use berth_api::resources::SCHEDULER_LEASE_NAME;
-use berth_api::resources::SCHEDULER_LEASE_NAMESPACE;
 use berth_client::connect::Connector;
 use berth_client::election;
 use berth_client::watcher;
@@ -55,7 +55,7 @@ pub fn describe_metrics() {
 
 /// The scheduler's election, as `identity`.
 pub fn election_config(identity: String) -> ElectionConfig {
-    ElectionConfig::new(SCHEDULER_LEASE_NAMESPACE, SCHEDULER_LEASE_NAME, identity)
+    ElectionConfig::new(SYSTEM_NAMESPACE, SCHEDULER_LEASE_NAME, identity)
 }
 
 /// Runs a scheduler against the cluster at `conn` until the process ends.

@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use berth_api::pb;
+use berth_retry::Backoff;
 use tokio::time::Instant;
 
 use crate::cache::pod_key;
@@ -104,14 +104,12 @@ impl Queue {
     }
 
     /// Takes a pod out of the running until its back-off passes.
-    pub fn back_off(&mut self, key: PodKey, initial: Duration, max: Duration) {
+    pub fn back_off(&mut self, key: PodKey, backoff: &Backoff) {
         let Some(p) = self.pods.get_mut(&key) else {
             return;
         };
+        let delay = backoff.delay(p.attempts);
         p.attempts += 1;
-        let delay = initial
-            .saturating_mul(1 << (p.attempts - 1).min(16))
-            .min(max);
         self.stop_waiting(&key);
         let until = Instant::now() + delay;
         self.waiting.insert(key.clone(), until);
@@ -149,6 +147,8 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use berth_api::Object;
 
     use super::*;
@@ -166,7 +166,8 @@ mod tests {
         q.upsert(pod("a"));
         q.upsert(pod("b"));
         let (a, _) = q.pop().unwrap();
-        q.back_off(a.clone(), Duration::from_secs(1), Duration::from_secs(10));
+        let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10)).exact();
+        q.back_off(a.clone(), &backoff);
         let (b, _) = q.pop().unwrap();
         assert_eq!(&*b, "default/b");
         assert!(q.pop().is_none(), "a waits");
@@ -176,7 +177,7 @@ mod tests {
         q.release(false);
         assert_eq!(&*q.pop().unwrap().0, "default/a");
         // The second failure waits twice as long; a change ends it early.
-        q.back_off(a.clone(), Duration::from_secs(1), Duration::from_secs(10));
+        q.back_off(a.clone(), &backoff);
         assert_eq!(
             q.next_release(),
             Some(Instant::now() + Duration::from_secs(2))

@@ -270,11 +270,7 @@ impl Scheduler {
                     metrics::counter!("berth_scheduler_attempts_total", "result" => "unschedulable")
                         .increment(1);
                     self.report_unschedulable(&key, message);
-                    self.queue.back_off(
-                        key,
-                        self.config.initial_backoff(),
-                        self.config.max_backoff(),
-                    );
+                    self.queue.back_off(key, &self.config.backoff());
                 }
             }
         }
@@ -457,11 +453,7 @@ impl Scheduler {
                 _ => {
                     tracing::debug!(pod = %key, %node, message = %r.message, "bind refused");
                     self.cache.unassume(&key);
-                    self.queue.back_off(
-                        key,
-                        self.config.initial_backoff(),
-                        self.config.max_backoff(),
-                    );
+                    self.queue.back_off(key, &self.config.backoff());
                 }
             }
         }

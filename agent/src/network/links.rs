@@ -214,9 +214,15 @@ fn inside_pod(peer: &str, ip: Ipv4Net, gateway: Ipv4Addr) -> Result<(), LinkErro
 pub async fn detach_pod(handle: &Handle, uid: &str) -> Result<(), LinkError> {
     let (host, peer) = veth_names(uid);
     for name in [host, peer] {
-        if let Some(index) = index_of(handle, &name).await? {
-            handle.link().del(index).execute().await?;
-        }
+        delete_link(handle, &name).await?;
+    }
+    Ok(())
+}
+
+/// Deletes link `name` if it exists.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<(), LinkError> {
+    if let Some(index) = index_of(handle, name).await? {
+        handle.link().del(index).execute().await?;
     }
     Ok(())
 }

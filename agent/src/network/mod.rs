@@ -51,6 +51,8 @@ pub enum NetworkError {
         what: String,
         source: std::io::Error,
     },
+    #[error("removing the service rules: {0}")]
+    Nft(#[from] nft::NftError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetworkError {
@@ -83,6 +85,32 @@ fn ensure_forwarding() -> Result<(), NetworkError> {
     fs::write(PATH, "1").map_err(io(
         "turning on IPv4 forwarding (/proc/sys/net/ipv4/ip_forward; in a container, set the sysctl net.ipv4.ip_forward=1)",
     ))
+}
+
+/// Removes the node's whole pod network: every pod's namespace, veth pair,
+/// address and files, the bridge (and the routes over it) and the service
+/// rules. For an agent whose node ends with it (`berth dev`); a real
+/// agent's network outlives the agent, whose next start adopts it.
+pub async fn teardown(config: &BridgeConfig) -> Result<(), NetworkError> {
+    let handle = links::connect().map_err(io("opening a netlink socket"))?;
+    let records = config.dir.join("ips");
+    for entry in fs::read_dir(&records).into_iter().flatten().flatten() {
+        let Ok(uid) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        links::detach_pod(&handle, &uid).await?;
+        netns::remove(&netns::path(&netns_name(&uid)))
+            .map_err(io("removing a pod's network namespace"))?;
+    }
+    links::delete_link(&handle, &config.bridge).await?;
+    let table = nft::TABLE;
+    nft::apply(&format!("table ip {table}\ndelete table ip {table}\n")).await?;
+    match fs::remove_dir_all(&config.dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io(format!("removing {}", config.dir.display()))(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub fn netns_name(uid: &str) -> String {

@@ -1,7 +1,8 @@
 //! Keeps the node's routes, service rules and DNS names in step with the
-//! cluster: level-triggered on every change of nodes, services and
-//! endpoints (a burst makes one pass) and every few seconds, so whatever
-//! someone removed by hand comes back.
+//! cluster: one reconcile of the whole state on the controller runtime,
+//! level-triggered on every change of nodes, services and endpoints (a
+//! burst makes one pass) and every few seconds, so whatever someone removed
+//! by hand comes back.
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
@@ -13,6 +14,8 @@ use std::time::Instant;
 use berth_api::pb;
 use berth_api::Object;
 use berth_client::connect::Connector;
+use berth_client::controller::Action;
+use berth_client::controller::Controller;
 use berth_client::reflector::Reflector;
 use berth_client::watcher::Scope;
 use ipnet::Ipv4Net;
@@ -24,9 +27,9 @@ use super::nft;
 use super::BridgeNetwork;
 
 const RESYNC: Duration = Duration::from_secs(10);
-/// Every this many resyncs the service table is replaced whole, which
-/// also undoes any change made to it by hand.
-const FULL_EVERY: u32 = 30;
+/// The service table is replaced whole this often, which also undoes any
+/// change made to it by hand.
+const FULL_PERIOD: Duration = Duration::from_secs(300);
 /// Events within this window after the first make one pass.
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
 
@@ -34,7 +37,15 @@ pub struct NetworkSync {
     net: Arc<BridgeNetwork>,
     node: String,
     names: Names,
-    applied: Option<nft::RuleSet>,
+    /// The rules in the kernel, and when the table was last replaced whole.
+    applied: Option<(nft::RuleSet, Instant)>,
+}
+
+struct Ctx {
+    sync: tokio::sync::Mutex<NetworkSync>,
+    nodes: Reflector<pb::Node>,
+    services: Reflector<pb::Service>,
+    endpoints: Reflector<pb::Endpoints>,
 }
 
 impl NetworkSync {
@@ -47,37 +58,21 @@ impl NetworkSync {
         }
     }
 
-    pub async fn run(mut self, conn: Connector) {
-        let nodes = Reflector::<pb::Node>::start(conn.clone(), Scope::default());
-        let services = Reflector::<pb::Service>::start(conn.clone(), Scope::default());
-        let endpoints = Reflector::<pb::Endpoints>::start(conn, Scope::default());
-        nodes.ready().await;
-        services.ready().await;
-        endpoints.ready().await;
-        let (mut n, mut s, mut e) = (
-            nodes.subscribe(),
-            services.subscribe(),
-            endpoints.subscribe(),
-        );
-        let mut resync = tokio::time::interval(RESYNC);
-        let mut ticks = 0u32;
-        loop {
-            tokio::select! {
-                _ = n.recv() => {}
-                _ = s.recv() => {}
-                _ = e.recv() => {}
-                _ = resync.tick() => {
-                    ticks += 1;
-                    if ticks.is_multiple_of(FULL_EVERY) {
-                        self.applied = None;
-                    }
-                }
-            }
-            tokio::time::sleep(BATCH_WINDOW).await;
-            while n.try_recv().is_ok() || s.try_recv().is_ok() || e.try_recv().is_ok() {}
-            self.sync_routes(&nodes.all()).await;
-            self.sync_services(&services.all(), &endpoints).await;
-        }
+    pub async fn run(self, conn: Connector) {
+        let ctx = Arc::new(Ctx {
+            sync: tokio::sync::Mutex::new(self),
+            nodes: Reflector::start(conn.clone(), Scope::default()),
+            services: Reflector::start(conn.clone(), Scope::default()),
+            endpoints: Reflector::start(conn, Scope::default()),
+        });
+        Controller::singleton("network")
+            .triggered_by(ctx.nodes.clone())
+            .triggered_by(ctx.services.clone())
+            .triggered_by(ctx.endpoints.clone())
+            .resync_every(RESYNC)
+            .batch_window(BATCH_WINDOW)
+            .run(sync, ctx)
+            .await
     }
 
     /// A route to every other node's pod CIDR via its InternalIP; routes of
@@ -111,40 +106,46 @@ impl NetworkSync {
         metrics::gauge!("berth_agent_routes").set(want.len() as f64);
     }
 
+    /// Programs the service rules; a failure leaves the table to be
+    /// replaced whole on the next try.
     async fn sync_services(
         &mut self,
         services: &[Arc<pb::Service>],
         endpoints: &Reflector<pb::Endpoints>,
-    ) {
+    ) -> Result<(), nft::NftError> {
         let started = Instant::now();
+        if self
+            .applied
+            .as_ref()
+            .is_some_and(|(_, full)| full.elapsed() >= FULL_PERIOD)
+        {
+            self.applied = None;
+        }
         let (rules, names) = desired(
             services,
             |key| endpoints.get(key),
             &self.net.config.cluster_domain,
         );
         self.names.replace(names);
-        let (kind, script) = match &self.applied {
-            Some(old) if *old == rules => return,
-            Some(old) => ("incremental", nft::render_changes(old, &rules)),
+        let (kind, script, full) = match &self.applied {
+            Some((old, _)) if *old == rules => return Ok(()),
+            Some((old, full)) => ("incremental", nft::render_changes(old, &rules), *full),
             None => {
                 let cluster = self.net.config.cluster_cidr;
                 if let Err(e) = nft::allow_forwarding_past_docker(cluster).await {
                     tracing::warn!(error = %e, "cannot let pod traffic past Docker's FORWARD policy");
                 }
-                ("full", nft::render_full(&self.nat(), &rules))
+                ("full", nft::render_full(&self.nat(), &rules), started)
             }
         };
-        match nft::apply(&script).await {
-            Ok(()) => {
-                self.applied = Some(rules);
-                metrics::histogram!("berth_agent_service_sync_seconds", "kind" => kind)
-                    .record(started.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, kind, "cannot program the service rules; the next pass replaces the whole table");
-                self.applied = None;
-            }
+        if let Err(e) = nft::apply(&script).await {
+            self.applied = None;
+            return Err(e);
         }
+        self.applied = Some((rules, full));
+        metrics::histogram!("berth_agent_service_sync_seconds", "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     fn nat(&self) -> nft::NodeNat {
@@ -154,6 +155,14 @@ impl NetworkSync {
             cluster_cidr: self.net.config.cluster_cidr,
         }
     }
+}
+
+/// One pass over the node's whole network state.
+async fn sync(_: Arc<()>, ctx: Arc<Ctx>) -> Result<Action, nft::NftError> {
+    let mut s = ctx.sync.lock().await;
+    s.sync_routes(&ctx.nodes.all()).await;
+    s.sync_services(&ctx.services.all(), &ctx.endpoints).await?;
+    Ok(Action::AwaitChange)
 }
 
 fn peer_route(node: &pb::Node) -> Option<(Ipv4Net, Ipv4Addr)> {

@@ -325,13 +325,13 @@ impl Runtime for ProcessRuntime {
         // Report once the process runs (or failed to), so that a status
         // written right after shows it.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let mut pause = Duration::from_millis(1);
+        let mut pause =
+            berth_retry::Backoff::new(Duration::from_millis(1), Duration::from_millis(50)).exact();
         while !dir.join(shim::PID_FILE).exists()
             && !dir.join(shim::EXIT_FILE).exists()
             && tokio::time::Instant::now() < deadline
         {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            pause.wait().await;
         }
         Ok(())
     }

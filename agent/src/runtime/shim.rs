@@ -289,6 +289,7 @@ fn oom_kills(launch: &Launch) -> u64 {
 /// Makes the child write itself into each cgroup (`0` names the writer)
 /// before it execs, so that it never runs a moment outside its limits.
 /// The files were opened before the fork and close on exec.
+#[allow(unsafe_code)]
 pub fn join_cgroups(cmd: &mut Command, fds: Vec<RawFd>) {
     if fds.is_empty() {
         return;
@@ -310,6 +311,7 @@ pub fn join_cgroups(cmd: &mut Command, fds: Vec<RawFd>) {
 
 /// Makes the child enter the network namespace open as `fd` before it
 /// execs (an exec probe of a pod with its own network).
+#[allow(unsafe_code)]
 pub fn join_netns(cmd: &mut Command, fd: RawFd) {
     // SAFETY: between fork and exec only the setns system call runs, on a
     // descriptor opened before the fork; nothing allocates.

@@ -135,8 +135,10 @@ impl LoadClient for BerthClient {
     }
 }
 
+#[cfg(feature = "etcd")]
 struct EtcdClient(etcd_client::Client);
 
+#[cfg(feature = "etcd")]
 impl LoadClient for EtcdClient {
     async fn put(&mut self, key: &str, value: &[u8]) -> bool {
         self.0.put(key, value, None).await.is_ok()
@@ -203,6 +205,7 @@ async fn berth_client(
     }
 }
 
+#[cfg(feature = "etcd")]
 async fn etcd_client(
     endpoints: Vec<String>,
     client: usize,
@@ -216,6 +219,24 @@ async fn etcd_client(
             ..ClientResult::default()
         },
     }
+}
+
+#[cfg(feature = "etcd")]
+async fn etcd_load(etcd: &str, args: &Arc<StoreArgs>) -> anyhow::Result<Report> {
+    let endpoints: Vec<String> = etcd.split(',').map(|e| e.trim().to_string()).collect();
+    let started = Instant::now();
+    let until = started + args.duration;
+    let handles = (0..args.clients)
+        .map(|c| tokio::spawn(etcd_client(endpoints.clone(), c, args.clone(), until)))
+        .collect();
+    Ok(collect("etcd", handles, started).await)
+}
+
+const NO_ETCD: &str = "this berth was built without etcd support: build it with `cargo build --release --features berth/etcd` to compare with etcd";
+
+#[cfg(not(feature = "etcd"))]
+async fn etcd_load(_: &str, _: &Arc<StoreArgs>) -> anyhow::Result<Report> {
+    bail!(NO_ETCD)
 }
 
 async fn collect(
@@ -249,6 +270,9 @@ pub async fn run(args: StoreArgs, addrs: &[String]) -> anyhow::Result<()> {
     if args.clients == 0 || addrs.is_empty() {
         bail!("--clients must be at least 1 and --server must name a controller");
     }
+    if args.etcd.is_some() && !cfg!(feature = "etcd") {
+        bail!(NO_ETCD);
+    }
     let args = Arc::new(args);
     let mut reports = Vec::new();
 
@@ -260,13 +284,7 @@ pub async fn run(args: StoreArgs, addrs: &[String]) -> anyhow::Result<()> {
     reports.push(collect("berth", handles, started).await);
 
     if let Some(etcd) = &args.etcd {
-        let endpoints: Vec<String> = etcd.split(',').map(|e| e.trim().to_string()).collect();
-        let started = Instant::now();
-        let until = started + args.duration;
-        let handles = (0..args.clients)
-            .map(|c| tokio::spawn(etcd_client(endpoints.clone(), c, args.clone(), until)))
-            .collect();
-        reports.push(collect("etcd", handles, started).await);
+        reports.push(etcd_load(etcd, &args).await?);
     }
 
     for r in &mut reports {

@@ -12,8 +12,8 @@ use berth_api::pb;
 use berth_api::with_object;
 use berth_api::AnyObject;
 use berth_api::Object;
+use berth_api::Reason;
 use clap::Args;
-use tonic::Code;
 
 use super::kind_info;
 use super::object_ref;
@@ -59,6 +59,8 @@ fn read_objects(files: &[String], ns: &NamespaceArgs) -> Result<Vec<AnyObject>> 
             }
         });
     }
+    // A manifest may hold a namespace and what goes in it, in any order.
+    objects.sort_by_key(|o| *o.info() != <pb::Namespace as Object>::INFO);
     Ok(objects)
 }
 
@@ -118,11 +120,13 @@ async fn apply_one<K: ClientKind>(ch: tonic::transport::Channel, mut obj: K) -> 
     )
     .await;
     match current {
-        Err(s) if s.code() == Code::NotFound && !s.message().starts_with("namespace") => {
+        Err(s) if Reason::of(&s) == Some(Reason::NotFound) => {
             match K::create(ch.clone(), obj.clone()).await {
                 Ok(_) => Ok(format!("{what} created")),
                 // Created by someone else in between: update it instead.
-                Err(s) if s.code() == Code::AlreadyExists => update_one(ch, obj, &what, None).await,
+                Err(s) if Reason::of(&s) == Some(Reason::AlreadyExists) => {
+                    update_one(ch, obj, &what, None).await
+                }
                 Err(s) => Err(status_error(s)),
             }
         }
@@ -250,7 +254,7 @@ pub async fn scale(ctx: &Ctx, args: ScaleArgs) -> Result<()> {
                 println!("{} scaled", object_ref(info, &args.name));
                 return Ok(());
             }
-            Err(s) if s.code() == Code::Aborted => continue,
+            Err(s) if Reason::of(&s) == Some(Reason::Conflict) => continue,
             Err(s) => return Err(status_error(s)),
         }
     }

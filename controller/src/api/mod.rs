@@ -5,7 +5,6 @@ mod objects;
 mod services;
 mod special;
 
-pub(crate) use objects::now_rfc3339;
 pub use services::describe_metrics;
 pub use services::ConfigMapService;
 pub use services::DeploymentService;

@@ -5,15 +5,17 @@
 use std::collections::HashSet;
 use std::marker::PhantomData;
 use std::time::Duration;
-use std::time::SystemTime;
 
 use berth_api::kinds::list_prefix;
 use berth_api::kinds::object_key;
+use berth_api::limits::MAX_OBJECT_BYTES;
 use berth_api::pb;
 use berth_api::selector::Field;
 use berth_api::selector::FieldSelector;
 use berth_api::selector::LabelSelector;
+use berth_api::time::now_rfc3339;
 use berth_api::Object;
+use berth_api::Reason;
 use berth_raft::KeyRange;
 use berth_raft::KeyValue;
 use berth_raft::Op;
@@ -30,8 +32,6 @@ use crate::ipam;
 use crate::ipam::Claim;
 use crate::ipam::Ipam;
 
-/// Largest encoded object.
-pub const MAX_OBJECT_BYTES: usize = 1 << 20;
 /// Read-modify-write rounds before an update without a precondition gives
 /// up under contention.
 const UPDATE_ATTEMPTS: usize = 8;
@@ -60,33 +60,32 @@ impl<K> Clone for Api<K> {
     }
 }
 
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
-
 fn failure_status(kind: &str, namespace: &str, name: &str, f: &TxnFailure) -> Status {
     let what = describe(kind, namespace, name);
     match f {
-        TxnFailure::AlreadyExists { .. } => Status::already_exists(format!(
+        TxnFailure::AlreadyExists { .. } => Reason::AlreadyExists.status(format!(
             "{what} already exists: use apply or update to change it"
         )),
-        TxnFailure::NotFound { key, .. } if key.starts_with(b"/registry/namespaces/") => {
-            Status::not_found(format!(
+        TxnFailure::NotFound { key, .. } if is_namespace_key(key) => Reason::NamespaceNotFound
+            .status(format!(
                 "namespace {namespace:?} does not exist: create it first"
-            ))
-        }
-        TxnFailure::NotFound { .. } => Status::not_found(format!("{what} not found")),
-        TxnFailure::RevisionMismatch { key, .. } if key.starts_with(b"/registry/namespaces/") => {
-            Status::failed_precondition(format!(
+            )),
+        TxnFailure::NotFound { .. } => Reason::NotFound.status(format!("{what} not found")),
+        TxnFailure::RevisionMismatch { key, .. } if is_namespace_key(key) => {
+            Reason::NamespaceTerminating.status(format!(
                 "namespace {namespace:?} is being deleted: no new objects can be created in it"
             ))
         }
         TxnFailure::RevisionMismatch {
             expected, actual, ..
         } => conflict(kind, namespace, name, *expected, *actual),
-        TxnFailure::Invalid { reason } => Status::invalid_argument(reason.clone()),
-        TxnFailure::BindRefused { message, .. } => Status::failed_precondition(message.clone()),
+        TxnFailure::Invalid { reason } => Reason::Invalid.status(reason.clone()),
+        TxnFailure::BindRefused { message, .. } => Reason::BindRefused.status(message.clone()),
     }
+}
+
+fn is_namespace_key(key: &[u8]) -> bool {
+    key.starts_with(list_prefix(&<pb::Namespace as Object>::INFO, "").as_bytes())
 }
 
 /// Whether a transaction failed only because another object holds the
@@ -118,7 +117,7 @@ fn address_contention(kind: &str, namespace: &str, name: &str) -> Status {
 
 /// A resourceVersion precondition that does not hold.
 fn conflict(kind: &str, namespace: &str, name: &str, expected: u64, actual: u64) -> Status {
-    Status::aborted(format!(
+    Reason::Conflict.status(format!(
         "conflict: {} was changed (resourceVersion {actual}, not {expected}): re-read and retry",
         describe(kind, namespace, name)
     ))
@@ -140,7 +139,7 @@ fn parse_revision(text: &str, field: &str) -> Result<Option<u64>, Status> {
         return Ok(None);
     }
     text.parse().map(Some).map_err(|_| {
-        Status::invalid_argument(format!(
+        Reason::Invalid.status(format!(
             "{field} {text:?} is not a resourceVersion (a number)"
         ))
     })
@@ -198,7 +197,7 @@ impl<K: Object> Api<K> {
         stored.set_type_meta();
         let bytes = stored.encode_to_vec();
         if bytes.len() > MAX_OBJECT_BYTES {
-            return Err(Status::resource_exhausted(format!(
+            return Err(Reason::TooLarge.status(format!(
                 "{} is {} bytes encoded; objects are limited to {MAX_OBJECT_BYTES} bytes (1 MiB): split it",
                 describe(K::INFO.kind, obj.namespace(), obj.name()),
                 bytes.len()
@@ -257,7 +256,7 @@ impl<K: Object> Api<K> {
     }
 
     fn not_found(&self, namespace: &str, name: &str) -> Status {
-        Status::not_found(format!(
+        Reason::NotFound.status(format!(
             "{} not found",
             describe(K::INFO.kind, namespace, name)
         ))
@@ -275,11 +274,11 @@ impl<K: Object> Api<K> {
         }
         let ns = Api::<pb::Namespace>::new(self.store.clone());
         match ns.read(namespace, namespace, !fresh).await? {
-            None => Err(Status::not_found(format!(
+            None => Err(Reason::NamespaceNotFound.status(format!(
                 "namespace {namespace:?} does not exist: create it first (berth apply -f a Namespace manifest)"
             ))),
             Some((n, _)) if n.meta().is_some_and(|m| !m.deletion_timestamp.is_empty()) => {
-                Err(Status::failed_precondition(format!(
+                Err(Reason::NamespaceTerminating.status(format!(
                     "namespace {namespace:?} is being deleted: no new objects can be created in it"
                 )))
             }
@@ -292,7 +291,7 @@ impl<K: Object> Api<K> {
         obj.meta_mut().namespace = ns;
         obj.apply_defaults();
         obj.validate()
-            .map_err(|e| Status::invalid_argument(format!("invalid {}: {e}", K::INFO.kind)))
+            .map_err(|e| Reason::Invalid.status(format!("invalid {}: {e}", K::INFO.kind)))
     }
 
     pub async fn create(&self, mut obj: K) -> Result<K, Status> {
@@ -348,7 +347,7 @@ impl<K: Object> Api<K> {
             ),
             Ok(Err(
                 TxnFailure::NotFound { key, .. } | TxnFailure::RevisionMismatch { key, .. },
-            )) => key.starts_with(b"/registry/namespaces/"),
+            )) => is_namespace_key(key),
             Ok(_) => false,
         };
         if stale_namespace {
@@ -403,18 +402,18 @@ impl<K: Object> Api<K> {
     /// Objects matching the request, at most `limit`, and where to go on.
     pub async fn list(&self, req: pb::ListRequest) -> Result<(Vec<K>, pb::ListMeta), Status> {
         let labels = LabelSelector::parse(&req.label_selector)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Reason::Invalid.status(e.to_string()))?;
         let fields = FieldSelector::parse(&req.field_selector, K::INFO.kind == "Pod")
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Reason::Invalid.status(e.to_string()))?;
         if req.limit < 0 {
-            return Err(Status::invalid_argument("limit must not be negative"));
+            return Err(Reason::Invalid.status("limit must not be negative"));
         }
         let prefix = KeyRange::prefix(list_prefix(&K::INFO, &req.namespace).into_bytes());
         let mut start = prefix.start.clone();
         if !req.continue_token.is_empty() {
             let after = decode_continue(&req.continue_token)?;
             if !prefix.contains(&after) {
-                return Err(Status::invalid_argument(
+                return Err(Reason::Invalid.status(
                     "the continue token belongs to another listing: list again without it",
                 ));
             }
@@ -492,7 +491,7 @@ impl<K: Object> Api<K> {
         }
         let (namespace, name) = (obj.namespace().to_string(), obj.name().to_string());
         if name.is_empty() {
-            return Err(Status::invalid_argument("metadata.name is required"));
+            return Err(Reason::Invalid.status("metadata.name is required"));
         }
         let precondition =
             parse_revision(&obj.meta_mut().resource_version, "metadata.resourceVersion")?;
@@ -514,7 +513,7 @@ impl<K: Object> Api<K> {
                 let mut next = stored.clone();
                 next.take_status_from(&obj);
                 next.validate().map_err(|e| {
-                    Status::invalid_argument(format!("invalid {} status: {e}", K::INFO.kind))
+                    Reason::Invalid.status(format!("invalid {} status: {e}", K::INFO.kind))
                 })?;
                 next
             } else {
@@ -555,7 +554,7 @@ impl<K: Object> Api<K> {
                 s => return Err(s),
             }
         }
-        Err(Status::aborted(format!(
+        Err(Reason::Conflict.status(format!(
             "conflict: {} kept changing during the change: re-read and retry",
             describe(K::INFO.kind, &namespace, &name)
         )))
@@ -563,11 +562,10 @@ impl<K: Object> Api<K> {
 
     fn merge_update(&self, stored: &K, mut next: K) -> Result<K, Status> {
         next.keep_assigned(stored);
-        next.check_update(stored).map_err(|e| {
-            Status::invalid_argument(format!("invalid {} update: {e}", K::INFO.kind))
-        })?;
+        next.check_update(stored)
+            .map_err(|e| Reason::Invalid.status(format!("invalid {} update: {e}", K::INFO.kind)))?;
         if next.node_name() != stored.node_name() {
-            return Err(Status::invalid_argument(format!(
+            return Err(Reason::Invalid.status(format!(
                 "spec.nodeName cannot be changed by an update (it is {:?}): a pending pod is placed with Bind",
                 stored.node_name()
             )));
@@ -612,7 +610,7 @@ impl<K: Object> Api<K> {
                 Err(s) => return Err(s),
             }
         }
-        Err(Status::aborted(format!(
+        Err(Reason::Conflict.status(format!(
             "conflict: {} kept changing during the change: re-read and retry",
             describe(K::INFO.kind, &namespace, name)
         )))
@@ -622,9 +620,9 @@ impl<K: Object> Api<K> {
     /// BOOKMARK every interval carrying the revision seen so far.
     pub fn watch(&self, req: pb::WatchRequest) -> Result<Events<K>, Status> {
         let labels = LabelSelector::parse(&req.label_selector)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Reason::Invalid.status(e.to_string()))?;
         let fields = FieldSelector::parse(&req.field_selector, K::INFO.kind == "Pod")
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Reason::Invalid.status(e.to_string()))?;
         let start = parse_revision(&req.resource_version, "resourceVersion")?;
         let from = start.map_or(0, |r| r + 1);
         let range = KeyRange::prefix(list_prefix(&K::INFO, &req.namespace).into_bytes());
@@ -654,7 +652,7 @@ fn decode_continue(token: &str) -> Result<Vec<u8>, Status> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| {
-            Status::invalid_argument("the continue token is not valid: list again without it")
+            Reason::Invalid.status("the continue token is not valid: list again without it")
         })
 }
 

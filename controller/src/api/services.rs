@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::time::Instant;
 
+use berth_api::limits::MAX_REQUEST_BYTES;
+use berth_api::limits::MAX_RESPONSE_BYTES;
 use berth_api::pb;
 use berth_raft::Store;
 use futures::stream::BoxStream;
@@ -15,12 +17,6 @@ use tracing::Instrument;
 
 use super::objects::Api;
 use crate::ipam::Ipam;
-
-/// Largest request the transport lets through: above the 1 MiB object
-/// limit, so that an oversized object gets admission's explanation.
-const MAX_REQUEST_BYTES: usize = 8 << 20;
-/// Largest response: a long listing.
-const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
 /// Runs one call, counting it by kind, verb and outcome.
 async fn observe<T>(

@@ -4,8 +4,11 @@
 use berth_api::kinds::list_prefix;
 use berth_api::kinds::object_key;
 use berth_api::kinds::KINDS;
+use berth_api::limits::MAX_BATCH_ITEMS;
+use berth_api::names::BUILTIN_NAMESPACES;
 use berth_api::pb;
 use berth_api::Object;
+use berth_api::Reason;
 use berth_raft::BindRefusal;
 use berth_raft::KeyRange;
 use berth_raft::Op;
@@ -14,11 +17,9 @@ use berth_raft::TxnFailure;
 use berth_raft::TxnOutcome;
 use tonic::Status;
 
-use super::objects::now_rfc3339;
 use super::objects::Api;
+use berth_api::time::now_rfc3339;
 
-/// Namespaces that always exist.
-pub const PROTECTED_NAMESPACES: &[&str] = &["default", "berth-system"];
 /// Deletes per transaction while a namespace is emptied.
 const DELETE_BATCH: usize = 512;
 
@@ -28,8 +29,8 @@ impl Api<pb::Namespace> {
     /// finishes a deletion that was interrupted.
     pub async fn delete_namespace(&self, req: pb::DeleteRequest) -> Result<pb::Namespace, Status> {
         let name = req.name.clone();
-        if PROTECTED_NAMESPACES.contains(&name.as_str()) {
-            return Err(Status::failed_precondition(format!(
+        if BUILTIN_NAMESPACES.contains(&name.as_str()) {
+            return Err(Reason::Protected.status(format!(
                 "namespace {name:?} is built in and cannot be deleted"
             )));
         }
@@ -41,7 +42,7 @@ impl Api<pb::Namespace> {
             .await?;
         if let Some(expected) = Some(&req.resource_version).filter(|r| !r.is_empty()) {
             if ns.meta().map(|m| &m.resource_version) != Some(expected) {
-                return Err(Status::aborted(format!(
+                return Err(Reason::Conflict.status(format!(
                     "conflict: namespace {name:?} was changed since resourceVersion {expected}: re-read and retry"
                 )));
             }
@@ -75,7 +76,7 @@ impl Api<pb::Namespace> {
                 ns.meta_mut().resource_version = revision.to_string();
                 Ok(ns)
             }
-            TxnOutcome::Failed(_) => Err(Status::aborted(format!(
+            TxnOutcome::Failed(_) => Err(Reason::Conflict.status(format!(
                 "conflict: namespace {name:?} changed while it was being deleted: run the delete again"
             ))),
         }
@@ -106,9 +107,6 @@ impl Api<pb::Namespace> {
     }
 }
 
-/// Most binds (or pods) one `BindBatch` (`CreateBatch`) call may carry.
-pub const MAX_BINDS_PER_BATCH: usize = 10_000;
-
 impl Api<pb::Pod> {
     /// Binds a pending pod to a node, once; the state machine's bind rules
     /// decide (see `bind_rules`).
@@ -132,9 +130,9 @@ impl Api<pb::Pod> {
         &self,
         req: pb::BindBatchRequest,
     ) -> Result<pb::BindBatchResponse, Status> {
-        if req.binds.len() > MAX_BINDS_PER_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "{} binds in one batch; at most {MAX_BINDS_PER_BATCH} are allowed: split the batch",
+        if req.binds.len() > MAX_BATCH_ITEMS {
+            return Err(Reason::Invalid.status(format!(
+                "{} binds in one batch; at most {MAX_BATCH_ITEMS} are allowed: split the batch",
                 req.binds.len()
             )));
         }
@@ -153,9 +151,9 @@ impl Api<pb::Pod> {
         &self,
         req: pb::CreatePodsRequest,
     ) -> Result<pb::CreatePodsResponse, Status> {
-        if req.items.len() > MAX_BINDS_PER_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "{} pods in one batch; at most {MAX_BINDS_PER_BATCH} are allowed: split the batch",
+        if req.items.len() > MAX_BATCH_ITEMS {
+            return Err(Reason::Invalid.status(format!(
+                "{} pods in one batch; at most {MAX_BATCH_ITEMS} are allowed: split the batch",
                 req.items.len()
             )));
         }
@@ -249,18 +247,20 @@ fn refusal_code(reason: BindRefusal) -> tonic::Code {
 /// controller runs it; whichever is first creates them.
 pub async fn ensure_builtin_namespaces(store: berth_raft::Store) {
     let api = Api::<pb::Namespace>::new(store);
-    for name in PROTECTED_NAMESPACES {
-        let mut delay = std::time::Duration::from_millis(200);
+    for name in BUILTIN_NAMESPACES {
+        let mut delay = berth_retry::Backoff::new(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(5),
+        );
         loop {
             let mut ns = pb::Namespace::default();
             ns.meta_mut().name = name.to_string();
             match api.create(ns).await {
                 Ok(_) => break,
-                Err(s) if s.code() == tonic::Code::AlreadyExists => break,
+                Err(s) if Reason::of(&s) == Some(Reason::AlreadyExists) => break,
                 Err(s) => {
                     tracing::debug!(namespace = name, error = %s.message(), "built-in namespace not created yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    delay.wait().await;
                 }
             }
         }

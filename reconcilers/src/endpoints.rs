@@ -8,96 +8,62 @@
 //! selector are left alone: their Endpoints are the user's.
 
 use std::collections::BTreeMap;
-use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::pb;
 use berth_api::resources::pod_is_terminal;
 use berth_api::Object;
+use berth_api::Reason;
 use berth_client::connect::Connector;
+use berth_client::controller::Action;
+use berth_client::controller::Controller;
 use berth_client::election::LeaderState;
 use berth_client::reflector;
-use berth_client::reflector::Event;
+use berth_client::reflector::Reflector;
 use berth_client::ClientKind;
-use tokio::sync::broadcast::error::RecvError;
 
-use super::active;
-use super::count_write;
 use super::deployments::is_ready;
-use super::Caches;
+use super::written;
+use super::Context as Ctx;
+use super::Error;
 use super::LazyCaches;
 
 const NAME: &str = "endpoints";
 const RESYNC: Duration = Duration::from_secs(5);
-/// Events arriving within this window after the first make one pass.
-const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
 pub async fn run(conn: Connector, caches: LazyCaches, mut leader: LeaderState) {
     let Some(caches) = caches.when_active(&mut leader).await else {
         return;
     };
-    caches.services.ready().await;
-    caches.pods.ready().await;
-    caches.endpoints.ready().await;
-    let mut service_events = caches.services.subscribe();
-    let mut pod_events = caches.pods.subscribe();
-    // Namespaces whose services need a look; a pod's old labels are not in
-    // its event, so a pod change dirties its whole namespace.
-    let mut dirty: HashSet<String> = HashSet::new();
-    let mut everything = true;
-    let mut resync = tokio::time::interval(RESYNC);
-    loop {
-        tokio::select! {
-            e = service_events.recv() => match e {
-                Ok(Event::Changed(s)) => { dirty.insert(s.namespace().to_string()); }
-                Ok(Event::Relisted) | Err(RecvError::Lagged(_)) => everything = true,
-                Err(RecvError::Closed) => return,
-            },
-            e = pod_events.recv() => match e {
-                Ok(Event::Changed(p)) => { dirty.insert(p.namespace().to_string()); }
-                Ok(Event::Relisted) | Err(RecvError::Lagged(_)) => everything = true,
-                Err(RecvError::Closed) => return,
-            },
-            _ = resync.tick() => everything = true,
-        }
-        tokio::time::sleep(BATCH_WINDOW).await;
-        while let Ok(e) = pod_events.try_recv() {
-            if let Event::Changed(p) = e {
-                dirty.insert(p.namespace().to_string());
-            } else {
-                everything = true;
-            }
-        }
-        if !active(&leader) {
-            continue;
-        }
-        let services: Vec<_> = caches
-            .services
-            .all()
-            .into_iter()
-            .filter(|s| everything || dirty.contains(s.namespace()))
-            .collect();
-        dirty.clear();
-        everything = false;
-        if services.is_empty() {
-            continue;
-        }
-        let pods = caches.pods.all();
-        for svc in services {
-            reconcile(&conn, &caches, &svc, &pods).await;
-        }
-    }
+    let services = caches.services.clone();
+    Controller::new(NAME, caches.services.clone())
+        .watches(caches.pods.clone(), move |p: &pb::Pod| {
+            services_in(&services, p.namespace())
+        })
+        .reads(caches.endpoints.clone())
+        .resync_every(RESYNC)
+        .gated_by(leader)
+        .run(reconcile, Arc::new(Ctx { conn, caches }))
+        .await
 }
 
-async fn reconcile(
-    conn: &Connector,
-    caches: &Caches,
-    svc: &pb::Service,
-    pods: &[std::sync::Arc<pb::Pod>],
-) {
+/// A pod's old labels are not in its event, so a pod's change queues every
+/// service of its namespace.
+fn services_in(services: &Reflector<pb::Service>, namespace: &str) -> Vec<String> {
+    services
+        .all()
+        .iter()
+        .filter(|s| s.namespace() == namespace)
+        .map(|s| reflector::key(&**s))
+        .collect()
+}
+
+async fn reconcile(svc: Arc<pb::Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let Some(spec) = svc.spec.as_ref().filter(|s| !s.selector.is_empty()) else {
-        return;
+        return Ok(Action::AwaitChange);
     };
+    let pods = ctx.caches.pods.all();
     let selected = pods.iter().filter(|p| {
         p.namespace() == svc.namespace()
             && p.meta().is_some_and(|m| {
@@ -107,44 +73,38 @@ async fn reconcile(
             })
     });
     let subsets = subsets(spec, selected.map(|p| &**p));
-    let existing = caches
+    let existing = ctx
+        .caches
         .endpoints
-        .get(&reflector::key(&endpoints_of(svc, Vec::new())));
+        .get(&reflector::key(&endpoints_of(&svc, Vec::new())));
     if existing.as_ref().is_some_and(|e| e.subsets == subsets) {
-        return;
+        return Ok(Action::AwaitChange);
     }
-    let mut next = endpoints_of(svc, subsets);
-    let result = match conn.channel().await {
-        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-        Ok(ch) => match &existing {
-            Some(old) => {
-                next.meta_mut().resource_version = old
-                    .meta()
-                    .map(|m| m.resource_version.clone())
-                    .unwrap_or_default();
-                pb::Endpoints::update(ch, next).await
-            }
-            None => pb::Endpoints::create(ch, next).await,
-        },
+    let mut next = endpoints_of(&svc, subsets);
+    let ch = ctx.conn.channel().await?;
+    let (verb, result) = match &existing {
+        Some(old) => {
+            next.meta_mut().resource_version = old
+                .meta()
+                .map(|m| m.resource_version.clone())
+                .unwrap_or_default();
+            ("update", pb::Endpoints::update(ch, next).await)
+        }
+        None => ("create", pb::Endpoints::create(ch, next).await),
     };
-    let verb = if existing.is_some() {
-        "update"
-    } else {
-        "create"
-    };
-    count_write(NAME, verb, result.is_ok());
-    match result {
-        Ok(written) => caches.endpoints.assume(written),
-        // A newer copy is on its way through the watch; the next pass
-        // decides again.
-        Err(s) if matches!(s.code(), tonic::Code::Aborted | tonic::Code::AlreadyExists) => {}
-        Err(s) => tracing::warn!(
-            namespace = svc.namespace(),
-            service = svc.name(),
-            error = %s.message(),
-            "cannot write the service's endpoints"
-        ),
+    match written(
+        NAME,
+        verb,
+        || format!("endpoints {}", reflector::key(&*svc)),
+        result,
+    ) {
+        Ok(w) => ctx.caches.endpoints.assume(w),
+        // A newer copy is on its way through the watch, which queues the
+        // service again.
+        Err(e) if matches!(e.reason(), Some(Reason::Conflict | Reason::AlreadyExists)) => {}
+        Err(e) => return Err(e),
     }
+    Ok(Action::AwaitChange)
 }
 
 /// The Endpoints object of `svc`, owned by it.

@@ -18,27 +18,30 @@
 //!
 //! Its own creates and deletes are recorded in the shared pod cache ahead
 //! of their watch events, so that the next reconcile does not repeat them.
+//! A write that fails ends the reconcile; the runtime tries it again after
+//! a back-off.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::SystemTime;
 
 use berth_api::pb;
+use berth_api::time::now_rfc3339;
+use berth_api::Reason;
 use berth_client::connect::Connector;
+use berth_client::controller::Action;
+use berth_client::controller::Controller;
 use berth_client::election::LeaderState;
 use berth_client::objects::deployments;
 use berth_client::reflector;
-use berth_client::reflector::Event;
 use berth_client::ClientKind;
 use rand::Rng;
-use tokio::sync::broadcast::error::RecvError;
 
-use super::active;
-use super::count_write;
+use super::written;
 use super::Caches;
+use super::Context as Ctx;
+use super::Error;
 use super::LazyCaches;
-use crate::api::now_rfc3339;
 
 const NAME: &str = "deployments";
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
@@ -48,60 +51,12 @@ pub async fn run(conn: Connector, caches: LazyCaches, mut leader: LeaderState) {
     let Some(caches) = caches.when_active(&mut leader).await else {
         return;
     };
-    caches.deployments.ready().await;
-    caches.pods.ready().await;
-    let mut deployment_events = caches.deployments.subscribe();
-    let mut pod_events = caches.pods.subscribe();
-    let mut dirty: HashSet<String> = HashSet::new();
-    let mut everything = true;
-    let mut resync = tokio::time::interval(RESYNC);
-    loop {
-        tokio::select! {
-            e = deployment_events.recv() => match e {
-                Ok(Event::Changed(d)) => { dirty.insert(reflector::key(&*d)); }
-                Ok(Event::Relisted) | Err(RecvError::Lagged(_)) => everything = true,
-                Err(RecvError::Closed) => return,
-            },
-            e = pod_events.recv() => match e {
-                Ok(Event::Changed(p)) => {
-                    if let Some(owner) = owner_key(&p) {
-                        dirty.insert(owner);
-                    }
-                }
-                Ok(Event::Relisted) | Err(RecvError::Lagged(_)) => everything = true,
-                Err(RecvError::Closed) => return,
-            },
-            _ = resync.tick() => everything = true,
-        }
-        if !active(&leader) {
-            continue;
-        }
-        if everything {
-            dirty.extend(
-                caches
-                    .deployments
-                    .all()
-                    .iter()
-                    .map(|d| reflector::key(&**d)),
-            );
-            everything = false;
-        }
-        for key in std::mem::take(&mut dirty) {
-            if let Some(d) = caches.deployments.get(&key) {
-                reconcile(&conn, &caches, &d).await;
-            }
-        }
-    }
-}
-
-/// `namespace/name` of the deployment that controls `pod`, if any.
-fn owner_key(pod: &pb::Pod) -> Option<String> {
-    let m = pod.metadata.as_ref()?;
-    let owner = m
-        .owner_references
-        .iter()
-        .find(|o| o.kind == "Deployment" && o.controller == Some(true))?;
-    Some(format!("{}/{}", m.namespace, owner.name))
+    Controller::new(NAME, caches.deployments.clone())
+        .owns(caches.pods.clone())
+        .resync_every(RESYNC)
+        .gated_by(leader)
+        .run(reconcile, Arc::new(Ctx { conn, caches }))
+        .await
 }
 
 /// A stable hash of the pod template (its encoding is deterministic: maps
@@ -210,45 +165,33 @@ fn new_pod(d: &pb::Deployment, hash: &str) -> pb::Pod {
     }
 }
 
-async fn create(conn: &Connector, caches: &Caches, pod: pb::Pod) -> bool {
-    let result = match conn.channel().await {
-        Ok(ch) => pb::Pod::create(ch, pod)
-            .await
-            .map_err(|s| s.message().to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    count_write(NAME, "create", result.is_ok());
-    match result {
-        Ok(created) => {
-            caches.pods.assume(created);
-            true
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot create a deployment's pod");
-            false
-        }
-    }
+async fn create(ctx: &Ctx, pod: pb::Pod) -> Result<(), Error> {
+    let what = || format!("pod {}", reflector::key(&pod));
+    let result = pb::Pod::create(ctx.conn.channel().await?, pod.clone()).await;
+    let created = written(NAME, "create", what, result)?;
+    ctx.caches.pods.assume(created);
+    Ok(())
 }
 
-async fn delete(conn: &Connector, caches: &Caches, pod: &pb::Pod) {
+async fn delete(ctx: &Ctx, pod: &pb::Pod) -> Result<(), Error> {
     let m = pod.metadata.clone().unwrap_or_default();
     let req = pb::DeleteRequest {
         namespace: m.namespace.clone(),
         name: m.name.clone(),
         resource_version: String::new(),
     };
-    let result = match conn.channel().await {
-        Ok(ch) => pb::Pod::delete(ch, req).await.map(|_| ()),
-        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-    };
-    count_write(NAME, "delete", result.is_ok());
-    match result {
-        Ok(()) => caches.pods.forget(&reflector::key(pod)),
-        Err(s) if s.code() == tonic::Code::NotFound => caches.pods.forget(&reflector::key(pod)),
-        Err(s) => {
-            tracing::warn!(pod = %m.name, error = %s.message(), "cannot delete a deployment's pod")
-        }
+    let result = pb::Pod::delete(ctx.conn.channel().await?, req).await;
+    match written(
+        NAME,
+        "delete",
+        || format!("pod {}", reflector::key(pod)),
+        result,
+    ) {
+        Err(e) if e.reason() != Some(Reason::NotFound) => return Err(e),
+        _ => {}
     }
+    ctx.caches.pods.forget(&reflector::key(pod));
+    Ok(())
 }
 
 /// What a reconcile found and did, for the status.
@@ -259,7 +202,8 @@ struct Counts {
     available: i32,
 }
 
-async fn reconcile(conn: &Connector, caches: &Caches, d: &Arc<pb::Deployment>) {
+async fn reconcile(d: Arc<pb::Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let caches = &ctx.caches;
     let meta = d.metadata.clone().unwrap_or_default();
     let spec = d.spec.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1).max(0);
@@ -285,7 +229,7 @@ async fn reconcile(conn: &Connector, caches: &Caches, d: &Arc<pb::Deployment>) {
         .iter()
         .filter(|p| berth_api::resources::pod_is_terminal(p))
     {
-        delete(conn, caches, p).await;
+        delete(&ctx, p).await?;
     }
     let is_new = |p: &pb::Pod| {
         p.metadata
@@ -317,33 +261,22 @@ async fn reconcile(conn: &Connector, caches: &Caches, d: &Arc<pb::Deployment>) {
             // The API deletes at once; the agents stop the old containers
             // within their grace periods.
             for p in old.drain(..) {
-                delete(conn, caches, &p).await;
+                delete(&ctx, &p).await?;
             }
             surge = 0;
         }
         let room = replicas + surge - (new.len() + old.len()) as i32;
         let wanted_new = (new.len() as i32 + room.max(0)).min(replicas);
         for _ in new.len() as i32..wanted_new {
-            if !create(conn, caches, new_pod(d, &hash)).await {
-                break;
-            }
+            create(&ctx, new_pod(&d, &hash)).await?;
         }
         if !old.is_empty() {
-            scale_down_old(
-                conn,
-                caches,
-                &new,
-                &mut old,
-                replicas,
-                unavailable,
-                min_ready,
-            )
-            .await;
+            scale_down_old(&ctx, &new, &mut old, replicas, unavailable, min_ready).await?;
         } else if new.len() as i32 > replicas {
             new.sort_by_key(|p| removal_rank(p));
             let extra = new.len() - replicas as usize;
             for p in new.drain(..extra) {
-                delete(conn, caches, &p).await;
+                delete(&ctx, &p).await?;
             }
         }
     }
@@ -358,22 +291,30 @@ async fn reconcile(conn: &Connector, caches: &Caches, d: &Arc<pb::Deployment>) {
         ready: live.iter().filter(|p| is_ready(p)).count() as i32,
         available: live.iter().filter(|p| is_available(p, min_ready)).count() as i32,
     };
-    write_status(conn, d, replicas, counts).await;
+    write_status(&ctx, &d, replicas, counts).await?;
+    // A pod ready but not yet available for minReadySeconds becomes
+    // available without a change to look at.
+    let next_available = live
+        .iter()
+        .filter_map(|p| ready_since(p))
+        .filter_map(|since| min_ready.checked_sub(since.elapsed().unwrap_or_default()))
+        .filter(|left| !left.is_zero())
+        .min();
+    Ok(next_available.map_or(Action::AwaitChange, Action::Requeue))
 }
 
 async fn scale_down_old(
-    conn: &Connector,
-    caches: &Caches,
+    ctx: &Ctx,
     new: &[Arc<pb::Pod>],
     old: &mut Vec<Arc<pb::Pod>>,
     replicas: i32,
     max_unavailable: i32,
     min_ready: Duration,
-) {
+) -> Result<(), Error> {
     let (unavailable_old, available_old): (Vec<_>, Vec<_>) =
         old.drain(..).partition(|p| !is_available(p, min_ready));
     for p in &unavailable_old {
-        delete(conn, caches, p).await;
+        delete(ctx, p).await?;
     }
     let available_new = new.iter().filter(|p| is_available(p, min_ready)).count() as i32;
     let min_available = replicas - max_unavailable;
@@ -381,11 +322,17 @@ async fn scale_down_old(
     let mut available_old = available_old;
     available_old.sort_by_key(|p| removal_rank(p));
     for p in available_old.iter().take(removable) {
-        delete(conn, caches, p).await;
+        delete(ctx, p).await?;
     }
+    Ok(())
 }
 
-async fn write_status(conn: &Connector, d: &pb::Deployment, replicas: i32, c: Counts) {
+async fn write_status(
+    ctx: &Ctx,
+    d: &pb::Deployment,
+    replicas: i32,
+    c: Counts,
+) -> Result<(), Error> {
     let meta = d.metadata.clone().unwrap_or_default();
     let old = d.status.clone().unwrap_or_default();
     let spec = d.spec.clone().unwrap_or_default();
@@ -455,15 +402,21 @@ async fn write_status(conn: &Connector, d: &pb::Deployment, replicas: i32, c: Co
         ],
     };
     if d.status.as_ref() == Some(&status) {
-        return;
+        return Ok(());
     }
     let mut next = d.clone();
     next.status = Some(status);
-    let ok = match conn.channel().await {
-        Ok(ch) => deployments::update_status(ch, next).await.is_ok(),
-        Err(_) => false,
-    };
-    count_write(NAME, "update_status", ok);
+    let result = deployments::update_status(ctx.conn.channel().await?, next).await;
+    match written(
+        NAME,
+        "update_status",
+        || format!("deployment {}", reflector::key(d)),
+        result,
+    ) {
+        // A newer deployment is on its way through the watch.
+        Err(e) if e.reason() == Some(Reason::Conflict) => Ok(()),
+        r => r.map(|_| ()),
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
 //! The reconcilers every controller runs: node lifecycle, deployments,
-//! endpoints and garbage collection. Each is active on one controller at a time, the
-//! holder of its own Lease in `berth-system`; the others stand by, and
-//! start their caches only once one of their reconcilers becomes active. They reach the cluster through `berth-client` like
-//! any client, so their writes are validated, fenced by resourceVersion
-//! preconditions and seen by watchers like everyone else's.
+//! endpoints and garbage collection, each a reconcile function on
+//! berth-client's controller runtime. Each is active on one controller at
+//! a time, the holder of its own Lease in `berth-system`; the others stand
+//! by, and start their caches only once one of their reconcilers becomes
+//! active. This crate depends on `api` and `client` only: the reconcilers
+//! reach the cluster like any client, so their writes are validated,
+//! fenced by resourceVersion preconditions and seen by watchers like
+//! everyone else's.
+
+#![forbid(unsafe_code)]
 
 pub mod deployments;
 pub mod endpoints;
@@ -14,7 +19,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_api::names::SYSTEM_NAMESPACE;
 use berth_api::pb;
+use berth_api::Reason;
 use berth_client::connect::ClientError;
 use berth_client::connect::Connector;
 use berth_client::election;
@@ -24,9 +31,6 @@ use berth_client::reflector::Reflector;
 use berth_client::watcher::Scope;
 use tokio::sync::watch;
 use tokio::sync::OnceCell;
-
-/// Namespace of the reconcilers' leases.
-const LEASE_NAMESPACE: &str = "berth-system";
 
 #[derive(Clone, Debug)]
 pub struct ReconcileConfig {
@@ -85,7 +89,7 @@ impl Caches {
             leases: Reflector::start(
                 conn.clone(),
                 Scope {
-                    namespace: LEASE_NAMESPACE.into(),
+                    namespace: SYSTEM_NAMESPACE.into(),
                     ..Default::default()
                 },
             ),
@@ -93,6 +97,12 @@ impl Caches {
             endpoints: Reflector::start(conn.clone(), all),
         }
     }
+}
+
+/// What most reconcilers reach the cluster with.
+pub struct Context {
+    pub conn: Connector,
+    pub caches: Caches,
 }
 
 /// The caches, started when a reconciler of this controller first becomes
@@ -152,7 +162,7 @@ where
     F: FnOnce(LeaderState) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let election = ElectionConfig::new(LEASE_NAMESPACE, lease, config.identity.clone());
+    let election = ElectionConfig::new(SYSTEM_NAMESPACE, lease, config.identity.clone());
     let (tx, rx) = watch::channel(None);
     tokio::spawn(election::run(conn.clone(), election, tx));
     let mut gauge = rx.clone();
@@ -169,18 +179,46 @@ where
     tokio::spawn(reconciler(rx));
 }
 
-/// Whether this controller holds the reconciler's lease right now.
-pub fn active(leader: &LeaderState) -> bool {
-    leader.borrow().is_some_and(|l| l.is_valid())
+/// Why a reconcile did not finish; the runtime retries it with back-off.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Unreachable(#[from] ClientError),
+    #[error("{verb} {what}: {}", status.message())]
+    Write {
+        verb: &'static str,
+        what: String,
+        status: tonic::Status,
+    },
 }
 
-/// Counts a reconciler's write.
-pub fn count_write(reconciler: &'static str, verb: &'static str, ok: bool) {
+impl Error {
+    /// What the failure says about the object written.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Error::Write { status, .. } => Reason::of(status),
+            Error::Unreachable(_) => None,
+        }
+    }
+}
+
+/// Counts a reconciler's write and names a failed one.
+pub fn written<T>(
+    reconciler: &'static str,
+    verb: &'static str,
+    what: impl FnOnce() -> String,
+    result: Result<T, tonic::Status>,
+) -> Result<T, Error> {
     metrics::counter!(
         "berth_controller_reconcile_writes_total",
         "reconciler" => reconciler,
         "verb" => verb,
-        "result" => if ok { "ok" } else { "error" }
+        "result" => if result.is_ok() { "ok" } else { "error" }
     )
     .increment(1);
+    result.map_err(|status| Error::Write {
+        verb,
+        what: what(),
+        status,
+    })
 }

@@ -1,0 +1,21 @@
+//! What a controller is told at start: who it is, where it listens and
+//! keeps its data, whom it joins, and its address plan.
+
+use berth_raft::NodeConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub id: u64,
+    pub listen: SocketAddr,
+    /// The address other controllers and clients use to reach this one.
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub peers: Vec<(u64, String)>,
+    pub join: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub node: NodeConfig,
+    /// The address plan: cluster, node and service CIDRs.
+    pub network: crate::ipam::NetworkConfig,
+}
