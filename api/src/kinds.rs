@@ -9,9 +9,24 @@ use crate::validation as v;
 use crate::validation::Errors;
 use crate::validation::Invalid;
 
+/// The kinds Berth serves: code that does something per kind matches on
+/// this, exhaustively, so that a new kind cannot be forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Namespace,
+    Node,
+    Pod,
+    Deployment,
+    Service,
+    Endpoints,
+    ConfigMap,
+    Lease,
+}
+
 /// Names of a kind, for the CLI and for errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KindInfo {
+    pub id: Kind,
     pub kind: &'static str,
     pub api_version: &'static str,
     pub plural: &'static str,
@@ -38,6 +53,12 @@ impl KindInfo {
         KINDS
             .iter()
             .find(|k| k.kind.eq_ignore_ascii_case(n) || k.plural == n || k.short.contains(&n))
+    }
+
+    /// The kind named exactly `kind` (`Deployment`), as in an
+    /// ownerReference or a manifest's `kind`.
+    pub fn of_kind(kind: &str) -> Option<&'static KindInfo> {
+        KINDS.iter().find(|k| k.kind == kind)
     }
 
     pub fn names() -> String {
@@ -166,6 +187,7 @@ macro_rules! with_status {
 
 impl Object for pb::Namespace {
     const INFO: KindInfo = KindInfo {
+        id: Kind::Namespace,
         kind: "Namespace",
         api_version: "v1",
         plural: "namespaces",
@@ -185,6 +207,7 @@ impl Object for pb::Namespace {
 
 impl Object for pb::Node {
     const INFO: KindInfo = KindInfo {
+        id: Kind::Node,
         kind: "Node",
         api_version: "v1",
         plural: "nodes",
@@ -218,6 +241,7 @@ impl Object for pb::Node {
 
 impl Object for pb::Pod {
     const INFO: KindInfo = KindInfo {
+        id: Kind::Pod,
         kind: "Pod",
         api_version: "v1",
         plural: "pods",
@@ -255,6 +279,7 @@ impl Object for pb::Pod {
 
 impl Object for pb::Deployment {
     const INFO: KindInfo = KindInfo {
+        id: Kind::Deployment,
         kind: "Deployment",
         api_version: "apps/v1",
         plural: "deployments",
@@ -273,6 +298,7 @@ impl Object for pb::Deployment {
 
 impl Object for pb::Service {
     const INFO: KindInfo = KindInfo {
+        id: Kind::Service,
         kind: "Service",
         api_version: "v1",
         plural: "services",
@@ -335,6 +361,7 @@ struct Subsets {
 
 impl Object for pb::Endpoints {
     const INFO: KindInfo = KindInfo {
+        id: Kind::Endpoints,
         kind: "Endpoints",
         api_version: "v1",
         plural: "endpoints",
@@ -364,6 +391,7 @@ struct ConfigMapData {
 
 impl Object for pb::ConfigMap {
     const INFO: KindInfo = KindInfo {
+        id: Kind::ConfigMap,
         kind: "ConfigMap",
         api_version: "v1",
         plural: "configmaps",
@@ -385,6 +413,7 @@ impl Object for pb::ConfigMap {
 
 impl Object for pb::Lease {
     const INFO: KindInfo = KindInfo {
+        id: Kind::Lease,
         kind: "Lease",
         api_version: "coordination.k8s.io/v1",
         plural: "leases",

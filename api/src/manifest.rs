@@ -7,9 +7,9 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
+use crate::kinds::Kind;
 use crate::kinds::KindInfo;
 use crate::kinds::KINDS;
-use crate::pb;
 use crate::AnyObject;
 use crate::Object;
 
@@ -216,15 +216,15 @@ fn decode_value(
     }
     // Status is the system's to write; a manifest's is ignored.
     map.remove("status");
-    let object = match info.kind {
-        "Namespace" => AnyObject::Namespace(typed(value, info, located)?),
-        "Node" => AnyObject::Node(typed(value, info, located)?),
-        "Pod" => AnyObject::Pod(typed(value, info, located)?),
-        "Deployment" => AnyObject::Deployment(typed(value, info, located)?),
-        "Service" => AnyObject::Service(typed(value, info, located)?),
-        "Endpoints" => AnyObject::Endpoints(typed(value, info, located)?),
-        "ConfigMap" => AnyObject::ConfigMap(typed(value, info, located)?),
-        _ => AnyObject::Lease(typed::<pb::Lease>(value, info, located)?),
+    let object = match info.id {
+        Kind::Namespace => AnyObject::Namespace(typed(value, info, located)?),
+        Kind::Node => AnyObject::Node(typed(value, info, located)?),
+        Kind::Pod => AnyObject::Pod(typed(value, info, located)?),
+        Kind::Deployment => AnyObject::Deployment(typed(value, info, located)?),
+        Kind::Service => AnyObject::Service(typed(value, info, located)?),
+        Kind::Endpoints => AnyObject::Endpoints(typed(value, info, located)?),
+        Kind::ConfigMap => AnyObject::ConfigMap(typed(value, info, located)?),
+        Kind::Lease => AnyObject::Lease(typed(value, info, located)?),
     };
     out.push(object);
     Ok(())

@@ -97,41 +97,41 @@ client_kind!(Endpoints, endpoints_service_client, EndpointsServiceClient);
 client_kind!(ConfigMap, config_maps_client, ConfigMapsClient);
 client_kind!(Lease, leases_client, LeasesClient);
 
-/// Runs `$body` with `$K` bound to the pb type of the kind named `$kind`
-/// (a `KindInfo::kind`).
+/// Runs `$body` with `$K` bound to the pb type of the kind `$info` (a
+/// `KindInfo`) describes; exhaustive, so a new kind must be added here.
 #[macro_export]
 macro_rules! for_kind {
-    ($kind:expr, $K:ident => $body:expr) => {
-        match $kind {
-            "Namespace" => {
+    ($info:expr, $K:ident => $body:expr) => {
+        match $info.id {
+            berth_api::kinds::Kind::Namespace => {
                 type $K = berth_api::pb::Namespace;
                 $body
             }
-            "Node" => {
+            berth_api::kinds::Kind::Node => {
                 type $K = berth_api::pb::Node;
                 $body
             }
-            "Pod" => {
+            berth_api::kinds::Kind::Pod => {
                 type $K = berth_api::pb::Pod;
                 $body
             }
-            "Deployment" => {
+            berth_api::kinds::Kind::Deployment => {
                 type $K = berth_api::pb::Deployment;
                 $body
             }
-            "Service" => {
+            berth_api::kinds::Kind::Service => {
                 type $K = berth_api::pb::Service;
                 $body
             }
-            "Endpoints" => {
+            berth_api::kinds::Kind::Endpoints => {
                 type $K = berth_api::pb::Endpoints;
                 $body
             }
-            "ConfigMap" => {
+            berth_api::kinds::Kind::ConfigMap => {
                 type $K = berth_api::pb::ConfigMap;
                 $body
             }
-            _ => {
+            berth_api::kinds::Kind::Lease => {
                 type $K = berth_api::pb::Lease;
                 $body
             }

@@ -27,6 +27,7 @@ use std::time::SystemTime;
 
 use berth_api::pb;
 use berth_api::time::now_rfc3339;
+use berth_api::Object;
 use berth_api::Reason;
 use berth_client::connect::Connector;
 use berth_client::controller::Action;
@@ -151,8 +152,8 @@ fn new_pod(d: &pb::Deployment, hash: &str) -> pb::Pod {
             labels,
             annotations: tmeta.annotations,
             owner_references: vec![pb::OwnerReference {
-                api_version: "apps/v1".into(),
-                kind: "Deployment".into(),
+                api_version: <pb::Deployment as Object>::INFO.api_version.into(),
+                kind: <pb::Deployment as Object>::INFO.kind.into(),
                 name: meta.name,
                 uid: meta.uid,
                 controller: Some(true),

@@ -116,8 +116,8 @@ fn endpoints_of(svc: &pb::Service, subsets: Vec<pb::EndpointSubset>) -> pb::Endp
             namespace: m.namespace.clone(),
             labels: m.labels.clone(),
             owner_references: vec![pb::OwnerReference {
-                api_version: "v1".into(),
-                kind: "Service".into(),
+                api_version: <pb::Service as Object>::INFO.api_version.into(),
+                kind: <pb::Service as Object>::INFO.kind.into(),
                 name: m.name,
                 uid: m.uid,
                 controller: Some(true),

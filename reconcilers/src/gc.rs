@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_api::kinds::Kind;
 use berth_api::pb;
+use berth_api::KindInfo;
 use berth_api::Object;
 use berth_api::Reason;
 use berth_client::connect::Connector;
@@ -48,10 +50,10 @@ fn holds<K: ClientKind>(cache: &Reflector<K>, key: &str, owner: &pb::OwnerRefere
 impl Owners {
     fn exists(&self, namespace: &str, owner: &pb::OwnerReference) -> bool {
         let namespaced = format!("{namespace}/{}", owner.name);
-        match owner.kind.as_str() {
-            "Deployment" => holds(&self.deployments, &namespaced, owner),
-            "Node" => holds(&self.nodes, &owner.name, owner),
-            "Service" => holds(&self.services, &namespaced, owner),
+        match KindInfo::of_kind(&owner.kind).map(|k| k.id) {
+            Some(Kind::Deployment) => holds(&self.deployments, &namespaced, owner),
+            Some(Kind::Node) => holds(&self.nodes, &owner.name, owner),
+            Some(Kind::Service) => holds(&self.services, &namespaced, owner),
             _ => true,
         }
     }
@@ -185,10 +187,12 @@ async fn owners_gone(conn: &Connector, m: &pb::ObjectMeta) -> Result<bool, Error
             name: owner.name.clone(),
             serializable: false,
         };
-        let found = match owner.kind.as_str() {
-            "Deployment" => uid_of(pb::Deployment::get(ch.clone(), req(&m.namespace)).await),
-            "Service" => uid_of(pb::Service::get(ch.clone(), req(&m.namespace)).await),
-            "Node" => uid_of(pb::Node::get(ch.clone(), req("")).await),
+        let found = match KindInfo::of_kind(&owner.kind).map(|k| k.id) {
+            Some(Kind::Deployment) => {
+                uid_of(pb::Deployment::get(ch.clone(), req(&m.namespace)).await)
+            }
+            Some(Kind::Service) => uid_of(pb::Service::get(ch.clone(), req(&m.namespace)).await),
+            Some(Kind::Node) => uid_of(pb::Node::get(ch.clone(), req("")).await),
             _ => return Ok(false),
         }
         .map_err(|status| Error::Write {

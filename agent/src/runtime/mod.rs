@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 /// Which pod a container instance belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PodRef {
     pub uid: String,
     pub namespace: String,
@@ -112,7 +112,7 @@ impl Exit {
 }
 
 /// One container instance the runtime holds.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Instance {
     pub pod: PodRef,
     pub container: String,

@@ -200,7 +200,7 @@ pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> Result<()> {
             name: name.clone(),
             resource_version: args.resource_version.clone().unwrap_or_default(),
         };
-        let result = berth::for_kind!(info.kind, K => K::delete(ch.clone(), req).await.map(|_| ()));
+        let result = berth::for_kind!(info, K => K::delete(ch.clone(), req).await.map(|_| ()));
         match result {
             Ok(()) => println!("{} deleted", object_ref(info, &name)),
             Err(s) if single => return Err(status_error(s)),

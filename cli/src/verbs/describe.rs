@@ -26,7 +26,7 @@ pub async fn describe(ctx: &Ctx, kind: &str, name: &str, ns: &NamespaceArgs) -> 
         name: name.to_string(),
         serializable: false,
     };
-    for_kind!(info.kind, K => {
+    for_kind!(info, K => {
         let obj = K::get(ch, req).await.map_err(status_error)?;
         print_described(&obj)
     })

@@ -72,7 +72,7 @@ fn output(o: Option<&str>) -> Result<Output> {
 
 pub async fn get(ctx: &Ctx, args: GetArgs) -> Result<()> {
     let info = kind_info(&args.kind)?;
-    for_kind!(info.kind, K => get_kind::<K>(ctx, &args).await)
+    for_kind!(info, K => get_kind::<K>(ctx, &args).await)
 }
 
 fn namespace_of(args: &GetArgs, namespaced: bool) -> String {

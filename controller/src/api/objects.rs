@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use berth_api::kinds::list_prefix;
 use berth_api::kinds::object_key;
+use berth_api::kinds::Kind;
 use berth_api::limits::MAX_OBJECT_BYTES;
 use berth_api::pb;
 use berth_api::selector::Field;
@@ -295,7 +296,7 @@ impl<K: Object> Api<K> {
     }
 
     pub async fn create(&self, mut obj: K) -> Result<K, Status> {
-        if K::INFO.kind != "Node" {
+        if K::INFO.id != Kind::Node {
             // Status is written by the system, through update-status; an
             // agent registering its Node may bring the node's capacity.
             obj.clear_status();
@@ -403,7 +404,7 @@ impl<K: Object> Api<K> {
     pub async fn list(&self, req: pb::ListRequest) -> Result<(Vec<K>, pb::ListMeta), Status> {
         let labels = LabelSelector::parse(&req.label_selector)
             .map_err(|e| Reason::Invalid.status(e.to_string()))?;
-        let fields = FieldSelector::parse(&req.field_selector, K::INFO.kind == "Pod")
+        let fields = FieldSelector::parse(&req.field_selector, K::INFO.id == Kind::Pod)
             .map_err(|e| Reason::Invalid.status(e.to_string()))?;
         if req.limit < 0 {
             return Err(Reason::Invalid.status("limit must not be negative"));
@@ -621,7 +622,7 @@ impl<K: Object> Api<K> {
     pub fn watch(&self, req: pb::WatchRequest) -> Result<Events<K>, Status> {
         let labels = LabelSelector::parse(&req.label_selector)
             .map_err(|e| Reason::Invalid.status(e.to_string()))?;
-        let fields = FieldSelector::parse(&req.field_selector, K::INFO.kind == "Pod")
+        let fields = FieldSelector::parse(&req.field_selector, K::INFO.id == Kind::Pod)
             .map_err(|e| Reason::Invalid.status(e.to_string()))?;
         let start = parse_revision(&req.resource_version, "resourceVersion")?;
         let from = start.map_or(0, |r| r + 1);

@@ -1,0 +1,585 @@
+//! The level-triggered pod sync loop. On every change of the pods bound to
+//! this node, on every probe verdict, on every finished runtime operation
+//! and on a period, it compares the pods the API wants here with the
+//! instances the runtime reports, and closes the gap: starts what is
+//! missing, restarts what ended (by restart policy, with crash back-off),
+//! kills what failed its liveness probe, stops what is no longer wanted,
+//! and writes each pod's status when it differs from the stored one.
+//!
+//! What to do is decided per pod by `plan` (pure, unit-tested); this
+//! module carries it out. Runtime operations run as tasks, at most one per
+//! container at a time, so that a slow stop (a long grace period) holds up
+//! nothing else. Nothing is stopped before the first list of pods has
+//! arrived: an agent that restarts adopts the instances its pods still
+//! have.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::time::Duration;
+use std::time::SystemTime;
+
+use berth_api::pb;
+use berth_api::quantity::Quantity;
+use berth_api::Reason;
+use berth_client::connect::Connector;
+use berth_client::objects::pods;
+use berth_client::watcher::Change;
+use berth_retry::Backoff;
+use tokio::sync::mpsc;
+
+use crate::network::BridgeNetwork;
+use crate::network::PodAddress;
+use crate::probe;
+use crate::probe::Prober;
+use crate::runtime::ContainerSpec;
+use crate::runtime::Instance;
+use crate::runtime::InstanceState;
+use crate::runtime::PodRef;
+use crate::runtime::Runtime;
+use crate::runtime::RuntimeError;
+use plan::grace;
+use plan::pod_ref;
+use plan::revision;
+use plan::Action;
+use plan::Instances;
+use plan::PlanConfig;
+use plan::PodState;
+
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    pub node: String,
+    pub host_ip: String,
+    pub sync_interval: Duration,
+    /// First crash back-off; it doubles per crash up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Pods of this node by namespace and name, for the log server.
+pub type PodIndex = Arc<RwLock<HashMap<(String, String), PodRef>>>;
+
+/// A finished background operation, reported back to the loop.
+enum Done {
+    /// A start or stop; a start the runtime refused says why.
+    Container {
+        uid: String,
+        container: String,
+        refused: Option<(String, String)>,
+    },
+    Prepared {
+        uid: String,
+        made: Option<PodRef>,
+        result: Result<Option<PodAddress>, (String, String)>,
+    },
+    SandboxRemoved(String),
+    Status(String, Option<Box<pb::Pod>>),
+}
+
+pub struct PodSync {
+    config: SyncConfig,
+    plan: PlanConfig,
+    conn: Connector,
+    runtime: Arc<dyn Runtime>,
+    listed: bool,
+    /// Every pod the agent knows of, by uid: wanted here, or with
+    /// something left to stop or remove.
+    pods: HashMap<String, PodState>,
+    index: PodIndex,
+    /// The pod network (`--network bridge`); None: pods use the node's.
+    network: Option<Arc<BridgeNetwork>>,
+    prober: Prober,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+}
+
+fn uid(pod: &pb::Pod) -> String {
+    pod.metadata
+        .as_ref()
+        .map(|m| m.uid.clone())
+        .unwrap_or_default()
+}
+
+fn quantity(map: &BTreeMap<String, String>, name: &str) -> Option<Quantity> {
+    map.get(name).and_then(|q| Quantity::parse(q).ok())
+}
+
+/// What the runtime needs to start `container` of `pod`.
+pub fn container_spec(pod: &pb::Pod, container: &pb::Container, attempt: u32) -> ContainerSpec {
+    let r = container.resources.clone().unwrap_or_default();
+    let limit = |name| quantity(&r.limits, name);
+    let request = |name| quantity(&r.requests, name).or_else(|| limit(name));
+    let mut env = vec![(
+        "HOSTNAME".to_string(),
+        pod.metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default(),
+    )];
+    env.extend(
+        container
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone())),
+    );
+    ContainerSpec {
+        pod: pod_ref(pod),
+        container: container.name.clone(),
+        attempt,
+        image: container.image.clone(),
+        always_pull: container.image_pull_policy == "Always"
+            || (container.image_pull_policy.is_empty()
+                && (container.image.ends_with(":latest") || !container.image.contains(':'))),
+        command: container.command.clone(),
+        args: container.args.clone(),
+        env,
+        working_dir: (!container.working_dir.is_empty())
+            .then(|| container.working_dir.clone().into()),
+        cpu_limit_millis: limit("cpu").map(|q| q.millis() as u64),
+        cpu_request_millis: request("cpu").map(|q| q.millis() as u64),
+        memory_limit_bytes: limit("memory").map(|q| q.units() as u64),
+        grace_period: grace(pod),
+        network: None,
+    }
+}
+
+impl PodSync {
+    pub fn new(
+        config: SyncConfig,
+        conn: Connector,
+        runtime: Arc<dyn Runtime>,
+        index: PodIndex,
+        network: Option<Arc<BridgeNetwork>>,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        // Known by uid only until the pod's first sync: a pod deleted
+        // while the agent was away still has its network removed.
+        let pods = network
+            .iter()
+            .flat_map(|n| n.attached())
+            .map(|uid| {
+                let left = PodRef {
+                    uid: uid.clone(),
+                    ..Default::default()
+                };
+                (uid, PodState::left_behind(left))
+            })
+            .collect();
+        Self {
+            plan: PlanConfig {
+                host_ip: config.host_ip.clone(),
+                pod_network: network.is_some(),
+                backoff: Backoff::new(config.backoff_initial, config.backoff_max).exact(),
+            },
+            config,
+            conn,
+            runtime,
+            listed: false,
+            pods,
+            index,
+            network,
+            prober: Prober::default(),
+            done_tx,
+            done_rx,
+        }
+    }
+
+    pub async fn run(mut self, mut changes: mpsc::Receiver<Change<pb::Pod>>) {
+        let mut tick = tokio::time::interval(self.config.sync_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let changed = self.prober.changed.clone();
+        let mut last_list = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                c = changes.recv() => {
+                    let Some(c) = c else { return };
+                    self.apply(c);
+                    self.drain(&mut changes);
+                    self.reindex();
+                }
+                Some(d) = self.done_rx.recv() => {
+                    self.finish(d);
+                    if self.drain(&mut changes) {
+                        self.reindex();
+                    }
+                }
+                _ = tick.tick() => {}
+                _ = changed.notified() => {}
+            }
+            if self.listed {
+                let since = last_list.elapsed();
+                let gap = self.runtime.min_list_interval();
+                if since < gap {
+                    tokio::time::sleep(gap - since).await;
+                    if self.drain(&mut changes) {
+                        self.reindex();
+                    }
+                }
+                last_list = tokio::time::Instant::now();
+                let started = std::time::Instant::now();
+                self.sync().await;
+                metrics::histogram!("berth_agent_sync_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// Takes in every pod change and finished operation already queued;
+    /// true if a pod changed.
+    fn drain(&mut self, changes: &mut mpsc::Receiver<Change<pb::Pod>>) -> bool {
+        let mut changed = false;
+        while let Ok(c) = changes.try_recv() {
+            self.apply(c);
+            changed = true;
+        }
+        while let Ok(d) = self.done_rx.try_recv() {
+            self.finish(d);
+        }
+        changed
+    }
+
+    fn mine(&self, pod: &pb::Pod) -> bool {
+        pod.spec
+            .as_ref()
+            .is_some_and(|s| s.node_name == self.config.node)
+    }
+
+    fn want(&mut self, pod: pb::Pod) {
+        match self.pods.get_mut(&uid(&pod)) {
+            Some(s)
+                if s.pod
+                    .as_ref()
+                    .is_none_or(|old| revision(old) <= revision(&pod)) =>
+            {
+                s.grace = grace(&pod);
+                s.pod = Some(pod);
+            }
+            Some(_) => {}
+            None => {
+                self.pods.insert(uid(&pod), PodState::wanted(pod));
+            }
+        }
+    }
+
+    fn apply(&mut self, change: Change<pb::Pod>) {
+        match change {
+            Change::Listed(items) => {
+                let fresh: HashSet<String> =
+                    items.iter().filter(|p| self.mine(p)).map(uid).collect();
+                for (_, s) in self.pods.iter_mut().filter(|(u, _)| !fresh.contains(*u)) {
+                    s.unwant();
+                }
+                for p in items.into_iter().filter(|p| fresh.contains(&uid(p))) {
+                    self.want(p);
+                }
+                self.listed = true;
+            }
+            Change::Applied(pod) if self.mine(&pod) => self.want(pod),
+            Change::Applied(pod) | Change::Deleted(pod) => {
+                if let Some(s) = self.pods.get_mut(&uid(&pod)) {
+                    s.unwant();
+                }
+            }
+        }
+    }
+
+    /// Publishes the pods to the log server, once per batch of changes.
+    fn reindex(&self) {
+        let mut index = self.index.write().expect("pod index lock");
+        index.clear();
+        let wanted = self.pods.values().filter_map(|s| s.pod.as_ref());
+        for p in wanted {
+            let r = pod_ref(p);
+            index.insert((r.namespace.clone(), r.name.clone()), r);
+        }
+        metrics::gauge!("berth_agent_pods").set(index.len() as f64);
+    }
+
+    fn finish(&mut self, done: Done) {
+        let now = SystemTime::now();
+        match done {
+            Done::Container {
+                uid,
+                container,
+                refused,
+            } => {
+                if let Some(s) = self.pods.get_mut(&uid) {
+                    s.operation_done(&container, refused, &self.plan, now);
+                }
+            }
+            Done::Prepared { uid, made, result } => {
+                if let Err((reason, message)) = &result {
+                    tracing::warn!(pod_uid = %uid, %reason, %message, "the pod's sandbox is not ready");
+                }
+                if let Some(s) = self.pods.get_mut(&uid) {
+                    s.sandbox_done(made, result, &self.plan, now);
+                }
+            }
+            Done::SandboxRemoved(uid) => {
+                self.pods.remove(&uid);
+            }
+            Done::Status(uid, stored) => {
+                if let Some(s) = self.pods.get_mut(&uid) {
+                    s.status_done(stored.map(|p| *p));
+                }
+            }
+        }
+    }
+
+    async fn sync(&mut self) {
+        let instances = match self.runtime.list().await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the runtime's containers");
+                return;
+            }
+        };
+        let mut by_pod: HashMap<String, Instances> = HashMap::new();
+        for i in instances {
+            by_pod
+                .entry(i.pod.uid.clone())
+                .or_default()
+                .entry(i.container.clone())
+                .or_default()
+                .push(i);
+        }
+        for containers in by_pod.values_mut() {
+            for list in containers.values_mut() {
+                list.sort_by_key(|i| i.attempt);
+            }
+        }
+        let running = by_pod
+            .values()
+            .flat_map(|c| c.values())
+            .filter(|l| {
+                l.last()
+                    .is_some_and(|i| matches!(i.state, InstanceState::Running { .. }))
+            })
+            .count();
+        metrics::gauge!("berth_agent_containers_running").set(running as f64);
+        // Instances of pods the agent never heard of (deleted while it was
+        // away) are stopped and removed like any pod no longer wanted.
+        for u in by_pod.keys() {
+            self.pods.entry(u.clone()).or_insert_with(|| PodState {
+                grace: plan::DEFAULT_GRACE,
+                ..Default::default()
+            });
+        }
+        let now = SystemTime::now();
+        let empty = Instances::new();
+        let mut probed = HashSet::new();
+        let mut actions = Vec::new();
+        for (u, state) in &mut self.pods {
+            let instances = by_pod.get(u).unwrap_or(&empty);
+            let prober = &self.prober;
+            let verdicts =
+                |i: &Instance| prober.verdicts(&(u.clone(), i.container.clone(), i.attempt));
+            actions.extend(
+                state
+                    .plan(instances, &verdicts, &self.plan, now)
+                    .into_iter()
+                    .map(|a| (u.clone(), a)),
+            );
+        }
+        self.pods.retain(|u, s| !s.settled(by_pod.get(u)));
+        for (u, action) in actions {
+            self.execute(&u, action, &mut probed).await;
+        }
+        self.prober.retain(|k| probed.contains(k));
+    }
+
+    async fn execute(&mut self, u: &str, action: Action, probed: &mut HashSet<probe::InstanceKey>) {
+        match action {
+            Action::PrepareSandbox(pod) => self.prepare(pod),
+            Action::Start {
+                pod,
+                container,
+                attempt,
+            } => self.start(&pod, &container, attempt),
+            Action::Stop { instance, grace } => self.stop(*instance, grace),
+            Action::Remove(old) => {
+                let _ = self
+                    .runtime
+                    .remove(&old.pod, &old.container, old.attempt)
+                    .await;
+            }
+            Action::Probe {
+                instance,
+                container,
+                pod_ip,
+            } => {
+                let key = (u.to_string(), container.name.clone(), instance.attempt);
+                probed.insert(key.clone());
+                self.prober.ensure(
+                    key,
+                    probe::Target {
+                        runtime: self.runtime.clone(),
+                        pod: instance.pod.clone(),
+                        container: *container,
+                        attempt: instance.attempt,
+                        pod_ip,
+                    },
+                );
+            }
+            Action::WriteStatus(pod) => self.write_status(*pod),
+            Action::RemoveSandbox(pod) => self.remove_sandbox(pod),
+        }
+    }
+
+    fn stop(&self, i: Instance, grace: Duration) {
+        let (runtime, done) = (self.runtime.clone(), self.done_tx.clone());
+        tokio::spawn(async move {
+            let result = runtime.stop(&i.pod, &i.container, i.attempt, grace).await;
+            if let Err(e) = &result {
+                tracing::warn!(pod_uid = %i.pod.uid, container = %i.container, error = %e, "cannot stop a container");
+            }
+            let _ = done.send(Done::Container {
+                uid: i.pod.uid,
+                container: i.container,
+                refused: None,
+            });
+        });
+    }
+
+    fn start(&self, pod: &pb::Pod, container: &pb::Container, attempt: u32) {
+        let u = uid(pod);
+        let mut spec = container_spec(pod, container, attempt);
+        spec.network = self
+            .pods
+            .get(&u)
+            .and_then(|s| s.sandbox.address.as_ref())
+            .map(|a| a.sandbox.clone());
+        let (runtime, done) = (self.runtime.clone(), self.done_tx.clone());
+        let created = pod
+            .metadata
+            .as_ref()
+            .and_then(|m| humantime::parse_rfc3339(&m.creation_timestamp).ok());
+        tokio::spawn(async move {
+            let result = runtime.start(&spec).await;
+            metrics::counter!("berth_agent_container_starts_total", "result" => if result.is_ok() { "ok" } else { "error" }).increment(1);
+            if let (Ok(()), Some(created), 0) = (&result, created, attempt) {
+                if let Ok(d) = created.elapsed() {
+                    metrics::histogram!("berth_agent_pod_start_seconds").record(d.as_secs_f64());
+                }
+            }
+            let refused = match result {
+                Ok(()) => None,
+                Err(RuntimeError::Start { reason, message }) => {
+                    tracing::warn!(pod_uid = %u, container = %spec.container, %reason, %message, "container did not start");
+                    Some((reason, message))
+                }
+                Err(e) => {
+                    tracing::warn!(pod_uid = %u, container = %spec.container, error = %e, "runtime operation failed");
+                    None
+                }
+            };
+            let _ = done.send(Done::Container {
+                uid: u,
+                container: spec.container,
+                refused,
+            });
+        });
+    }
+
+    fn prepare(&self, pod: PodRef) {
+        let (runtime, network, done) = (
+            self.runtime.clone(),
+            self.network.clone(),
+            self.done_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let prepared = prepare(runtime.as_ref(), network.as_deref(), &pod).await;
+            let made = prepared.made.then(|| pod.clone());
+            let _ = done.send(Done::Prepared {
+                uid: pod.uid,
+                made,
+                result: prepared.result,
+            });
+        });
+    }
+
+    fn write_status(&self, next: pb::Pod) {
+        let u = uid(&next);
+        let (conn, done) = (self.conn.clone(), self.done_tx.clone());
+        tokio::spawn(async move {
+            let stored = match conn.channel().await {
+                Ok(ch) => match pods::update_status(ch, next).await {
+                    Ok(p) => Some(Box::new(p)),
+                    Err(s) => {
+                        if Reason::of(&s) != Some(Reason::Conflict) {
+                            conn.failed(&s).await;
+                            tracing::debug!(error = %s.message(), "pod status not written; retrying");
+                        }
+                        None
+                    }
+                },
+                Err(_) => None,
+            };
+            metrics::counter!("berth_agent_status_writes_total", "result" => if stored.is_some() { "ok" } else { "error" }).increment(1);
+            let _ = done.send(Done::Status(u, stored));
+        });
+    }
+
+    fn remove_sandbox(&self, pod: PodRef) {
+        tracing::info!(pod = %pod.name, namespace = %pod.namespace, "removing a pod that is no longer bound here");
+        let (runtime, network, done) = (
+            self.runtime.clone(),
+            self.network.clone(),
+            self.done_tx.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = runtime.remove_sandbox(&pod).await {
+                tracing::warn!(pod = %pod.name, error = %e, "cannot remove the pod");
+            }
+            if let Some(net) = network {
+                if let Err(e) = net.detach(&pod.uid).await {
+                    tracing::warn!(pod = %pod.name, error = %e, "cannot remove the pod's network");
+                }
+            }
+            let _ = done.send(Done::SandboxRemoved(pod.uid));
+        });
+    }
+}
+
+/// What setting up a pod's sandbox came to: whether the runtime made it
+/// (it must be removed with the pod even if its network failed), and the
+/// pod's address (None on the node's network) or why there is none.
+struct Prepared {
+    made: bool,
+    result: Result<Option<PodAddress>, (String, String)>,
+}
+
+/// Makes the pod's sandbox and wires its network; run off the sync loop,
+/// so that many pods' sandboxes (a pause container each, with docker) are
+/// made at once.
+async fn prepare(runtime: &dyn Runtime, network: Option<&BridgeNetwork>, pod: &PodRef) -> Prepared {
+    let runtime_ns = match runtime.create_sandbox(pod, network.is_some()).await {
+        Ok(ns) => ns,
+        Err(RuntimeError::Start { reason, message }) => {
+            return Prepared {
+                made: false,
+                result: Err((reason, message)),
+            }
+        }
+        Err(e) => {
+            return Prepared {
+                made: false,
+                result: Err(("CreatePodSandboxError".to_string(), e.to_string())),
+            }
+        }
+    };
+    let result = match network {
+        None => Ok(None),
+        Some(net) => net.attach(pod, runtime_ns).await.map(Some).map_err(|e| {
+            (
+                "NetworkNotReady".to_string(),
+                format!("cannot set up the pod's network: {e}"),
+            )
+        }),
+    };
+    Prepared { made: true, result }
+}

@@ -1,0 +1,974 @@
+//! What the agent keeps about one pod, and what a pass decides for it: a
+//! pure function of the pod, its instances in the runtime, this state and
+//! the time, which returns the actions for the executor to carry out (as
+//! openraft's engine emits commands). The state changes here too, the
+//! same way every time, so that restart policy, crash back-off, probe
+//! verdicts, sandbox retries and deletion are tested without a runtime.
+
+use std::collections::HashMap;
+use std::time::Duration;
+use std::time::SystemTime;
+
+use berth_api::pb;
+use berth_api::resources::pod_is_terminal;
+use berth_retry::Backoff;
+
+use crate::network::PodAddress;
+use crate::probe;
+use crate::runtime::Exit;
+use crate::runtime::Instance;
+use crate::runtime::InstanceState;
+use crate::runtime::PodRef;
+use crate::status;
+use crate::status::ContainerView;
+
+/// A pod's grace period when its spec does not set one.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// A container that ran this long before it ended starts its back-off
+/// afresh.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+/// Instances of a container kept: the latest and the one before it (for
+/// `logs --previous` and lastState).
+const KEPT_INSTANCES: usize = 2;
+
+/// What planning needs to know of the node.
+#[derive(Clone, Debug)]
+pub struct PlanConfig {
+    pub host_ip: String,
+    /// Pods get addresses of their own (`--network bridge`).
+    pub pod_network: bool,
+    /// Crash back-off, and the back-off of refused starts and sandboxes.
+    pub backoff: Backoff,
+}
+
+/// A pod's instances in the runtime by container, each list by attempt.
+pub type Instances = HashMap<String, Vec<Instance>>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Make the pod's sandbox and network, in the background.
+    PrepareSandbox(PodRef),
+    Start {
+        pod: Box<pb::Pod>,
+        container: Box<pb::Container>,
+        attempt: u32,
+    },
+    Stop {
+        instance: Box<Instance>,
+        grace: Duration,
+    },
+    /// Forget an instance older than the two kept.
+    Remove(Box<Instance>),
+    /// Keep probing a running instance.
+    Probe {
+        instance: Box<Instance>,
+        container: Box<pb::Container>,
+        pod_ip: String,
+    },
+    WriteStatus(Box<pb::Pod>),
+    /// Remove the pod's sandbox and network: nothing of it runs anymore.
+    RemoveSandbox(PodRef),
+}
+
+/// A start the runtime refused (an image it cannot get, a sandbox it could
+/// not make), retried after a back-off that doubles per refusal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    pub reason: String,
+    pub message: String,
+    pub count: u32,
+    pub retry_at: SystemTime,
+}
+
+impl Refusal {
+    fn waiting(&self, now: SystemTime) -> Option<(String, String)> {
+        (self.retry_at > now).then(|| (self.reason.clone(), self.message.clone()))
+    }
+}
+
+/// Crash back-off of one container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashLoop {
+    /// The attempt whose end this entry has counted.
+    pub attempt: u32,
+    pub crashes: u32,
+    pub delay: Duration,
+    pub until: SystemTime,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ContainerState {
+    /// A start or stop of it is under way.
+    pub busy: bool,
+    pub crash: Option<CrashLoop>,
+    pub refused: Option<Refusal>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Sandbox {
+    pub preparing: bool,
+    /// The runtime made it (it goes with the pod, whatever its network did).
+    pub made: Option<PodRef>,
+    pub address: Option<PodAddress>,
+    pub refused: Option<Refusal>,
+    pub removing: bool,
+}
+
+/// Everything the agent keeps about one pod.
+#[derive(Clone, Debug, Default)]
+pub struct PodState {
+    /// The pod as the API has it for this node; None once it is not.
+    pub pod: Option<pb::Pod>,
+    /// The grace period its containers are stopped with once it is gone.
+    pub grace: Duration,
+    pub containers: HashMap<String, ContainerState>,
+    pub sandbox: Sandbox,
+    /// The status last sent, until the stored pod shows it.
+    pub written: Option<pb::PodStatus>,
+    pub writing: bool,
+}
+
+pub fn grace(pod: &pb::Pod) -> Duration {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .map_or(DEFAULT_GRACE, |s| Duration::from_secs(s.max(0) as u64))
+}
+
+pub fn pod_ref(pod: &pb::Pod) -> PodRef {
+    let m = pod.metadata.clone().unwrap_or_default();
+    PodRef {
+        uid: m.uid,
+        namespace: m.namespace,
+        name: m.name,
+    }
+}
+
+fn is_live(i: &Instance) -> bool {
+    !matches!(i.state, InstanceState::Exited(_))
+}
+
+impl PodState {
+    pub fn wanted(pod: pb::Pod) -> Self {
+        Self {
+            grace: grace(&pod),
+            pod: Some(pod),
+            ..Default::default()
+        }
+    }
+
+    /// A pod known only by a sandbox an earlier run of the agent left.
+    pub fn left_behind(sandbox: PodRef) -> Self {
+        Self {
+            grace: DEFAULT_GRACE,
+            sandbox: Sandbox {
+                made: Some(sandbox),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The API no longer has the pod here.
+    pub fn unwant(&mut self) {
+        if let Some(pod) = self.pod.take() {
+            self.grace = grace(&pod);
+        }
+    }
+
+    /// The pod's own address (none until its network is set up), or the
+    /// node's when pods share its network.
+    pub fn pod_ip(&self, config: &PlanConfig) -> String {
+        match (&self.sandbox.address, config.pod_network) {
+            (Some(a), _) => a.ip.to_string(),
+            (None, true) => String::new(),
+            (None, false) => config.host_ip.clone(),
+        }
+    }
+
+    /// Whether anything of the pod may still exist or is under way.
+    pub fn settled(&self, instances: Option<&Instances>) -> bool {
+        self.pod.is_none()
+            && instances.is_none_or(|i| i.is_empty())
+            && self.sandbox.made.is_none()
+            && !self.sandbox.preparing
+            && !self.sandbox.removing
+            && !self.containers.values().any(|c| c.busy)
+    }
+
+    /// One pass for this pod: the actions that close the gap between what
+    /// the API wants and what the runtime has.
+    pub fn plan(
+        &mut self,
+        instances: &Instances,
+        verdicts: &dyn Fn(&Instance) -> probe::Verdicts,
+        config: &PlanConfig,
+        now: SystemTime,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(pod) = self.pod.clone() else {
+            self.plan_removal(instances, &mut actions);
+            return actions;
+        };
+        let deleting = pod
+            .metadata
+            .as_ref()
+            .is_some_and(|m| !m.deletion_timestamp.is_empty());
+        if pod_is_terminal(&pod) || deleting {
+            // Finished, or failed by the node controller while this agent
+            // was away: nothing of it may run.
+            for list in instances.values() {
+                if let Some(i) = list.last().filter(|i| is_live(i)) {
+                    self.stop(i, grace(&pod), &mut actions);
+                }
+            }
+            return actions;
+        }
+        let sandbox_waiting = self.plan_sandbox(&pod, config, now, &mut actions);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut views = Vec::with_capacity(spec.containers.len());
+        let mut waiting = Vec::with_capacity(spec.containers.len());
+        for container in &spec.containers {
+            let list = instances.get(&container.name).map_or(&[][..], |l| &l[..]);
+            let (view, wait) = self.plan_container(
+                &pod,
+                container,
+                list,
+                sandbox_waiting.as_ref(),
+                verdicts,
+                config,
+                now,
+                &mut actions,
+            );
+            views.push(view);
+            waiting.push(wait);
+        }
+        let mut status =
+            status::pod_status(&pod, &views, &config.host_ip, &self.pod_ip(config), now);
+        for (cs, waiting) in status.container_statuses.iter_mut().zip(waiting) {
+            if let Some((reason, message)) = waiting {
+                cs.state = Some(pb::ContainerState {
+                    waiting: Some(pb::ContainerStateWaiting { reason, message }),
+                    ..Default::default()
+                });
+            }
+        }
+        self.plan_status(&pod, status, &mut actions);
+        actions
+    }
+
+    /// The sandbox, made once; until then, and while a refusal's back-off
+    /// runs, the (reason, message) the containers wait with.
+    fn plan_sandbox(
+        &mut self,
+        pod: &pb::Pod,
+        config: &PlanConfig,
+        now: SystemTime,
+        actions: &mut Vec<Action>,
+    ) -> Option<(String, String)> {
+        let s = &mut self.sandbox;
+        let needs_network = config.pod_network && s.address.is_none();
+        if s.made.is_some() && !needs_network {
+            return None;
+        }
+        let creating = Some(("ContainerCreating".to_string(), String::new()));
+        if s.preparing {
+            return creating;
+        }
+        if let Some(waiting) = s.refused.as_ref().and_then(|r| r.waiting(now)) {
+            return Some(waiting);
+        }
+        s.preparing = true;
+        actions.push(Action::PrepareSandbox(pod_ref(pod)));
+        creating
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plan_container<'a>(
+        &mut self,
+        pod: &pb::Pod,
+        container: &pb::Container,
+        list: &'a [Instance],
+        sandbox_waiting: Option<&(String, String)>,
+        verdicts: &dyn Fn(&Instance) -> probe::Verdicts,
+        config: &PlanConfig,
+        now: SystemTime,
+        actions: &mut Vec<Action>,
+    ) -> (ContainerView<'a>, Option<(String, String)>) {
+        let busy = self.container(&container.name).busy;
+        if list.len() > KEPT_INSTANCES && !busy {
+            for old in &list[..list.len() - KEPT_INSTANCES] {
+                actions.push(Action::Remove(Box::new(old.clone())));
+            }
+        }
+        let latest = list.last();
+        let mut view = ContainerView {
+            latest,
+            previous: list.len().checked_sub(2).and_then(|i| list.get(i)),
+            backoff: None,
+            ready: false,
+        };
+        let mut waiting = None;
+        match latest {
+            None => {
+                let refused = self.container(&container.name).refused.clone();
+                waiting = sandbox_waiting
+                    .cloned()
+                    .or_else(|| refused.and_then(|r| r.waiting(now)));
+                if waiting.is_none() {
+                    self.start(pod, container, 0, actions);
+                }
+            }
+            Some(i) => match &i.state {
+                InstanceState::Creating => {}
+                InstanceState::Running { .. } => {
+                    self.container(&container.name).refused = None;
+                    actions.push(Action::Probe {
+                        instance: Box::new(i.clone()),
+                        container: Box::new(container.clone()),
+                        pod_ip: self.pod_ip(config),
+                    });
+                    let v = verdicts(i);
+                    view.ready = match container.readiness_probe {
+                        Some(_) => v.ready == Some(true),
+                        None => true,
+                    };
+                    if v.liveness_failed {
+                        self.stop(i, grace(pod), actions);
+                    }
+                }
+                InstanceState::Exited(exit) => {
+                    let spec = pod.spec.as_ref();
+                    let policy = spec.map_or("", |s| s.restart_policy.as_str());
+                    if status::should_restart(policy, exit) {
+                        let crash = self.crash_loop(&container.name, i.attempt, exit, config);
+                        if now >= crash.until {
+                            self.start(pod, container, i.attempt + 1, actions);
+                        } else {
+                            view.backoff = Some(crash.delay);
+                        }
+                    }
+                }
+            },
+        }
+        (view, waiting)
+    }
+
+    fn plan_status(&mut self, pod: &pb::Pod, status: pb::PodStatus, actions: &mut Vec<Action>) {
+        if pod.status.as_ref() == Some(&status) {
+            self.written = None;
+            return;
+        }
+        if self.written.as_ref() == Some(&status) || self.writing {
+            return;
+        }
+        let mut next = pod.clone();
+        next.status = Some(status.clone());
+        self.written = Some(status);
+        self.writing = true;
+        actions.push(Action::WriteStatus(Box::new(next)));
+    }
+
+    /// A pod the API no longer has here: stop what runs, then remove its
+    /// sandbox once nothing of it runs or is under way.
+    fn plan_removal(&mut self, instances: &Instances, actions: &mut Vec<Action>) {
+        let mut live = false;
+        for list in instances.values() {
+            if let Some(i) = list.last().filter(|i| is_live(i)) {
+                live = true;
+                self.stop(i, self.grace, actions);
+            }
+        }
+        let busy = self.containers.values().any(|c| c.busy);
+        if live || busy || self.sandbox.removing || self.sandbox.preparing {
+            return;
+        }
+        let Some(pod) = instances
+            .values()
+            .flatten()
+            .next()
+            .map(|i| i.pod.clone())
+            .or_else(|| self.sandbox.made.clone())
+        else {
+            return;
+        };
+        self.sandbox.removing = true;
+        actions.push(Action::RemoveSandbox(pod));
+    }
+
+    fn container(&mut self, name: &str) -> &mut ContainerState {
+        self.containers.entry(name.to_string()).or_default()
+    }
+
+    /// Starts attempt `attempt` unless an operation of the container is
+    /// under way.
+    fn start(
+        &mut self,
+        pod: &pb::Pod,
+        container: &pb::Container,
+        attempt: u32,
+        actions: &mut Vec<Action>,
+    ) {
+        let c = self.container(&container.name);
+        if std::mem::replace(&mut c.busy, true) {
+            return;
+        }
+        actions.push(Action::Start {
+            pod: Box::new(pod.clone()),
+            container: Box::new(container.clone()),
+            attempt,
+        });
+    }
+
+    fn stop(&mut self, instance: &Instance, grace: Duration, actions: &mut Vec<Action>) {
+        let c = self.container(&instance.container);
+        if std::mem::replace(&mut c.busy, true) {
+            return;
+        }
+        actions.push(Action::Stop {
+            instance: Box::new(instance.clone()),
+            grace,
+        });
+    }
+
+    /// The crash back-off after `attempt` of a container ended, counted
+    /// once per attempt.
+    fn crash_loop(
+        &mut self,
+        container: &str,
+        attempt: u32,
+        exit: &Exit,
+        config: &PlanConfig,
+    ) -> CrashLoop {
+        let c = self.container(container);
+        if let Some(b) = c.crash.filter(|b| b.attempt == attempt) {
+            return b;
+        }
+        let ran = exit
+            .started_at
+            .and_then(|s| exit.finished_at.duration_since(s).ok())
+            .unwrap_or_default();
+        let crashes = match c.crash {
+            Some(b) if ran < BACKOFF_RESET_AFTER => b.crashes + 1,
+            _ => 1,
+        };
+        let delay = config.backoff.delay(crashes - 1);
+        let b = CrashLoop {
+            attempt,
+            crashes,
+            delay,
+            until: exit.finished_at + delay,
+        };
+        c.crash = Some(b);
+        b
+    }
+
+    /// A start or stop of `container` ended; a start the runtime refused
+    /// is retried after its back-off.
+    pub fn operation_done(
+        &mut self,
+        container: &str,
+        refused: Option<(String, String)>,
+        config: &PlanConfig,
+        now: SystemTime,
+    ) {
+        let c = self.container(container);
+        c.busy = false;
+        if let Some((reason, message)) = refused {
+            c.refused = Some(refusal(c.refused.as_ref(), reason, message, config, now));
+        }
+    }
+
+    /// The sandbox set-up ended: `made` says whether the runtime made one
+    /// (it goes with the pod even if its network failed).
+    pub fn sandbox_done(
+        &mut self,
+        made: Option<PodRef>,
+        result: Result<Option<PodAddress>, (String, String)>,
+        config: &PlanConfig,
+        now: SystemTime,
+    ) {
+        let s = &mut self.sandbox;
+        s.preparing = false;
+        if made.is_some() {
+            s.made = made;
+        }
+        match result {
+            Ok(address) => {
+                if address.is_some() {
+                    s.address = address;
+                }
+                s.refused = None;
+            }
+            Err((reason, message)) => {
+                s.refused = Some(refusal(s.refused.as_ref(), reason, message, config, now));
+            }
+        }
+    }
+
+    /// A status write ended: with the stored pod, or failed (then the next
+    /// pass writes again).
+    pub fn status_done(&mut self, stored: Option<pb::Pod>) {
+        self.writing = false;
+        match stored {
+            Some(p) => {
+                if self
+                    .pod
+                    .as_ref()
+                    .is_some_and(|old| revision(old) < revision(&p))
+                {
+                    self.pod = Some(p);
+                }
+            }
+            None => self.written = None,
+        }
+    }
+}
+
+fn refusal(
+    last: Option<&Refusal>,
+    reason: String,
+    message: String,
+    config: &PlanConfig,
+    now: SystemTime,
+) -> Refusal {
+    let count = last.map_or(1, |r| r.count + 1);
+    Refusal {
+        reason,
+        message,
+        count,
+        retry_at: now + config.backoff.delay(count - 1),
+    }
+}
+
+pub fn revision(pod: &pb::Pod) -> u64 {
+    pod.metadata
+        .as_ref()
+        .and_then(|m| m.resource_version.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use berth_api::Object;
+
+    use super::*;
+    use crate::runtime::SandboxNetwork;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn config() -> PlanConfig {
+        PlanConfig {
+            host_ip: "192.0.2.10".into(),
+            pod_network: false,
+            backoff: Backoff::new(10 * SEC, 300 * SEC).exact(),
+        }
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    fn pod(policy: &str, containers: &[&str]) -> pb::Pod {
+        let mut p = pb::Pod::default();
+        let m = p.meta_mut();
+        (m.namespace, m.name, m.uid) = ("default".into(), "web".into(), "u1".into());
+        m.resource_version = "5".into();
+        p.spec = Some(pb::PodSpec {
+            node_name: "n1".into(),
+            restart_policy: policy.into(),
+            termination_grace_period_seconds: Some(7),
+            containers: containers
+                .iter()
+                .map(|c| pb::Container {
+                    name: c.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn instance(container: &str, attempt: u32, state: InstanceState) -> Instance {
+        Instance {
+            pod: PodRef {
+                uid: "u1".into(),
+                namespace: "default".into(),
+                name: "web".into(),
+            },
+            container: container.into(),
+            attempt,
+            id: format!("test://{container}-{attempt}"),
+            image: String::new(),
+            image_id: String::new(),
+            state,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn exited(code: i32, started: u64, finished: u64) -> InstanceState {
+        InstanceState::Exited(Exit {
+            exit_code: code,
+            signal: None,
+            oom_killed: false,
+            start_error: None,
+            started_at: Some(t(started)),
+            finished_at: t(finished),
+        })
+    }
+
+    fn running(at: u64) -> InstanceState {
+        InstanceState::Running { started_at: t(at) }
+    }
+
+    fn of(list: Vec<Instance>) -> Instances {
+        let mut out = Instances::new();
+        for i in list {
+            out.entry(i.container.clone()).or_default().push(i);
+        }
+        out
+    }
+
+    fn no_probes(_: &Instance) -> probe::Verdicts {
+        probe::Verdicts::default()
+    }
+
+    /// A pod whose sandbox is made (host network).
+    fn ready_state(p: pb::Pod) -> PodState {
+        let mut s = PodState::wanted(p);
+        s.sandbox.made = Some(PodRef::default());
+        s
+    }
+
+    fn starts(actions: &[Action]) -> Vec<(String, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start {
+                    container, attempt, ..
+                } => Some((container.name.clone(), *attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stops(actions: &[Action]) -> Vec<(String, u32, Duration)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Stop { instance, grace } => {
+                    Some((instance.container.clone(), instance.attempt, *grace))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn written(actions: &[Action]) -> Option<pb::PodStatus> {
+        actions.iter().find_map(|a| match a {
+            Action::WriteStatus(p) => p.status.clone(),
+            _ => None,
+        })
+    }
+
+    fn waiting_reason(status: &pb::PodStatus, container: usize) -> Option<String> {
+        status.container_statuses[container]
+            .state
+            .as_ref()?
+            .waiting
+            .as_ref()
+            .map(|w| w.reason.clone())
+    }
+
+    #[test]
+    fn missing_containers_start_once_until_their_start_is_done() {
+        let c = config();
+        let mut s = ready_state(pod("Always", &["a", "b"]));
+        let first = s.plan(&Instances::new(), &no_probes, &c, t(0));
+        assert_eq!(starts(&first), [("a".into(), 0), ("b".into(), 0)]);
+        assert!(starts(&s.plan(&Instances::new(), &no_probes, &c, t(1))).is_empty());
+        s.operation_done("a", None, &c, t(1));
+        assert_eq!(
+            starts(&s.plan(&Instances::new(), &no_probes, &c, t(2))),
+            [("a".into(), 0)]
+        );
+    }
+
+    #[test]
+    fn restart_policy_decides_which_exits_restart() {
+        let c = config();
+        let cases = [
+            ("Always", 0, true),
+            ("Always", 1, true),
+            ("OnFailure", 0, false),
+            ("OnFailure", 2, true),
+            ("Never", 0, false),
+            ("Never", 1, false),
+        ];
+        for (policy, code, restarts) in cases {
+            let mut s = ready_state(pod(policy, &["a"]));
+            let instances = of(vec![instance("a", 0, exited(code, 0, 5))]);
+            // Long after any back-off.
+            let actions = s.plan(&instances, &no_probes, &c, t(1_000));
+            let want: Vec<(String, u32)> = if restarts {
+                vec![("a".into(), 1)]
+            } else {
+                vec![]
+            };
+            assert_eq!(starts(&actions), want, "{policy} after exit {code}");
+        }
+    }
+
+    #[test]
+    fn crashes_back_off_doubling_to_the_cap_and_show_crash_loop_back_off() {
+        let c = config();
+        let mut s = ready_state(pod("Always", &["a"]));
+        let mut history = Vec::new();
+        let mut now = 0;
+        let mut delays = Vec::new();
+        for attempt in 0..7 {
+            history.push(instance("a", attempt, exited(1, now, now + 1)));
+            let instances = of(history.clone());
+            // Just after it ended: waiting out the back-off.
+            let actions = s.plan(&instances, &no_probes, &c, t(now + 1));
+            assert!(
+                starts(&actions).is_empty(),
+                "attempt {attempt} restarts at once"
+            );
+            if let Some(status) = written(&actions) {
+                assert_eq!(
+                    waiting_reason(&status, 0).as_deref(),
+                    Some("CrashLoopBackOff")
+                );
+            }
+            let b = s.containers["a"].crash.unwrap();
+            delays.push(b.delay.as_secs());
+            now = b.until.duration_since(t(0)).unwrap().as_secs();
+            let actions = s.plan(&instances, &no_probes, &c, t(now));
+            assert_eq!(starts(&actions), [("a".into(), attempt + 1)]);
+            s.operation_done("a", None, &c, t(now));
+            history.retain(|i| i.attempt + 1 >= attempt);
+        }
+        assert_eq!(delays, [10, 20, 40, 80, 160, 300, 300]);
+    }
+
+    #[test]
+    fn a_long_run_resets_the_crash_back_off() {
+        let c = config();
+        let mut s = ready_state(pod("Always", &["a"]));
+        let first = of(vec![instance("a", 0, exited(1, 0, 1))]);
+        s.plan(&first, &no_probes, &c, t(1));
+        s.plan(&first, &no_probes, &c, t(11));
+        s.operation_done("a", None, &c, t(11));
+        let second = of(vec![
+            instance("a", 0, exited(1, 0, 1)),
+            instance("a", 1, exited(1, 11, 12)),
+        ]);
+        s.plan(&second, &no_probes, &c, t(12));
+        assert_eq!(s.containers["a"].crash.unwrap().delay, 20 * SEC);
+        s.plan(&second, &no_probes, &c, t(32));
+        s.operation_done("a", None, &c, t(32));
+        // Attempt 2 ran ten minutes before it crashed.
+        let third = of(vec![
+            instance("a", 1, exited(1, 11, 12)),
+            instance("a", 2, exited(1, 32, 32 + 600)),
+        ]);
+        s.plan(&third, &no_probes, &c, t(633));
+        assert_eq!(s.containers["a"].crash.unwrap().crashes, 1);
+        assert_eq!(s.containers["a"].crash.unwrap().delay, 10 * SEC);
+    }
+
+    #[test]
+    fn probe_verdicts_decide_readiness_and_a_failed_liveness_probe_stops_the_instance() {
+        let c = config();
+        let mut p = pod("Always", &["a"]);
+        p.spec.as_mut().unwrap().containers[0].readiness_probe = Some(pb::Probe::default());
+        let instances = of(vec![instance("a", 0, running(0))]);
+        let verdict = |ready: Option<bool>, liveness_failed: bool| {
+            move |_: &Instance| probe::Verdicts {
+                ready,
+                liveness_failed,
+            }
+        };
+        let mut s = ready_state(p.clone());
+        let actions = s.plan(&instances, &verdict(None, false), &c, t(1));
+        assert!(actions.iter().any(|a| matches!(a, Action::Probe { .. })));
+        let status = written(&actions).unwrap();
+        assert!(!status.container_statuses[0].ready);
+
+        let mut s = ready_state(p.clone());
+        let status = written(&s.plan(&instances, &verdict(Some(true), false), &c, t(1))).unwrap();
+        assert!(status.container_statuses[0].ready);
+
+        let mut s = ready_state(p);
+        let actions = s.plan(&instances, &verdict(Some(true), true), &c, t(1));
+        assert_eq!(stops(&actions), [("a".into(), 0, 7 * SEC)]);
+        assert!(
+            starts(&actions).is_empty(),
+            "the restart policy decides once it ended"
+        );
+    }
+
+    #[test]
+    fn a_refused_start_waits_with_its_reason_and_is_retried_after_back_off() {
+        let c = config();
+        let mut s = ready_state(pod("Always", &["a"]));
+        s.plan(&Instances::new(), &no_probes, &c, t(0));
+        s.status_done(None);
+        let refused = Some(("ErrImagePull".to_string(), "no such image".to_string()));
+        s.operation_done("a", refused.clone(), &c, t(0));
+        let actions = s.plan(&Instances::new(), &no_probes, &c, t(5));
+        assert!(starts(&actions).is_empty());
+        let status = written(&actions).unwrap();
+        assert_eq!(waiting_reason(&status, 0).as_deref(), Some("ErrImagePull"));
+        assert_eq!(
+            starts(&s.plan(&Instances::new(), &no_probes, &c, t(10))),
+            [("a".into(), 0)]
+        );
+        // A second refusal waits twice as long.
+        s.operation_done("a", refused, &c, t(10));
+        assert!(starts(&s.plan(&Instances::new(), &no_probes, &c, t(29))).is_empty());
+        assert_eq!(
+            starts(&s.plan(&Instances::new(), &no_probes, &c, t(30))),
+            [("a".into(), 0)]
+        );
+    }
+
+    #[test]
+    fn containers_wait_for_the_sandbox_and_a_failed_sandbox_is_retried_after_back_off() {
+        let c = PlanConfig {
+            pod_network: true,
+            ..config()
+        };
+        let mut s = PodState::wanted(pod("Always", &["a"]));
+        let actions = s.plan(&Instances::new(), &no_probes, &c, t(0));
+        assert!(matches!(actions[0], Action::PrepareSandbox(_)));
+        assert!(starts(&actions).is_empty());
+        assert_eq!(
+            waiting_reason(&written(&actions).unwrap(), 0).as_deref(),
+            Some("ContainerCreating")
+        );
+        // Still being made: nothing new.
+        assert!(s.plan(&Instances::new(), &no_probes, &c, t(1)).is_empty());
+        let failure = Err(("NetworkNotReady".to_string(), "no bridge".to_string()));
+        s.sandbox_done(Some(pod_ref(s.pod.as_ref().unwrap())), failure, &c, t(1));
+        s.status_done(None);
+        let actions = s.plan(&Instances::new(), &no_probes, &c, t(5));
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, Action::PrepareSandbox(_))));
+        assert_eq!(
+            waiting_reason(&written(&actions).unwrap(), 0).as_deref(),
+            Some("NetworkNotReady")
+        );
+        let actions = s.plan(&Instances::new(), &no_probes, &c, t(11));
+        assert!(matches!(actions[0], Action::PrepareSandbox(_)));
+        let address = PodAddress {
+            ip: Ipv4Addr::new(10, 244, 1, 5),
+            sandbox: SandboxNetwork {
+                netns: "/run/netns/berth-u1".into(),
+                resolv_conf: "/tmp/resolv.conf".into(),
+            },
+        };
+        s.sandbox_done(None, Ok(Some(address)), &c, t(12));
+        let actions = s.plan(&Instances::new(), &no_probes, &c, t(12));
+        assert_eq!(starts(&actions), [("a".into(), 0)]);
+        assert_eq!(s.pod_ip(&c), "10.244.1.5");
+    }
+
+    #[test]
+    fn only_the_two_latest_instances_are_kept() {
+        let c = config();
+        let mut s = ready_state(pod("Always", &["a"]));
+        let instances = of((0..4)
+            .map(|a| instance("a", a, exited(1, a as u64, a as u64 + 1)))
+            .collect());
+        let removed: Vec<u32> = s
+            .plan(&instances, &no_probes, &c, t(10))
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove(i) => Some(i.attempt),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(removed, [0, 1]);
+    }
+
+    #[test]
+    fn a_finished_or_deleting_pod_has_its_running_instances_stopped_with_its_grace() {
+        let c = config();
+        let instances = of(vec![
+            instance("a", 0, running(0)),
+            instance("b", 0, exited(0, 0, 1)),
+        ]);
+        let mut deleting = pod("Always", &["a", "b"]);
+        deleting.meta_mut().deletion_timestamp = "2027-01-01T00:00:00Z".into();
+        let mut failed = pod("Always", &["a", "b"]);
+        failed.status = Some(pb::PodStatus {
+            phase: "Failed".into(),
+            ..Default::default()
+        });
+        for p in [deleting, failed] {
+            let mut s = ready_state(p);
+            let actions = s.plan(&instances, &no_probes, &c, t(5));
+            assert_eq!(stops(&actions), [("a".into(), 0, 7 * SEC)]);
+            assert!(written(&actions).is_none());
+        }
+    }
+
+    #[test]
+    fn a_pod_gone_from_the_api_is_stopped_then_its_sandbox_removed_once() {
+        let c = config();
+        let mut s = ready_state(pod("Always", &["a"]));
+        s.unwant();
+        let live = of(vec![instance("a", 0, running(0))]);
+        let actions = s.plan(&live, &no_probes, &c, t(5));
+        assert_eq!(stops(&actions), [("a".into(), 0, 7 * SEC)]);
+        assert_eq!(
+            actions.len(),
+            1,
+            "nothing removed while it runs: {actions:?}"
+        );
+        // Stopping: nothing more until the stop is done.
+        let ended = of(vec![instance("a", 0, exited(143, 0, 6))]);
+        assert!(s.plan(&ended, &no_probes, &c, t(6)).is_empty());
+        s.operation_done("a", None, &c, t(6));
+        let actions = s.plan(&ended, &no_probes, &c, t(7));
+        assert!(matches!(&actions[..], [Action::RemoveSandbox(p)] if p.uid == "u1"));
+        assert!(s.plan(&ended, &no_probes, &c, t(8)).is_empty());
+        assert!(!s.settled(Some(&ended)));
+    }
+
+    #[test]
+    fn a_sandbox_left_by_an_earlier_run_is_removed_and_then_the_state_settles() {
+        let c = config();
+        let left = PodRef {
+            uid: "u9".into(),
+            ..Default::default()
+        };
+        let mut s = PodState::left_behind(left.clone());
+        let actions = s.plan(&Instances::new(), &no_probes, &c, t(0));
+        assert_eq!(actions, [Action::RemoveSandbox(left)]);
+        s.sandbox = Sandbox::default();
+        assert!(s.settled(None));
+    }
+
+    #[test]
+    fn a_status_is_written_once_until_the_write_ends_and_not_when_stored() {
+        let c = config();
+        let mut s = ready_state(pod("Always", &["a"]));
+        let instances = of(vec![instance("a", 0, running(0))]);
+        let first = written(&s.plan(&instances, &no_probes, &c, t(1))).expect("a status");
+        assert!(written(&s.plan(&instances, &no_probes, &c, t(2))).is_none());
+        let mut stored = s.pod.clone().unwrap();
+        stored.status = Some(first);
+        stored.meta_mut().resource_version = "6".into();
+        s.status_done(Some(stored));
+        assert!(written(&s.plan(&instances, &no_probes, &c, t(3))).is_none());
+        assert!(s.written.is_none());
+    }
+}
