@@ -128,7 +128,24 @@ impl<K: ClientKind> Controller<K> {
     /// Reconciles every object of `main`'s kind; its changes queue their
     /// own keys.
     pub fn new(name: &'static str, main: Reflector<K>) -> Self {
-        Self::over(name, Arc::new(main.clone())).watches(main, |o: &K| vec![reflector::key(o)])
+        Self::new_filtered(name, main, |_| true)
+    }
+
+    /// Reconciles the objects of `main`'s kind that `wanted` picks: the
+    /// changes of others queue nothing (they are still reconciled when
+    /// everything is, and may decide nothing).
+    pub fn new_filtered(
+        name: &'static str,
+        main: Reflector<K>,
+        wanted: impl Fn(&K) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self::over(name, Arc::new(main.clone())).watches(main, move |o: &K| {
+            if wanted(o) {
+                vec![reflector::key(o)]
+            } else {
+                Vec::new()
+            }
+        })
     }
 
     /// A change of an object whose controller owner is of this kind queues
@@ -299,7 +316,10 @@ fn subscription<O: ClientKind>(
         tasks.spawn(async move {
             loop {
                 let trigger = match events.recv().await {
-                    Ok(Event::Changed(o)) => Trigger::Keys(map(&o)),
+                    Ok(Event::Changed(o)) => match map(&o) {
+                        keys if keys.is_empty() => continue,
+                        keys => Trigger::Keys(keys),
+                    },
                     Ok(Event::Relisted) | Err(RecvError::Lagged(_)) => Trigger::Everything,
                     Err(RecvError::Closed) => return,
                 };

@@ -98,7 +98,10 @@ async fn collector<K: ClientKind>(
     leader: &LeaderState,
     ctx: Arc<Ctx>,
 ) {
-    Controller::new(NAME, dependents.clone())
+    // Only what names an owner can be orphaned; pods without one (most, in
+    // some clusters) cost nothing here.
+    let owned = |d: &K| d.meta().is_some_and(|m| !m.owner_references.is_empty());
+    Controller::new_filtered(NAME, dependents.clone(), owned)
         .watches(
             caches.deployments.clone(),
             orphans_of(&dependents, &caches.deployments),
