@@ -52,7 +52,7 @@ pub enum Action {
 }
 
 /// Where the objects a controller reconciles come from.
-pub trait Source<T>: Send + Sync + 'static {
+trait Source<T>: Send + Sync + 'static {
     /// The object under `key`; None once it is gone.
     fn get(&self, key: &str) -> Option<Arc<T>>;
     /// Every key there is now.
@@ -94,13 +94,13 @@ type Ready = futures::future::BoxFuture<'static, ()>;
 
 /// Waits applied between reconciles of a key, and after failures.
 #[derive(Clone, Debug)]
-pub struct Timing {
+struct Timing {
     /// Changes arriving this long after the first make one round.
-    pub batch_window: Duration,
+    batch_window: Duration,
     /// Every key is queued this often; None: never.
-    pub resync: Option<Duration>,
+    resync: Option<Duration>,
     /// The wait after a key's failed reconcile, doubling per failure.
-    pub retry: Backoff,
+    retry: Backoff,
 }
 
 impl Default for Timing {
@@ -172,7 +172,7 @@ impl Controller<()> {
 impl<T: Send + Sync + 'static> Controller<T> {
     /// Reconciles what `source` holds; only the kinds it `watches` queue
     /// keys.
-    pub fn over(name: &'static str, source: Arc<dyn Source<T>>) -> Self {
+    fn over(name: &'static str, source: Arc<dyn Source<T>>) -> Self {
         Self {
             name,
             source,
@@ -209,11 +209,6 @@ impl<T: Send + Sync + 'static> Controller<T> {
 
     pub fn batch_window(mut self, window: Duration) -> Self {
         self.timing.batch_window = window;
-        self
-    }
-
-    pub fn retry(mut self, backoff: Backoff) -> Self {
-        self.timing.retry = backoff;
         self
     }
 
