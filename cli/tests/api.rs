@@ -468,6 +468,10 @@ async fn pods_bind_once_and_namespaces_take_their_objects_with_them() {
         ok(&cluster, &["apply", "-f", "-"], Some(shop)),
         "namespace/shop unchanged\nconfigmap/settings unchanged\n"
     );
+    assert_eq!(
+        ok(&cluster, &["delete", "-f", "-"], Some(shop)),
+        "configmap/settings deleted\nnamespace/shop deleted\n"
+    );
     // A namespace that neither exists nor comes with the manifest is named.
     let nowhere = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: nowhere}\n";
     refused(

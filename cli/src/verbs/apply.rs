@@ -59,9 +59,11 @@ fn read_objects(files: &[String], ns: &NamespaceArgs) -> Result<Vec<AnyObject>> 
             }
         });
     }
-    // A manifest may hold a namespace and what goes in it, in any order.
-    objects.sort_by_key(|o| *o.info() != <pb::Namespace as Object>::INFO);
     Ok(objects)
+}
+
+fn is_namespace(o: &AnyObject) -> bool {
+    *o.info() == <pb::Namespace as Object>::INFO
 }
 
 fn read_sources(f: &str) -> Result<Vec<(String, String)>> {
@@ -97,7 +99,9 @@ fn read_sources(f: &str) -> Result<Vec<(String, String)>> {
 }
 
 pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<()> {
-    let objects = read_objects(&args.files, &args.ns)?;
+    let mut objects = read_objects(&args.files, &args.ns)?;
+    // A manifest may hold a namespace and what goes in it, in any order.
+    objects.sort_by_key(|o| !is_namespace(o));
     let ch = ctx.leader_channel().await?;
     for o in objects {
         let line = with_object!(o, obj => apply_one(ch.clone(), obj).await)?;
@@ -168,7 +172,11 @@ pub struct DeleteArgs {
 pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> Result<()> {
     let mut targets: Vec<(&'static berth_api::KindInfo, String, String)> = Vec::new();
     if !args.files.is_empty() {
-        for o in read_objects(&args.files, &args.ns)? {
+        let mut objects = read_objects(&args.files, &args.ns)?;
+        // Deleting a namespace takes what is in it: its objects go first, so
+        // that each object of the manifest is found.
+        objects.sort_by_key(is_namespace);
+        for o in objects {
             targets.push((o.info(), o.namespace().to_string(), o.name().to_string()));
         }
     } else {
