@@ -255,6 +255,7 @@ pub fn running_replicas(deployment: &pb::Deployment, pods: &[pb::Pod]) -> (usize
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_testkit::objects;
 
     #[test]
     fn an_overwritten_acknowledged_write_is_lost() {
@@ -357,52 +358,21 @@ mod tests {
     }
 
     fn pod(name: &str, uid: &str, node: &str, cpu: &str, ip: &str) -> pb::Pod {
-        pb::Pod {
-            metadata: Some(pb::ObjectMeta {
-                name: name.into(),
-                namespace: "chaos".into(),
-                uid: uid.into(),
-                ..Default::default()
-            }),
-            spec: Some(pb::PodSpec {
-                node_name: node.into(),
-                containers: vec![pb::Container {
-                    name: "c".into(),
-                    resources: Some(pb::ResourceRequirements {
-                        requests: [("cpu".to_string(), cpu.to_string())].into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            status: Some(pb::PodStatus {
-                phase: "Running".into(),
-                pod_ip: ip.into(),
-                host_ip: "10.0.0.1".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        objects::pod(name)
+            .namespace("chaos")
+            .uid(uid)
+            .node(node)
+            .requests(&[("cpu", cpu)])
+            .status("Running", ip)
+            .host_ip("10.0.0.1")
+            .build()
     }
 
     fn node(name: &str, cpu: &str, cidr: &str) -> pb::Node {
-        pb::Node {
-            metadata: Some(pb::ObjectMeta {
-                name: name.into(),
-                ..Default::default()
-            }),
-            spec: Some(pb::NodeSpec {
-                pod_cidr: cidr.into(),
-                ..Default::default()
-            }),
-            status: Some(berth_api::resources::ready_status(&[
-                ("cpu", cpu),
-                ("memory", "1Gi"),
-                ("pods", "10"),
-            ])),
-            ..Default::default()
-        }
+        objects::node(name)
+            .allocatable(&[("cpu", cpu), ("memory", "1Gi")])
+            .pod_cidr(cidr)
+            .build()
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -132,33 +131,28 @@ fn run(args: Args) -> anyhow::Result<bool> {
     };
     eprintln!("berth-chaos: seed {seed} (repeat with --seed {seed})");
     let fabric = Fabric::create(cfg.controllers + cfg.agents)?;
-    // Threads made after setns share the fabric's network: the clients
-    // reach every member, and nothing of the run touches the host's.
-    let ns = std::fs::File::open(fabric.fabric_netns())?;
-    let outcome = std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(4)
-                .enable_all()
-                .build()?;
-            // On Ctrl-C or SIGTERM the run is dropped: its processes are
-            // killed (kill_on_drop) and the fabric removed below.
-            let result = rt.block_on(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    result = berth_chaos::run::run(&cfg, &fabric) => Ok(result?),
-                    _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-                    _ = term.recv() => Err(anyhow::anyhow!("terminated")),
-                }
-            });
-            rt.shutdown_timeout(Duration::from_secs(5));
-            result
-        })
-        .join()
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the run panicked")))
+    // Threads made inside share the fabric's network: the clients reach
+    // every member, and nothing of the run touches the host's.
+    let outcome = fabric.net.run_inside(|| -> anyhow::Result<_> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()?;
+        // On Ctrl-C or SIGTERM the run is dropped: its processes are
+        // killed and the fabric removed below.
+        let result = rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                result = berth_chaos::run::run(&cfg, &fabric) => Ok(result?),
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+                _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+            }
+        });
+        rt.shutdown_timeout(Duration::from_secs(5));
+        result
     });
+    let outcome = outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("the run panicked")));
     drop(fabric);
     let (report, ops, faults) = outcome?;
     print!("{}", report.table());

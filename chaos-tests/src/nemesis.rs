@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand::SeedableRng;
 
+use crate::fabric::Faults;
 use crate::fabric::Member;
 use crate::history::FaultWindow;
 use crate::history::Recorder;
@@ -121,7 +122,7 @@ impl Cluster {
     /// Stops every process.
     pub async fn stop(&mut self) {
         for p in self.agents.iter_mut().chain(self.controllers.iter_mut()) {
-            p.kill().await;
+            p.kill();
         }
     }
 }
@@ -205,7 +206,7 @@ impl Nemesis {
                 let c = &mut cluster.controllers[target];
                 let signal = match kind {
                     FaultKind::Kill => {
-                        c.kill().await;
+                        c.kill();
                         "SIGKILL"
                     }
                     _ => {
@@ -331,7 +332,7 @@ impl Nemesis {
         }
         let i = rng.random_range(0..cluster.agents.len());
         if rng.random_bool(0.5) {
-            cluster.agents[i].kill().await;
+            cluster.agents[i].kill();
             let hold = Duration::from_millis(rng.random_range(1000..4000));
             return Ok((format!("SIGKILL {}", cluster.agents[i].name), hold));
         }

@@ -15,6 +15,12 @@ use berth_client::connect::Connector;
 use berth_client::watcher::list_all;
 use berth_client::watcher::Scope;
 use berth_client::ClientKind;
+use berth_testkit::flags::AgentFlags;
+use berth_testkit::flags::Membership;
+use berth_testkit::flags::Network;
+use berth_testkit::flags::Runtime as AgentRuntime;
+use berth_testkit::flags::ServerCommand;
+use berth_testkit::flags::ServerFlags;
 use tokio::sync::watch;
 
 use crate::checks;
@@ -28,7 +34,6 @@ use crate::linear;
 use crate::nemesis::Cluster;
 use crate::nemesis::FaultKind;
 use crate::nemesis::Nemesis;
-use crate::nemesis::API_PORT;
 use crate::procs::Proc;
 use crate::report::CheckerVerdict;
 use crate::report::Report;
@@ -83,90 +88,62 @@ const RECOVERY: Duration = Duration::from_secs(30);
 pub fn cluster(cfg: &Config, fabric: &Fabric) -> Cluster {
     let logs = cfg.work_dir.join("logs");
     let _ = std::fs::create_dir_all(&logs);
-    let members = &fabric.members;
-    let peers: Vec<String> = (0..cfg.controllers)
-        .map(|i| format!("{}={}:{API_PORT}", i + 1, members[i].ip))
+    let members = &fabric.net.members;
+    let peers: Vec<(u64, String)> = (0..cfg.controllers)
+        .map(|i| (i as u64 + 1, Cluster::addr(&members[i])))
         .collect();
+    let flags = ServerFlags {
+        node_grace_period: Some(NODE_GRACE),
+        pod_eviction_timeout: Some(POD_EVICTION),
+        unsafe_stale_reads: cfg.unsafe_stale_reads,
+        ..Default::default()
+    };
     let controllers = (0..cfg.controllers)
         .map(|i| {
             let m = &members[i];
-            let mut args: Vec<String> = vec![
-                "server".into(),
-                "--id".into(),
-                (i + 1).to_string(),
-                "--listen".into(),
-                format!("{}:{API_PORT}", m.ip),
-                "--metrics-listen".into(),
-                format!("{}:9100", m.ip),
-                "--data-dir".into(),
-                cfg.work_dir
-                    .join(format!("controller-{}", i + 1))
-                    .display()
-                    .to_string(),
-                "--peers".into(),
-                peers.join(","),
-                "--node-grace-period".into(),
-                humantime::format_duration(NODE_GRACE).to_string(),
-                "--pod-eviction-timeout".into(),
-                humantime::format_duration(POD_EVICTION).to_string(),
-            ];
-            if cfg.unsafe_stale_reads {
-                args.push("--unsafe-stale-reads".into());
-            }
-            Proc::new(&format!("c{}", i + 1), m.clone(), &cfg.berth, args, &logs)
+            let command = ServerCommand {
+                id: i as u64 + 1,
+                listen: Cluster::addr(m),
+                metrics_listen: Some(format!("{}:9100", m.ip)),
+                data_dir: cfg.work_dir.join(format!("controller-{}", i + 1)),
+                membership: Membership::Peers(peers.clone()),
+                flags: flags.clone(),
+            };
+            let name = format!("c{}", i + 1);
+            Proc::new(&name, m.clone(), &cfg.berth, command.args(), &logs)
         })
         .collect();
-    let addrs: Vec<String> = (0..cfg.controllers)
-        .map(|i| format!("{}:{API_PORT}", members[i].ip))
-        .collect();
+    let servers: Vec<String> = peers.into_iter().map(|(_, addr)| addr).collect();
     let agents = (0..cfg.agents)
         .map(|j| {
             let m = &members[cfg.controllers + j];
-            let mut args: Vec<String> = vec![
-                "--server".into(),
-                addrs.join(","),
-                "agent".into(),
-                "--data-dir".into(),
-                cfg.work_dir
-                    .join(format!("agent-{j}"))
-                    .display()
-                    .to_string(),
-                "--address".into(),
-                m.ip.clone(),
-                "--cpu".into(),
-                "1".into(),
-                "--memory".into(),
-                "1Gi".into(),
-                "--max-pods".into(),
-                "4".into(),
-                "--lease-interval".into(),
-                "1s".into(),
-            ];
-            let runtime: &[&str] = match cfg.runtime {
-                Runtime::Sim => &[
-                    "--runtime",
-                    "sim",
-                    "--count",
-                    "2",
-                    "--sim-start-delay",
-                    "300ms",
-                ],
-                Runtime::Process => &[
-                    "--runtime",
-                    "process",
-                    "--network",
-                    "bridge",
-                    "--dns-upstream",
-                    "none",
-                ],
+            let common = AgentFlags {
+                servers: servers.clone(),
+                data_dir: cfg.work_dir.join(format!("agent-{j}")),
+                address: Some(m.ip.clone()),
+                cpu: Some("1".into()),
+                memory: Some("1Gi".into()),
+                max_pods: Some(4),
+                lease_interval: Some(Duration::from_secs(1)),
+                ..Default::default()
             };
-            args.extend(runtime.iter().map(|s| s.to_string()));
-            let name = format!("a{j}-");
-            match cfg.runtime {
-                Runtime::Sim => args.extend(["--name-prefix".into(), name]),
-                Runtime::Process => args.extend(["--name".into(), format!("a{j}")]),
-            }
-            Proc::new(&format!("agent-{j}"), m.clone(), &cfg.berth, args, &logs)
+            let flags = match cfg.runtime {
+                Runtime::Sim => AgentFlags {
+                    runtime: AgentRuntime::Sim,
+                    sim_nodes: Some((format!("a{j}-"), 2)),
+                    sim_start_delay: Some(Duration::from_millis(300)),
+                    ..common
+                },
+                Runtime::Process => AgentFlags {
+                    runtime: AgentRuntime::Process,
+                    name: Some(format!("a{j}")),
+                    network: Some(Network::Bridge),
+                    dns_upstream: Some("none".into()),
+                    ..common
+                },
+            };
+            let name = format!("agent-{j}");
+            Proc::new(&name, m.clone(), &cfg.berth, flags.args(), &logs)
         })
         .collect();
     Cluster {

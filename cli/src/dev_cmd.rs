@@ -216,6 +216,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
+    // Refused before anything starts.
+    let network = pod_network(&args, &data_dir)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for (id, a) in &peers {
@@ -246,7 +248,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ));
     }
     let addrs: Vec<String> = peers.iter().map(|(_, a)| a.clone()).collect();
-    let network = pod_network(&args, &data_dir)?;
     let bridged = network.is_some();
     let agents = start_agents(&args, &addrs, &data_dir, network).await?;
     let servers = addrs.join(",");

@@ -6,32 +6,36 @@
 //! The containers write their own pid to a file named after their pod, so
 //! the tests check processes with the OS, not only with the API.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use berth::objects::ClientKind;
 use berth_api::pb;
 use berth_api::Object;
-use common::channel;
-use common::eventually;
-use common::get_req;
-use common::start;
-use common::unique;
-use common::Agent;
-use common::BIN;
+use berth_testkit::eventually;
+use berth_testkit::objects::container;
+use berth_testkit::objects::deployment;
+use berth_testkit::objects::get_req;
+use berth_testkit::objects::is_ready;
+use berth_testkit::objects::list_req;
+use berth_testkit::objects::phase;
+use berth_testkit::objects::pod;
+use berth_testkit::unique;
+use berth_testkit::Agent;
+use berth_testkit::Cluster;
+use berth_testkit::ServerFlags;
 use tonic::transport::Channel;
 
-/// The tests each run three controllers and agents; on two cores they run
-/// one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Controllers that judge nodes quickly.
-const FAST_NODES: &[&str] = &["--node-grace-period", "2s", "--pod-eviction-timeout", "3s"];
+fn fast_nodes() -> ServerFlags {
+    ServerFlags {
+        node_grace_period: Some(Duration::from_secs(2)),
+        pod_eviction_timeout: Some(Duration::from_secs(3)),
+        ..Default::default()
+    }
+}
 
 const T: Duration = Duration::from_secs(30);
 
@@ -39,7 +43,7 @@ const T: Duration = Duration::from_secs(30);
 /// where containers record their pids. Fields drop in order: the
 /// controllers stop before their directory goes.
 struct Env {
-    cluster: berth::harness::Cluster,
+    cluster: Cluster,
     ch: Channel,
     pids: std::path::PathBuf,
     root: tempfile::TempDir,
@@ -49,8 +53,8 @@ async fn env() -> Env {
     let root = tempfile::tempdir().unwrap();
     let pids = root.path().join("pids");
     std::fs::create_dir_all(&pids).unwrap();
-    let cluster = start(root.path(), FAST_NODES).await;
-    let ch = channel(&cluster).await;
+    let cluster = Cluster::ready(root.path(), fast_nodes()).await;
+    let ch = cluster.channel().await;
     Env {
         cluster,
         ch,
@@ -61,96 +65,38 @@ async fn env() -> Env {
 
 impl Env {
     fn agent(&self, prefix: &str) -> Agent {
-        Agent::start(&self.cluster, self.root.path(), &unique(prefix), &[])
+        Agent::start(&self.cluster, self.root.path(), &unique(prefix))
     }
 }
 
-/// A container that records its pid in `pids/<pod name>`, then sleeps.
-fn sleeper(pids: &Path, env: &str) -> pb::Container {
-    pb::Container {
-        name: "main".into(),
-        command: vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            format!("echo $$ > {}/$HOSTNAME; exec sleep 3600", pids.display()),
-        ],
-        env: vec![pb::EnvVar {
-            name: "VERSION".into(),
-            value: env.into(),
-        }],
-        resources: Some(pb::ResourceRequirements {
-            requests: [
-                ("cpu".to_string(), "100m".to_string()),
-                ("memory".to_string(), "16Mi".to_string()),
-            ]
-            .into(),
-            limits: [("memory".to_string(), "64Mi".to_string())].into(),
-        }),
-        readiness_probe: Some(pb::Probe {
-            exec: Some(pb::ExecAction {
-                command: vec!["/bin/true".into()],
-            }),
-            period_seconds: 1,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+/// A container that records its pid in `pids/<pod name>`, then sleeps;
+/// ready at once.
+fn sleeper(pids: &Path, version: &str) -> pb::Container {
+    container("main")
+        .shell(&format!(
+            "echo $$ > {}/$HOSTNAME; exec sleep 3600",
+            pids.display()
+        ))
+        .env("VERSION", version)
+        .requests(&[("cpu", "100m"), ("memory", "16Mi")])
+        .limits(&[("memory", "64Mi")])
+        .readiness_exec(&["/bin/true"], 1)
+        .build()
 }
 
-fn deployment(name: &str, replicas: i32, container: pb::Container) -> pb::Deployment {
-    let labels: BTreeMap<String, String> = [("app".to_string(), name.to_string())].into();
-    let mut d = pb::Deployment::default();
-    d.meta_mut().name = name.into();
-    d.meta_mut().namespace = "default".into();
-    d.spec = Some(pb::DeploymentSpec {
-        replicas: Some(replicas),
-        selector: Some(pb::LabelSelector {
-            match_labels: labels.clone(),
-            ..Default::default()
-        }),
-        template: Some(pb::PodTemplateSpec {
-            metadata: Some(pb::ObjectMeta {
-                labels,
-                ..Default::default()
-            }),
-            spec: Some(pb::PodSpec {
-                containers: vec![container],
-                termination_grace_period_seconds: Some(2),
-                ..Default::default()
-            }),
-        }),
-        strategy: Some(pb::DeploymentStrategy {
-            r#type: "RollingUpdate".into(),
-            rolling_update: Some(pb::RollingUpdateDeployment {
-                max_unavailable: "1".into(),
-                max_surge: "1".into(),
-            }),
-        }),
-        ..Default::default()
-    });
-    d
+/// Deployment `name` of `replicas` sleepers that stop within 2 s.
+fn sleepers(name: &str, replicas: i32, pids: &Path, version: &str) -> pb::Deployment {
+    deployment(name)
+        .replicas(replicas)
+        .container(sleeper(pids, version))
+        .grace_period(2)
+        .rolling("1", "1")
+        .build()
 }
 
 async fn pods_of(ch: &Channel, app: &str) -> Vec<pb::Pod> {
-    let req = pb::ListRequest {
-        namespace: "default".into(),
-        label_selector: format!("app={app}"),
-        ..Default::default()
-    };
+    let req = list_req("default", &format!("app={app}"));
     pb::Pod::list(ch.clone(), req).await.expect("list pods").0
-}
-
-fn phase(p: &pb::Pod) -> &str {
-    p.status.as_ref().map_or("", |s| s.phase.as_str())
-}
-
-fn is_ready(p: &pb::Pod) -> bool {
-    p.status.as_ref().is_some_and(|s| {
-        s.phase == "Running"
-            && s.conditions
-                .iter()
-                .any(|c| c.r#type == "Ready" && c.status == "True")
-    })
 }
 
 /// The pid a pod's container recorded, if that process lives.
@@ -195,12 +141,12 @@ async fn set_replicas(ch: &Channel, name: &str, replicas: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deployments_run_real_processes_that_scale_and_roll_out() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let env = env().await;
     let (cluster, ch, pids) = (&env.cluster, env.ch.clone(), env.pids.clone());
     let agent = env.agent("node");
 
-    pb::Deployment::create(ch.clone(), deployment("web", 3, sleeper(&pids, "v1")))
+    pb::Deployment::create(ch.clone(), sleepers("web", 3, &pids, "v1"))
         .await
         .unwrap();
     let first = running(&ch, "web", &pids, 3).await;
@@ -261,7 +207,7 @@ async fn deployments_run_real_processes_that_scale_and_roll_out() {
         assert!(
             std::time::Instant::now() < deadline,
             "rollout did not finish: {}",
-            agent.log_tail()
+            agent.process.log_tail(40)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -295,15 +241,9 @@ async fn deployments_run_real_processes_that_scale_and_roll_out() {
         old.iter().all(|p| pid_of(&pids, p).is_none())
     })
     .await;
-    let out = Command::new(BIN)
-        .args([
-            "--server",
-            &cluster.addrs().join(","),
-            "rollout",
-            "status",
-            "deployment",
-            "web",
-        ])
+    let out = cluster
+        .cli()
+        .args(["rollout", "status", "deployment", "web"])
         .output()
         .unwrap();
     assert!(
@@ -332,25 +272,19 @@ async fn deployments_run_real_processes_that_scale_and_roll_out() {
     .await;
 }
 
+/// Pod `name` (labelled `app=NAME`) that runs `argv` once under
+/// `restart` policy, within `memory_limit` if given.
 fn bare_pod(name: &str, restart: &str, argv: &[&str], memory_limit: Option<&str>) -> pb::Pod {
-    let mut p = pb::Pod::default();
-    p.meta_mut().name = name.into();
-    p.meta_mut().namespace = "default".into();
-    p.meta_mut().labels = [("app".to_string(), name.to_string())].into();
-    p.spec = Some(pb::PodSpec {
-        restart_policy: restart.into(),
-        containers: vec![pb::Container {
-            name: "main".into(),
-            command: argv.iter().map(|s| s.to_string()).collect(),
-            resources: memory_limit.map(|m| pb::ResourceRequirements {
-                limits: [("memory".to_string(), m.to_string())].into(),
-                requests: Default::default(),
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
-    p
+    let main = container("main").command(argv);
+    let main = match memory_limit {
+        Some(m) => main.limits(&[("memory", m)]),
+        None => main,
+    };
+    pod(name)
+        .labels(&[("app", name)])
+        .restart_policy(restart)
+        .container(main)
+        .build()
 }
 
 fn container_status(p: &pb::Pod) -> pb::ContainerStatus {
@@ -362,7 +296,7 @@ fn container_status(p: &pb::Pod) -> pb::ContainerStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_limits_end_in_oom_kills_and_crashes_back_off() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let env = env().await;
     let (cluster, ch) = (&env.cluster, env.ch.clone());
     let agent = env.agent("node");
@@ -414,10 +348,7 @@ async fn memory_limits_end_in_oom_kills_and_crashes_back_off() {
             && last.is_some_and(|t| t.exit_code == 3 && t.reason == "Error")
     })
     .await;
-    let out = Command::new(BIN)
-        .args(["--server", &cluster.addrs().join(","), "logs", "crasher"])
-        .output()
-        .unwrap();
+    let out = cluster.cli().args(["logs", "crasher"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -429,11 +360,11 @@ async fn memory_limits_end_in_oom_kills_and_crashes_back_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_agent_adopts_its_running_pods() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let env = env().await;
     let (ch, pids) = (env.ch.clone(), env.pids.clone());
     let mut agent = env.agent("node");
-    pb::Deployment::create(ch.clone(), deployment("web", 3, sleeper(&pids, "v1")))
+    pb::Deployment::create(ch.clone(), sleepers("web", 3, &pids, "v1"))
         .await
         .unwrap();
     let names = running(&ch, "web", &pids, 3).await;
@@ -499,7 +430,7 @@ async fn node_ready(ch: &Channel, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_node_goes_not_ready_and_its_pods_move() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let env = env().await;
     let (ch, pids) = (env.ch.clone(), env.pids.clone());
     let mut lost = env.agent("lost");
@@ -507,7 +438,7 @@ async fn a_lost_node_goes_not_ready_and_its_pods_move() {
         node_ready(&ch, &lost.name).await.as_deref() == Some("True")
     })
     .await;
-    pb::Deployment::create(ch.clone(), deployment("web", 2, sleeper(&pids, "v1")))
+    pb::Deployment::create(ch.clone(), sleepers("web", 2, &pids, "v1"))
         .await
         .unwrap();
     running(&ch, "web", &pids, 2).await;

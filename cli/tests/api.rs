@@ -10,77 +10,36 @@ use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
-use berth::harness;
-use berth::harness::Cluster;
-use berth::harness::Options;
 use berth::objects::ClientKind;
 use berth_api::pb;
 use berth_api::Object;
 use berth_api::Reason;
+use berth_testkit::eventually;
+use berth_testkit::objects::configmap;
+use berth_testkit::objects::get_req;
+use berth_testkit::objects::node;
+use berth_testkit::objects::pod;
+use berth_testkit::rpc;
+use berth_testkit::Cluster;
+use berth_testkit::ClusterOptions;
+use berth_testkit::ServerFlags;
 use tonic::transport::Channel;
 use tonic::Code;
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-
-/// The tests each run three controllers; on two cores they run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Controllers without their schedulers and reconcilers: these tests bind
 /// pods and write status themselves, and count on no other writer (a
 /// deployment's status, leases renewed every second).
-fn options(extra: &[&str]) -> Options {
-    Options {
-        extra_args: ["--no-scheduler", "--no-reconcilers"]
-            .iter()
-            .chain(extra)
-            .map(|s| s.to_string())
-            .collect(),
-        log_dir: std::env::var_os("BERTH_TEST_LOGS").map(Into::into),
-        host: None,
-    }
-}
-
-/// A cluster whose built-in namespaces exist.
-async fn start(root: &std::path::Path, extra: &[&str]) -> Cluster {
-    let cluster = Cluster::start(BIN.as_ref(), root, 3, options(extra));
-    cluster
-        .wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
-        .await
-        .expect("a leader");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ch = channel(&cluster.addr(1)).await;
-        let got = pb::Namespace::get(ch, get_req("", "default")).await;
-        if got.is_ok() {
-            return cluster;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "namespace default never appeared: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn channel(addr: &str) -> Channel {
-    berth::client::connect(&[addr.to_string()])
-        .await
-        .expect("connect")
-        .1
-}
-
-fn get_req(ns: &str, name: &str) -> pb::GetRequest {
-    pb::GetRequest {
-        namespace: ns.into(),
-        name: name.into(),
-        serializable: false,
+fn alone() -> ServerFlags {
+    ServerFlags {
+        no_scheduler: true,
+        no_reconcilers: true,
+        ..Default::default()
     }
 }
 
 fn cli(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--server")
-        .arg(cluster.addrs().join(","))
+    let mut child = cluster
+        .cli()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -136,44 +95,13 @@ fn refused(cluster: &Cluster, args: &[&str], stdin: Option<&str>, want: &[&str])
     err
 }
 
-fn configmap(ns: &str, name: &str, labels: &[(&str, &str)]) -> pb::ConfigMap {
-    let mut cm = pb::ConfigMap::default();
-    let meta = cm.meta_mut();
-    meta.name = name.into();
-    meta.namespace = ns.into();
-    meta.labels = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    cm.data.insert("k".into(), name.into());
-    cm
-}
-
-fn pod(ns: &str, name: &str) -> pb::Pod {
-    let mut p = pb::Pod::default();
-    p.meta_mut().name = name.into();
-    p.meta_mut().namespace = ns.into();
-    p.spec = Some(pb::PodSpec {
-        containers: vec![pb::Container {
-            name: "main".into(),
-            command: vec!["sleep".into(), "3600".into()],
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
-    p
-}
-
-/// A Ready node with room for a few pods.
-fn node(name: &str) -> pb::Node {
-    let mut n = pb::Node::default();
-    n.meta_mut().name = name.into();
-    n.status = Some(berth_api::resources::ready_status(&[
-        ("cpu", "4"),
-        ("memory", "8Gi"),
-        ("pods", "10"),
-    ]));
-    n
+/// ConfigMap `name` in `ns` with `labels` and one key holding its name.
+fn config_map(ns: &str, name: &str, labels: &[(&str, &str)]) -> pb::ConfigMap {
+    configmap(name)
+        .namespace(ns)
+        .labels(labels)
+        .data("k", name)
+        .build()
 }
 
 const APP: &str = r#"
@@ -209,9 +137,9 @@ data: {mode: fast}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn objects_are_applied_read_updated_and_deleted() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), &[]).await;
+    let cluster = Cluster::ready(root.path(), alone()).await;
     let file = root.path().join("app.yaml");
     std::fs::write(&file, APP).unwrap();
     let f = file.to_str().unwrap();
@@ -248,7 +176,7 @@ async fn objects_are_applied_read_updated_and_deleted() {
     );
 
     // Status is written apart from spec, and apply keeps it.
-    let ch = channel(&cluster.addr(2)).await;
+    let ch = cluster.channel_to(2).await;
     let mut dep = pb::Deployment::get(ch.clone(), get_req("default", "web"))
         .await
         .unwrap();
@@ -348,10 +276,10 @@ async fn objects_are_applied_read_updated_and_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pods_bind_once_and_namespaces_take_their_objects_with_them() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), &[]).await;
-    let ch = channel(&cluster.addr(3)).await;
+    let cluster = Cluster::ready(root.path(), alone()).await;
+    let ch = cluster.channel_to(3).await;
     let pods = || pb::pods_client::PodsClient::new(ch.clone());
     let bind = |name: &str, node: &str| pb::BindRequest {
         namespace: "default".into(),
@@ -360,8 +288,10 @@ async fn pods_bind_once_and_namespaces_take_their_objects_with_them() {
         epoch: 0,
     };
 
-    pb::Node::create(ch.clone(), node("n1")).await.unwrap();
-    pb::Pod::create(ch.clone(), pod("default", "p1"))
+    pb::Node::create(ch.clone(), node("n1").build())
+        .await
+        .unwrap();
+    pb::Pod::create(ch.clone(), pod("p1").build())
         .await
         .unwrap();
     let err = pods().bind(bind("p1", "missing")).await.unwrap_err();
@@ -385,7 +315,7 @@ async fn pods_bind_once_and_namespaces_take_their_objects_with_them() {
     let err = pb::Pod::update(ch.clone(), moved).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     // Applying the pod's manifest again keeps its placement.
-    let mut again = pod("default", "p1");
+    let mut again = pod("p1").build();
     again
         .meta_mut()
         .labels
@@ -420,10 +350,10 @@ async fn pods_bind_once_and_namespaces_take_their_objects_with_them() {
     let mut team = pb::Namespace::default();
     team.meta_mut().name = "team".into();
     pb::Namespace::create(ch.clone(), team).await.unwrap();
-    pb::ConfigMap::create(ch.clone(), configmap("team", "c1", &[]))
+    pb::ConfigMap::create(ch.clone(), config_map("team", "c1", &[]))
         .await
         .unwrap();
-    pb::Pod::create(ch.clone(), pod("team", "p2"))
+    pb::Pod::create(ch.clone(), pod("p2").namespace("team").build())
         .await
         .unwrap();
     let out = ok(&cluster, &["get", "pods", "-A"], None);
@@ -442,7 +372,7 @@ async fn pods_bind_once_and_namespaces_take_their_objects_with_them() {
     .await
     .unwrap();
     assert!(left.is_empty(), "{left:?}");
-    let err = pb::ConfigMap::create(ch.clone(), configmap("team", "c2", &[]))
+    let err = pb::ConfigMap::create(ch.clone(), config_map("team", "c2", &[]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
@@ -484,15 +414,15 @@ async fn pods_bind_once_and_namespaces_take_their_objects_with_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lists_select_by_labels_and_fields_and_come_in_pages() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), &[]).await;
-    let ch = channel(&cluster.addr(1)).await;
+    let cluster = Cluster::ready(root.path(), alone()).await;
+    let ch = cluster.channel_to(1).await;
     for i in 0..25 {
         let tier = if i % 2 == 0 { "a" } else { "b" };
         pb::ConfigMap::create(
             ch.clone(),
-            configmap("default", &format!("cm-{i:02}"), &[("tier", tier)]),
+            config_map("default", &format!("cm-{i:02}"), &[("tier", tier)]),
         )
         .await
         .unwrap();
@@ -553,9 +483,11 @@ async fn lists_select_by_labels_and_fields_and_come_in_pages() {
     assert_eq!(names.lines().count(), 12, "{names}");
 
     // Field selector on spec.nodeName: pending and bound pods.
-    pb::Node::create(ch.clone(), node("n1")).await.unwrap();
+    pb::Node::create(ch.clone(), node("n1").build())
+        .await
+        .unwrap();
     for i in 0..4 {
-        pb::Pod::create(ch.clone(), pod("default", &format!("p{i}")))
+        pb::Pod::create(ch.clone(), pod(&format!("p{i}")).build())
             .await
             .unwrap();
     }
@@ -601,20 +533,13 @@ async fn lists_select_by_labels_and_fields_and_come_in_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watch_resumes_on_another_controller_when_its_controller_dies() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = start(root.path(), &[]).await;
+    let mut cluster = Cluster::ready(root.path(), alone()).await;
     // The CLI connects to the first address that answers: controller 1.
-    let mut watch = Command::new(BIN)
-        .args([
-            "--server",
-            &cluster.addrs().join(","),
-            "get",
-            "configmaps",
-            "-w",
-            "-o",
-            "name",
-        ])
+    let mut watch = cluster
+        .cli()
+        .args(["get", "configmaps", "-w", "-o", "name"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -645,9 +570,9 @@ async fn a_watch_resumes_on_another_controller_when_its_controller_dies() {
     };
     // Let the watch start before the first change.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ch2 = channel(&cluster.addr(2)).await;
+    let ch2 = cluster.channel_to(2).await;
     for i in 0..5 {
-        pb::ConfigMap::create(ch2.clone(), configmap("default", &format!("w-{i}"), &[]))
+        pb::ConfigMap::create(ch2.clone(), config_map("default", &format!("w-{i}"), &[]))
             .await
             .unwrap();
     }
@@ -667,7 +592,7 @@ async fn a_watch_resumes_on_another_controller_when_its_controller_dies() {
     for i in 5..10 {
         let mut created = false;
         for _ in 0..50 {
-            match pb::ConfigMap::create(ch2.clone(), configmap("default", &format!("w-{i}"), &[]))
+            match pb::ConfigMap::create(ch2.clone(), config_map("default", &format!("w-{i}"), &[]))
                 .await
             {
                 Ok(_) => {
@@ -700,12 +625,19 @@ async fn a_watch_resumes_on_another_controller_when_its_controller_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watch_from_a_revision_no_longer_kept_is_out_of_range() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), &["--watch-history", "10"]).await;
-    let ch = channel(&cluster.addr(1)).await;
+    let cluster = Cluster::ready(
+        root.path(),
+        ServerFlags {
+            watch_history: Some(10),
+            ..alone()
+        },
+    )
+    .await;
+    let ch = cluster.channel_to(1).await;
     for i in 0..30 {
-        pb::ConfigMap::create(ch.clone(), configmap("default", &format!("c{i}"), &[]))
+        pb::ConfigMap::create(ch.clone(), config_map("default", &format!("c{i}"), &[]))
             .await
             .unwrap();
     }
@@ -736,10 +668,10 @@ async fn a_watch_from_a_revision_no_longer_kept_is_out_of_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bookmarks_carry_the_revision_a_quiet_watch_has_seen() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), &[]).await;
-    let ch = channel(&cluster.addr(2)).await;
+    let cluster = Cluster::ready(root.path(), alone()).await;
+    let ch = cluster.channel_to(2).await;
     let (_, meta) = pb::ConfigMap::list(ch.clone(), pb::ListRequest::default())
         .await
         .unwrap();
@@ -752,7 +684,7 @@ async fn bookmarks_carry_the_revision_a_quiet_watch_has_seen() {
     // Changes to other kinds move the revision; the configmap watch stays quiet.
     let mut last = 0;
     for i in 0..3 {
-        let p = pb::Pod::create(ch.clone(), pod("default", &format!("b{i}")))
+        let p = pb::Pod::create(ch.clone(), pod(&format!("b{i}")).build())
             .await
             .unwrap();
         last = p.meta().unwrap().resource_version.parse::<u64>().unwrap();
@@ -777,20 +709,22 @@ async fn bookmarks_carry_the_revision_a_quiet_watch_has_seen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_refused_clearly_and_changes_nothing() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), &[]).await;
-    let ch = channel(&cluster.addr(1)).await;
-    let cm = pb::ConfigMap::create(ch.clone(), configmap("default", "taken", &[]))
+    let cluster = Cluster::ready(root.path(), alone()).await;
+    let ch = cluster.channel_to(1).await;
+    let cm = pb::ConfigMap::create(ch.clone(), config_map("default", "taken", &[]))
         .await
         .unwrap();
     let stale = cm.meta().unwrap().resource_version.clone();
-    pb::ConfigMap::update(ch.clone(), configmap("default", "taken", &[("v", "2")]))
+    pb::ConfigMap::update(ch.clone(), config_map("default", "taken", &[("v", "2")]))
         .await
         .unwrap();
-    pb::Node::create(ch.clone(), node("n1")).await.unwrap();
+    pb::Node::create(ch.clone(), node("n1").build())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = harness::status(&cluster.addr(1)).await.unwrap().revision;
+    let before = rpc::status(&cluster.addr(1)).await.unwrap().revision;
 
     let apply =
         |text: &str, want: &[&str]| refused(&cluster, &["apply", "-f", "-"], Some(text), want);
@@ -839,12 +773,12 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         None,
         &["unknown kind \"widgets\""],
     );
-    let err = pb::ConfigMap::create(ch.clone(), configmap("default", "taken", &[]))
+    let err = pb::ConfigMap::create(ch.clone(), config_map("default", "taken", &[]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
     assert!(err.message().contains("already exists"), "{err:?}");
-    let mut huge = configmap("default", "huge", &[]);
+    let mut huge = config_map("default", "huge", &[]);
     huge.data.insert("a".into(), "x".repeat(5 << 20));
     let err = pb::ConfigMap::create(ch.clone(), huge.clone())
         .await
@@ -858,7 +792,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         Code::OutOfRange,
         "the transport cuts off a huge request: {err:?}"
     );
-    let mut bad_status = node("n1");
+    let mut bad_status = node("n1").build();
     bad_status.status = Some(pb::NodeStatus {
         allocatable: [("cpu".to_string(), "lots".to_string())].into(),
         ..Default::default()
@@ -869,7 +803,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("status.allocatable.cpu"), "{err:?}");
-    let o = Command::new(BIN)
+    let o = Command::new(berth_testkit::berth_binary())
         .args(["--server", "127.0.0.1:1,127.0.0.1:2", "get", "pods"])
         .output()
         .unwrap();
@@ -880,7 +814,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         "{e}"
     );
 
-    let after = harness::status(&cluster.addr(1)).await.unwrap().revision;
+    let after = rpc::status(&cluster.addr(1)).await.unwrap().revision;
     assert_eq!(before, after, "bad input changed the stored state");
     let cm = pb::ConfigMap::get(ch.clone(), get_req("default", "taken"))
         .await
@@ -924,21 +858,16 @@ async fn reconciler_leases(ch: Channel) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reconcilers_take_their_leases_unless_turned_off() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let with = Cluster::start(
-        BIN.as_ref(),
+    let with = Cluster::ready_with(
         &root.path().join("with"),
-        3,
-        Options {
-            extra_args: vec!["--no-scheduler".into()],
-            log_dir: None,
-            host: None,
-        },
-    );
-    with.wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
-        .await
-        .expect("a leader");
+        ClusterOptions::for_tests(ServerFlags {
+            no_scheduler: true,
+            ..Default::default()
+        }),
+    )
+    .await;
     let want: BTreeSet<String> = [
         "berth-deployment-controller",
         "berth-endpoints-controller",
@@ -947,24 +876,21 @@ async fn reconcilers_take_their_leases_unless_turned_off() {
     ]
     .map(String::from)
     .into();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let held = reconciler_leases(channel(&with.addr(1)).await).await;
-        if held == want {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the reconcilers hold {held:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the four reconcilers hold their leases",
+        Duration::from_secs(20),
+        || async { reconciler_leases(with.channel_to(1).await).await == want },
+    )
+    .await;
     drop(with);
 
-    let without = start(&root.path().join("without"), &[]).await;
-    let before = harness::status(&without.addr(1)).await.unwrap().revision;
+    let without = Cluster::ready(&root.path().join("without"), alone()).await;
+    let before = rpc::status(&without.addr(1)).await.unwrap().revision;
     // Leases are renewed every second: three rounds would have written.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let held = reconciler_leases(channel(&without.addr(1)).await).await;
+    let held = reconciler_leases(without.channel_to(1).await).await;
     assert!(held.is_empty(), "--no-reconcilers, yet {held:?} are held");
-    let after = harness::status(&without.addr(1)).await.unwrap().revision;
+    let after = rpc::status(&without.addr(1)).await.unwrap().revision;
     assert_eq!(before, after, "something wrote while the cluster was idle");
 }
 
@@ -997,7 +923,7 @@ async fn reflected_services(ch: Channel) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn python_client_creates_a_configmap_and_watches_pods() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let python = ["/usr/bin/python3", "python3"]
         .into_iter()
         .find(|p| {
@@ -1008,7 +934,7 @@ async fn python_client_creates_a_configmap_and_watches_pods() {
         })
         .expect("a python3 with grpcio: apt-get install python3-grpcio python3-protobuf protobuf-compiler-grpc");
     let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), &[]).await;
+    let cluster = Cluster::ready(root.path(), alone()).await;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/python-client/client.py"
@@ -1052,11 +978,11 @@ async fn python_client_creates_a_configmap_and_watches_pods() {
             }
         }
     }
-    let ch = channel(&cluster.addr(1)).await;
-    pb::Pod::create(ch.clone(), pod("default", "py-1"))
+    let ch = cluster.channel_to(1).await;
+    pb::Pod::create(ch.clone(), pod("py-1").build())
         .await
         .unwrap();
-    pb::Pod::create(ch.clone(), pod("default", "py-2"))
+    pb::Pod::create(ch.clone(), pod("py-2").build())
         .await
         .unwrap();
     let o = child.wait_with_output().unwrap();

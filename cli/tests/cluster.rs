@@ -10,28 +10,27 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-use berth::harness;
-use berth::harness::Cluster;
-use berth::harness::Options;
 use berth_client::connect::endpoint;
 use berth_client::connect::Connector;
 use berth_proto::cluster::cluster_client::ClusterClient;
 use berth_proto::cluster::WatchLeaderRequest;
 use berth_proto::kv::kv_client::KvClient;
+use berth_testkit::eventually;
+use berth_testkit::flags::Membership;
+use berth_testkit::flags::ServerCommand;
+use berth_testkit::rpc;
+use berth_testkit::Cluster;
+use berth_testkit::ClusterOptions;
+use berth_testkit::ServerFlags;
 use nix::sys::signal::Signal;
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
 const T: Duration = Duration::from_secs(5);
 
-/// The tests each run several controllers; on two cores they run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn options(extra: &[&str]) -> Options {
-    Options {
-        extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        log_dir: std::env::var_os("BERTH_TEST_LOGS").map(Into::into),
-        host: None,
-    }
+/// `n` controllers with `flags` that bootstrap one cluster (not waited
+/// for).
+fn start(root: &std::path::Path, n: u64, flags: ServerFlags) -> Cluster {
+    let binary = berth_testkit::berth_binary();
+    Cluster::start(&binary, root, n, ClusterOptions::for_tests(flags))
 }
 
 async fn leader_of(cluster: &Cluster, among: &[u64]) -> u64 {
@@ -76,7 +75,7 @@ impl Load {
                     let mut target = w;
                     while !stop.load(Ordering::Relaxed) {
                         let addr = &addrs[target % addrs.len()];
-                        let Some(mut kv) = harness::kv(addr).await else {
+                        let Some(mut kv) = rpc::kv(addr).await else {
                             target += 1;
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;
@@ -85,7 +84,7 @@ impl Load {
                             let key = format!("{prefix}/{w}/{i}");
                             let value = format!("v{i}");
                             i += 1;
-                            match harness::put(&mut kv, &key, value.as_bytes(), T).await {
+                            match rpc::put(&mut kv, &key, value.as_bytes(), T).await {
                                 Ok(_) => {
                                     acked.lock().unwrap().insert(key, value);
                                 }
@@ -135,9 +134,9 @@ impl Load {
 /// Every acknowledged write is present at `addr` (linearizable reads).
 async fn assert_all_present(addr: &str, acked: &BTreeMap<String, String>) {
     assert!(!acked.is_empty(), "the load acknowledged no write");
-    let mut kv = harness::kv(addr).await.expect("connect");
+    let mut kv = rpc::kv(addr).await.expect("connect");
     for (key, value) in acked {
-        let got = harness::get(&mut kv, key, false, T).await.expect("read");
+        let got = rpc::get(&mut kv, key, false, T).await.expect("read");
         let got = got.map(|kv| String::from_utf8(kv.value).unwrap());
         assert_eq!(
             got.as_deref(),
@@ -152,7 +151,7 @@ async fn assert_all_present(addr: &str, acked: &BTreeMap<String, String>) {
 async fn assert_caught_up(addr: &str, acked: &BTreeMap<String, String>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut kv = loop {
-        if let Some(kv) = harness::kv(addr).await {
+        if let Some(kv) = rpc::kv(addr).await {
             break kv;
         }
         assert!(Instant::now() < deadline, "{addr} never came back");
@@ -160,7 +159,7 @@ async fn assert_caught_up(addr: &str, acked: &BTreeMap<String, String>) {
     };
     for (key, value) in acked {
         loop {
-            let got = harness::get(&mut kv, key, true, T).await.ok().flatten();
+            let got = rpc::get(&mut kv, key, true, T).await.ok().flatten();
             if got.map(|kv| kv.value) == Some(value.clone().into_bytes()) {
                 break;
             }
@@ -173,43 +172,18 @@ async fn assert_caught_up(addr: &str, acked: &BTreeMap<String, String>) {
     }
 }
 
-async fn metric(addr: &str, name: &str) -> f64 {
-    let body = tokio::task::spawn_blocking({
-        let addr = addr.to_string();
-        move || {
-            use std::io::Read;
-            use std::io::Write;
-            let mut s = std::net::TcpStream::connect(&addr).ok()?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-                .ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            Some(out)
-        }
-    })
-    .await
-    .unwrap()
-    .unwrap_or_default();
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_through_any_member_are_readable_from_every_member() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    let cluster = start(root.path(), 3, ServerFlags::default());
     leader_of(&cluster, &[1, 2, 3]).await;
     let mut acked = BTreeMap::new();
     for id in 1..=3u64 {
-        let mut kv = harness::kv(&cluster.addr(id)).await.unwrap();
+        let mut kv = rpc::kv(&cluster.addr(id)).await.unwrap();
         for i in 0..20 {
             let key = format!("via-{id}/{i}");
-            harness::put(&mut kv, &key, b"x", T)
+            rpc::put(&mut kv, &key, b"x", T)
                 .await
                 .expect("write through a member");
             acked.insert(key, "x".to_string());
@@ -219,9 +193,9 @@ async fn writes_through_any_member_are_readable_from_every_member() {
         assert_all_present(&cluster.addr(id), &acked).await;
     }
     // Revisions are global and rise with every write.
-    let mut kv = harness::kv(&cluster.addr(2)).await.unwrap();
-    let r1 = harness::put(&mut kv, "rev", b"1", T).await.unwrap();
-    let r2 = harness::put(&mut kv, "rev", b"2", T).await.unwrap();
+    let mut kv = rpc::kv(&cluster.addr(2)).await.unwrap();
+    let r1 = rpc::put(&mut kv, "rev", b"1", T).await.unwrap();
+    let r2 = rpc::put(&mut kv, "rev", b"2", T).await.unwrap();
     assert_eq!(r2, r1 + 1);
 }
 
@@ -231,7 +205,7 @@ async fn until_connected_to(conn: &Connector, want: &str, key: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let written = match conn.channel().await {
-            Ok(ch) => match harness::put(&mut KvClient::new(ch), key, b"x", T).await {
+            Ok(ch) => match rpc::put(&mut KvClient::new(ch), key, b"x", T).await {
                 Ok(_) => true,
                 Err(s) => {
                     conn.failed(&s).await;
@@ -254,9 +228,9 @@ async fn until_connected_to(conn: &Connector, want: &str, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_given_a_follower_moves_to_the_leader_and_follows_it() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    let mut cluster = start(root.path(), 3, ServerFlags::default());
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
     let follower = (1..=3).find(|i| *i != leader).unwrap();
 
@@ -298,9 +272,9 @@ async fn a_client_given_a_follower_moves_to_the_leader_and_follows_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    let mut cluster = start(root.path(), 3, ServerFlags::default());
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
     let load = Load::start(cluster.addrs(), 8, "kill");
     load.wait_for(200).await;
@@ -315,10 +289,14 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_follower_rejoins_through_a_snapshot() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let opts = options(&["--snapshot-logs", "100", "--logs-to-keep", "10"]);
-    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, opts);
+    let flags = ServerFlags {
+        snapshot_logs: Some(100),
+        logs_to_keep: Some(10),
+        ..Default::default()
+    };
+    let mut cluster = start(root.path(), 3, flags);
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
     let follower = (1..=3).find(|i| *i != leader).unwrap();
     let load = Load::start(vec![cluster.addr(leader)], 4, "wipe");
@@ -334,12 +312,12 @@ async fn a_wiped_follower_rejoins_through_a_snapshot() {
     load.wait_for(after + 100).await;
     let acked = load.stop().await;
     assert_caught_up(&cluster.addr(follower), &acked).await;
-    let metrics = cluster.controllers[&follower].metrics_addr.clone();
+    let metrics = cluster.metrics_addr(follower);
     assert!(
-        metric(&metrics, "berth_raft_snapshots_installed_total").await >= 1.0,
+        rpc::metric(&metrics, "berth_raft_snapshots_installed_total").await >= 1.0,
         "the wiped follower should have caught up through a snapshot"
     );
-    let status = harness::status(&cluster.addr(leader)).await.unwrap();
+    let status = rpc::status(&cluster.addr(leader)).await.unwrap();
     let voters = status.members.iter().filter(|m| m.voter).count();
     assert_eq!(
         voters, 3,
@@ -349,31 +327,28 @@ async fn a_wiped_follower_rejoins_through_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_are_added_and_removed_while_writes_continue() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    let mut cluster = start(root.path(), 3, ServerFlags::default());
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
     let load = Load::start(cluster.addrs(), 4, "members");
     load.wait_for(100).await;
     cluster.add_joining(4, leader);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        // Controller 4's own view: it follows a leader in a 4-voter config.
-        let s = harness::status(&cluster.addr(4)).await;
-        let ready = s.is_some_and(|s| {
-            s.leader.is_some() && s.members.iter().filter(|m| m.voter).count() == 4
-        });
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "controller 4 did not become a voter"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Controller 4's own view: it follows a leader in a 4-voter config.
+    let four = cluster.addr(4);
+    eventually(
+        "controller 4 is a voter",
+        Duration::from_secs(60),
+        || async {
+            let s = rpc::status(&four).await;
+            s.is_some_and(|s| {
+                s.leader.is_some() && s.members.iter().filter(|m| m.voter).count() == 4
+            })
+        },
+    )
+    .await;
     // Remove the leader itself through the CLI.
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(berth_testkit::berth_binary())
         .args([
             "--server",
             &cluster.addr(4),
@@ -398,7 +373,7 @@ async fn members_are_added_and_removed_while_writes_continue() {
     let acked = load.stop().await;
     assert_all_present(&cluster.addr(new_leader), &acked).await;
     assert_caught_up(&cluster.addr(4), &acked).await;
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(berth_testkit::berth_binary())
         .args([
             "--server",
             &cluster.addr(new_leader),
@@ -427,14 +402,13 @@ async fn members_are_added_and_removed_while_writes_continue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_quorum_writes_fail_fast_with_unavailable_and_nothing_is_lost() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(
-        BIN.as_ref(),
-        root.path(),
-        3,
-        options(&["--request-timeout", "2s"]),
-    );
+    let flags = ServerFlags {
+        request_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let cluster = start(root.path(), 3, flags);
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
     let load = Load::start(cluster.addrs(), 4, "pause");
     load.wait_for(100).await;
@@ -447,10 +421,10 @@ async fn without_a_quorum_writes_fail_fast_with_unavailable_and_nothing_is_lost(
     for id in &paused {
         cluster.signal(*id, Signal::SIGSTOP);
     }
-    let mut kv = harness::kv(&cluster.addr(alone)).await.unwrap();
+    let mut kv = rpc::kv(&cluster.addr(alone)).await.unwrap();
     for attempt in 0..3 {
         let started = Instant::now();
-        let err = harness::put(
+        let err = rpc::put(
             &mut kv,
             &format!("noquorum/{attempt}"),
             b"x",
@@ -465,7 +439,7 @@ async fn without_a_quorum_writes_fail_fast_with_unavailable_and_nothing_is_lost(
             started.elapsed()
         );
         let started = Instant::now();
-        let err = harness::get(&mut kv, "pause/0/0", false, Duration::from_secs(30))
+        let err = rpc::get(&mut kv, "pause/0/0", false, Duration::from_secs(30))
             .await
             .expect_err("a linearizable read without a quorum must fail");
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
@@ -484,9 +458,9 @@ async fn without_a_quorum_writes_fail_fast_with_unavailable_and_nothing_is_lost(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_every_controller_during_writes_loses_no_acknowledged_write() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    let mut cluster = start(root.path(), 3, ServerFlags::default());
     leader_of(&cluster, &[1, 2, 3]).await;
     let load = Load::start(cluster.addrs(), 8, "all");
     load.wait_for(300).await;
@@ -508,15 +482,21 @@ async fn killing_every_controller_during_writes_loses_no_acknowledged_write() {
 /// to start: its output once it has exited.
 async fn server_that_must_exit(
     listen: &str,
-    peers: &str,
+    peers: Vec<(u64, String)>,
     dir: &std::path::Path,
 ) -> std::process::Output {
+    let command = ServerCommand {
+        id: 1,
+        listen: listen.into(),
+        metrics_listen: None,
+        data_dir: dir.to_path_buf(),
+        membership: Membership::Peers(peers),
+        flags: ServerFlags::default(),
+    };
     tokio::time::timeout(
         Duration::from_secs(20),
-        tokio::process::Command::new(BIN)
-            .args(["server", "--id", "1", "--listen", listen, "--peers", peers])
-            .arg("--data-dir")
-            .arg(dir)
+        tokio::process::Command::new(berth_testkit::berth_binary())
+            .args(command.args())
             .output(),
     )
     .await
@@ -526,31 +506,25 @@ async fn server_that_must_exit(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_data_dir_from_another_cluster_is_refused_at_start() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    let cluster = start(root.path(), 3, ServerFlags::default());
     leader_of(&cluster, &[1, 2, 3]).await;
 
     // A one-controller cluster of its own, then stopped.
     let other = tempfile::tempdir().unwrap();
-    let mut single = Cluster::start(BIN.as_ref(), other.path(), 1, options(&[]));
+    let mut single = start(other.path(), 1, ServerFlags::default());
     leader_of(&single, &[1]).await;
-    let dir = single.controllers[&1].data_dir.clone();
+    let dir = single.data_dir(1).to_path_buf();
     single.kill(1);
 
-    let peers = format!(
-        "1=127.0.0.1:{},2={},3={}",
-        harness::free_port(),
-        cluster.addr(2),
-        cluster.addr(3)
-    );
-    let listen = peers
-        .split(',')
-        .next()
-        .unwrap()
-        .trim_start_matches("1=")
-        .to_string();
-    let out = server_that_must_exit(&listen, &peers, &dir).await;
+    let listen = format!("127.0.0.1:{}", berth_testkit::free_port());
+    let peers = vec![
+        (1, listen.clone()),
+        (2, cluster.addr(2)),
+        (3, cluster.addr(3)),
+    ];
+    let out = server_that_must_exit(&listen, peers, &dir).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("belongs to cluster"), "{stderr}");
@@ -565,7 +539,7 @@ async fn a_port_in_use_is_refused_before_the_data_dir_is_touched() {
     for attempt in 0..5 {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("data");
-        let out = server_that_must_exit(&listen, &format!("1={listen}"), &dir).await;
+        let out = server_that_must_exit(&listen, vec![(1, listen.clone())], &dir).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "attempt {attempt}: {stderr}");
         assert!(
@@ -580,19 +554,19 @@ async fn a_port_in_use_is_refused_before_the_data_dir_is_touched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_are_refused_with_clear_errors() {
     use berth_proto::kv as pb;
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(BIN.as_ref(), root.path(), 3, options(&[]));
+    let cluster = start(root.path(), 3, ServerFlags::default());
     leader_of(&cluster, &[1, 2, 3]).await;
-    let mut kv = harness::kv(&cluster.addr(1)).await.unwrap();
+    let mut kv = rpc::kv(&cluster.addr(1)).await.unwrap();
 
-    let err = harness::put(&mut kv, "", b"x", T).await.unwrap_err();
+    let err = rpc::put(&mut kv, "", b"x", T).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     let big = vec![0u8; 2 << 20];
-    let err = harness::put(&mut kv, "big", &big, T).await.unwrap_err();
+    let err = rpc::put(&mut kv, "big", &big, T).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     let huge = vec![0u8; berth_api::limits::MAX_REQUEST_BYTES + (1 << 20)];
-    let err = harness::put(&mut kv, "huge", &huge, T).await.unwrap_err();
+    let err = rpc::put(&mut kv, "huge", &huge, T).await.unwrap_err();
     assert!(
         matches!(
             err.code(),
@@ -646,15 +620,12 @@ async fn bad_requests_are_refused_with_clear_errors() {
         kv.txn(txn).await.unwrap_err().code(),
         tonic::Code::AlreadyExists
     );
-    assert!(harness::get(&mut kv, "t1", false, T)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(rpc::get(&mut kv, "t1", false, T).await.unwrap().is_none());
 
     // A watch resumes from a revision and sees every later change in order.
-    let first = harness::put(&mut kv, "w/a", b"1", T).await.unwrap();
-    harness::put(&mut kv, "w/b", b"2", T).await.unwrap();
-    let mut watch = harness::kv(&cluster.addr(2))
+    let first = rpc::put(&mut kv, "w/a", b"1", T).await.unwrap();
+    rpc::put(&mut kv, "w/b", b"2", T).await.unwrap();
+    let mut watch = rpc::kv(&cluster.addr(2))
         .await
         .unwrap()
         .watch(pb::WatchRequest {
@@ -666,7 +637,7 @@ async fn bad_requests_are_refused_with_clear_errors() {
         .await
         .unwrap()
         .into_inner();
-    harness::put(&mut kv, "w/c", b"3", T).await.unwrap();
+    rpc::put(&mut kv, "w/c", b"3", T).await.unwrap();
     let mut keys = Vec::new();
     while keys.len() < 3 {
         let resp = tokio::time::timeout(T, watch.message())

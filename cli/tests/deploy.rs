@@ -6,23 +6,33 @@
 //! container, network or volume behind. Each part says why it skipped when
 //! this machine lacks what it needs.
 
-mod common;
-
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use berth::harness::free_port;
 use berth::objects::ClientKind;
 use berth_api::pb;
-use common::eventually;
-use common::run_ok;
-use common::unique;
-use common::BIN;
+use berth_testkit::eventually;
+use berth_testkit::free_port;
+use berth_testkit::objects::list_req;
+use berth_testkit::unique;
 use tonic::transport::Channel;
 
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
 const T: Duration = Duration::from_secs(90);
+
+/// Runs `cmd` to its end and returns its output; panics with its stderr
+/// if it failed.
+fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -146,11 +156,7 @@ async fn connect(addrs: &[String]) -> Channel {
 }
 
 async fn running_pods(ch: &Channel, app: &str) -> usize {
-    let req = pb::ListRequest {
-        namespace: "default".into(),
-        label_selector: format!("app={app}"),
-        ..Default::default()
-    };
+    let req = list_req("default", &format!("app={app}"));
     let Ok((pods, _)) = pb::Pod::list(ch.clone(), req).await else {
         return 0;
     };

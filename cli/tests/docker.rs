@@ -3,8 +3,6 @@
 //! import` of a busybox rootfs): no registry is involved. Skipped, saying
 //! so, when no engine answers.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -12,13 +10,15 @@ use std::time::Duration;
 use berth::objects::ClientKind;
 use berth_api::pb;
 use berth_api::Object;
-use common::channel;
-use common::eventually;
-use common::get_req;
-use common::start;
-use common::unique;
-use common::Agent;
-use common::BIN;
+use berth_testkit::eventually;
+use berth_testkit::flags::Runtime;
+use berth_testkit::objects;
+use berth_testkit::objects::delete_req;
+use berth_testkit::objects::get_req;
+use berth_testkit::unique;
+use berth_testkit::Agent;
+use berth_testkit::Cluster;
+use berth_testkit::ServerFlags;
 use tonic::transport::Channel;
 
 const IMAGE: &str = "berth-test/busybox:1";
@@ -31,30 +31,15 @@ fn docker(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Pod `name` of `image` that says hello and sleeps, within half a CPU
+/// and 64Mi.
 fn pod(name: &str, image: &str) -> pb::Pod {
-    let mut p = pb::Pod::default();
-    p.meta_mut().name = name.into();
-    p.meta_mut().namespace = "default".into();
-    p.spec = Some(pb::PodSpec {
-        containers: vec![pb::Container {
-            name: "main".into(),
-            image: image.into(),
-            command: vec!["/bin/sh".into(), "-c".into()],
-            args: vec!["echo hello from $HOSTNAME; exec sleep 3600".into()],
-            resources: Some(pb::ResourceRequirements {
-                limits: [
-                    ("cpu".to_string(), "500m".to_string()),
-                    ("memory".to_string(), "64Mi".to_string()),
-                ]
-                .into(),
-                requests: Default::default(),
-            }),
-            ..Default::default()
-        }],
-        termination_grace_period_seconds: Some(1),
-        ..Default::default()
-    });
-    p
+    let main = objects::container("main")
+        .image(image)
+        .command(&["/bin/sh", "-c"])
+        .args(&["echo hello from $HOSTNAME; exec sleep 3600"])
+        .limits(&[("cpu", "500m"), ("memory", "64Mi")]);
+    objects::pod(name).container(main).grace_period(1).build()
 }
 
 async fn get_pod(ch: &Channel, name: &str) -> pb::Pod {
@@ -84,16 +69,15 @@ async fn the_docker_runtime_runs_adopts_and_removes_containers() {
         eprintln!("SKIPPED: no Docker Engine answers here (start dockerd to run this test)");
         return;
     }
-    berth::harness::busybox_image(IMAGE).expect("build the test image");
+    berth_testkit::images::busybox_image(IMAGE).expect("build the test image");
     let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), &[]).await;
-    let mut agent = Agent::start(
-        &cluster,
-        root.path(),
-        &unique("docker"),
-        &["--runtime", "docker"],
-    );
-    let ch = channel(&cluster).await;
+    let cluster = Cluster::ready(root.path(), ServerFlags::default()).await;
+    let flags = berth_testkit::AgentFlags {
+        runtime: Runtime::Docker,
+        ..Agent::flags(&cluster, root.path(), &unique("docker"))
+    };
+    let mut agent = Agent::start_with(root.path(), flags, None).expect("start berth agent");
+    let ch = cluster.channel().await;
     pb::Pod::create(ch.clone(), pod("web", IMAGE))
         .await
         .unwrap();
@@ -123,10 +107,7 @@ async fn the_docker_runtime_runs_adopts_and_removes_containers() {
     assert_eq!(inspect(engine_id, "{{.HostConfig.NanoCpus}}"), "500000000");
     assert_eq!(inspect(engine_id, "{{.State.Running}}"), "true");
 
-    let logs = Command::new(BIN)
-        .args(["--server", &cluster.addrs().join(","), "logs", "web"])
-        .output()
-        .unwrap();
+    let logs = cluster.cli().args(["logs", "web"]).output().unwrap();
     assert!(
         logs.status.success(),
         "{}",
@@ -154,12 +135,9 @@ async fn the_docker_runtime_runs_adopts_and_removes_containers() {
 
     // Deleting the pod removes its container.
     for name in ["web", "ghost"] {
-        let req = pb::DeleteRequest {
-            namespace: "default".into(),
-            name: name.into(),
-            resource_version: String::new(),
-        };
-        pb::Pod::delete(ch.clone(), req).await.unwrap();
+        pb::Pod::delete(ch.clone(), delete_req("default", name))
+            .await
+            .unwrap();
     }
     eventually("the container is removed", T, || async {
         docker(&["inspect", engine_id]).is_none()

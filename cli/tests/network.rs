@@ -10,10 +10,7 @@
 //! Also: address management never hands out a taken CIDR or ClusterIP,
 //! including while the leader is killed.
 
-mod common;
-
 use std::collections::BTreeSet;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,15 +19,24 @@ use std::time::Duration;
 use berth::objects::ClientKind;
 use berth_api::pb;
 use berth_api::Object;
-use common::channel;
-use common::eventually;
-use common::get_req;
-use common::Agent;
-use common::BIN;
+use berth_testkit::eventually;
+use berth_testkit::flags::Network;
+use berth_testkit::flags::Runtime;
+use berth_testkit::netns::Fabric;
+use berth_testkit::netns::Member;
+use berth_testkit::objects;
+use berth_testkit::objects::delete_req;
+use berth_testkit::objects::get_req;
+use berth_testkit::objects::list_req;
+use berth_testkit::objects::pod_ip;
+use berth_testkit::Agent;
+use berth_testkit::AgentFlags;
+use berth_testkit::Cluster;
+use berth_testkit::ClusterOptions;
+use berth_testkit::ServerFlags;
 use tonic::transport::Channel;
 
 const T: Duration = Duration::from_secs(60);
-const FABRIC_IP: &str = "10.250.0.1";
 
 /// Runs `cmd`, returning its stdout when it succeeds.
 fn run(cmd: &mut Command) -> Result<String, String> {
@@ -46,10 +52,6 @@ fn run(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
-fn ip(args: &str) {
-    run(Command::new("ip").args(args.split_whitespace())).expect("ip");
-}
-
 /// iptables-nft's shape of Docker's forward rules: policy DROP, and a
 /// jump to DOCKER-USER first.
 const DOCKER_FORWARD_RULES: &[&str] = &[
@@ -59,63 +61,18 @@ const DOCKER_FORWARD_RULES: &[&str] = &[
     "add rule ip filter FORWARD jump DOCKER-USER",
 ];
 
-/// The namespaces of one test run; removed on drop, also after a failure.
-struct Fabric {
-    prefix: String,
-}
-
-impl Fabric {
-    fn create() -> Self {
-        let prefix = format!("bt{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-        let fabric = Self { prefix };
-        let fab = fabric.name("fab");
-        ip(&format!("netns add {fab}"));
-        ip(&format!("-n {fab} link set lo up"));
-        ip(&format!("-n {fab} link add fab0 type bridge"));
-        ip(&format!("-n {fab} addr add {FABRIC_IP}/24 dev fab0"));
-        ip(&format!("-n {fab} link set fab0 up"));
-        for i in 1..=3 {
-            let node = fabric.name(&format!("n{i}"));
-            ip(&format!("netns add {node}"));
-            ip(&format!("-n {node} link set lo up"));
-            ip(&format!(
-                "-n {node} link add eth0 type veth peer name v{i} netns {fab}"
-            ));
-            ip(&format!(
-                "-n {node} addr add {} dev eth0",
-                node_ip(i) + "/24"
-            ));
-            ip(&format!("-n {node} link set eth0 up"));
-            ip(&format!("-n {fab} link set v{i} master fab0 up"));
-            // What Docker Engine leaves on a host: iptables' FORWARD
-            // policy DROP, and its DOCKER-USER chain for others' rules.
-            for rule in DOCKER_FORWARD_RULES {
-                run(Command::new("ip").args(["netns", "exec", &node, "nft", rule]))
-                    .expect("docker-like forward rules");
-            }
-        }
-        fabric
-    }
-
-    fn name(&self, part: &str) -> String {
-        format!("{}-{part}", self.prefix)
-    }
-
-    fn path(&self, part: &str) -> PathBuf {
-        Path::new("/run/netns").join(self.name(part))
-    }
-}
-
-impl Drop for Fabric {
-    fn drop(&mut self) {
-        for part in ["n1", "n2", "n3", "fab"] {
-            let _ = run(Command::new("ip").args(["netns", "del", &self.name(part)]));
+/// A fabric of `nodes` node namespaces, each with what Docker Engine leaves
+/// on a host: iptables' FORWARD policy DROP, and its DOCKER-USER chain for
+/// others' rules.
+fn node_fabric(nodes: usize) -> Fabric {
+    let fabric = Fabric::create("bt", "10.250.0", nodes).expect("make the test's namespaces");
+    for node in &fabric.members {
+        for rule in DOCKER_FORWARD_RULES {
+            node.exec("nft", &[rule])
+                .expect("docker-like forward rules");
         }
     }
-}
-
-fn node_ip(i: usize) -> String {
-    format!("10.250.0.1{i}")
+    fabric
 }
 
 /// Why this machine cannot run the test, if it cannot.
@@ -131,42 +88,14 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
-/// Runs `test` (given the fabric's name prefix) on threads inside the
-/// fabric namespace: setns moves only the calling thread, and the threads
-/// and processes it creates inherit its namespace, so the controllers the
-/// test starts listen there. The fabric goes afterwards, also on failure.
-fn in_fabric<F, Fut>(test: F)
-where
-    F: FnOnce(String) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let fabric = Fabric::create();
-    let (fab, prefix) = (fabric.path("fab"), fabric.prefix.clone());
-    let outcome = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&fab).expect("open the fabric namespace");
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("enter the fabric namespace");
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(test(prefix))
-    })
-    .join();
-    drop(fabric);
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
 #[test]
 fn pods_reach_pods_services_and_names_across_nodes() {
     if let Some(why) = missing_prerequisite() {
         eprintln!("SKIPPED pods_reach_pods_services_and_names_across_nodes: {why}");
         return;
     }
-    in_fabric(fabric_test);
+    let fabric = node_fabric(3);
+    fabric.block_on(|| fabric_test(&fabric));
 }
 
 const MANIFEST: &str = r#"
@@ -224,19 +153,8 @@ fn pod_netns(pod: &pb::Pod) -> PathBuf {
     berth_agent::network::netns::path(&berth_agent::network::netns_name(&uid))
 }
 
-fn pod_ip(pod: &pb::Pod) -> String {
-    pod.status
-        .as_ref()
-        .map(|s| s.pod_ip.clone())
-        .unwrap_or_default()
-}
-
 async fn echo_pods(ch: &Channel) -> Vec<pb::Pod> {
-    let req = pb::ListRequest {
-        namespace: "default".into(),
-        label_selector: "app=echo".into(),
-        ..Default::default()
-    };
+    let req = list_req("default", "app=echo");
     pb::Pod::list(ch.clone(), req).await.expect("list pods").0
 }
 
@@ -269,31 +187,45 @@ fn routes(node_ns: &str) -> String {
     run(Command::new("ip").args(["-n", node_ns, "route", "show"])).unwrap_or_default()
 }
 
-/// Agents with `--network bridge` and `extra` flags in node namespaces
-/// 1..=n of the fabric.
+/// Agents with `--network bridge` and `runtime`, one in each of the
+/// fabric's first `n` node namespaces, named after it.
 fn node_agents(
-    cluster: &berth::harness::Cluster,
+    cluster: &Cluster,
     root: &Path,
-    prefix: &str,
-    n: usize,
-    extra: &[&str],
+    nodes: &[Member],
+    runtime: Runtime,
+    pause_image: Option<&str>,
 ) -> Vec<Agent> {
-    let mut flags = vec!["--network", "bridge", "--dns-upstream", "none"];
-    flags.extend_from_slice(extra);
-    (1..=n)
-        .map(|i| {
-            let name = format!("{prefix}-n{i}");
-            let ns = Path::new("/run/netns").join(&name);
-            Agent::start_in(cluster, root, &name, Some(&ns), &node_ip(i), &flags)
+    nodes
+        .iter()
+        .map(|node| {
+            let flags = AgentFlags {
+                address: Some(node.ip.clone()),
+                network: Some(Network::Bridge),
+                dns_upstream: Some("none".into()),
+                runtime,
+                pause_image: pause_image.map(Into::into),
+                ..Agent::flags(cluster, root, &node.netns)
+            };
+            Agent::start_with(root, flags, Some(&node.netns_path())).expect("start berth agent")
         })
         .collect()
+}
+
+/// Three controllers listening on the fabric's bridge.
+async fn fabric_cluster(fabric: &Fabric, root: &Path) -> Cluster {
+    let options = ClusterOptions {
+        host: Some(fabric.gateway.clone()),
+        ..ClusterOptions::for_tests(ServerFlags::default())
+    };
+    Cluster::ready_with(root, options).await
 }
 
 /// Applies the echo deployment (`replicas`, `image`) and service, waits
 /// until every replica is a ready endpoint, and returns the pods, each on
 /// its own node with an address from the cluster CIDR.
 async fn apply_echo(
-    cluster: &berth::harness::Cluster,
+    cluster: &Cluster,
     ch: &Channel,
     root: &Path,
     replicas: usize,
@@ -304,10 +236,8 @@ async fn apply_echo(
         .replace("replicas: 3", &format!("replicas: {replicas}"))
         .replace("image: busybox", &format!("image: {image}"));
     std::fs::write(&manifest, text).unwrap();
-    run(Command::new(BIN)
-        .args(["--server", &cluster.addrs().join(","), "apply", "-f"])
-        .arg(&manifest))
-    .expect("apply the echo deployment and service");
+    run(cluster.cli().args(["apply", "-f"]).arg(&manifest))
+        .expect("apply the echo deployment and service");
     eventually(
         &format!("{replicas} echo pods are ready behind the service"),
         T,
@@ -323,12 +253,17 @@ async fn apply_echo(
     pods
 }
 
-async fn fabric_test(prefix: String) {
+async fn fabric_test(fabric: &Fabric) {
     let root = tempfile::tempdir().unwrap();
-    let cluster = common::start_on(root.path(), &[], Some(FABRIC_IP)).await;
-    let ch = channel(&cluster).await;
-    let netns = |part: &str| Path::new("/run/netns").join(format!("{prefix}-{part}"));
-    let mut agents = node_agents(&cluster, root.path(), &prefix, 3, &[]);
+    let cluster = fabric_cluster(fabric, root.path()).await;
+    let ch = cluster.channel().await;
+    let mut agents = node_agents(
+        &cluster,
+        root.path(),
+        &fabric.members,
+        Runtime::Process,
+        None,
+    );
     let node_names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
 
     // Every node gets its own pod CIDR.
@@ -373,7 +308,7 @@ async fn fabric_test(prefix: String) {
         from_pod.len() >= 2,
         "from a pod, the service answered as {from_pod:?}"
     );
-    let from_node = answers(&netns("n1"), &service, 30);
+    let from_node = answers(&fabric.members[0].netns_path(), &service, 30);
     assert!(
         from_node.len() >= 2,
         "from a node, the service answered as {from_node:?}"
@@ -399,20 +334,13 @@ async fn fabric_test(prefix: String) {
 
     // A deleted pod leaves the service within seconds.
     let victim = pods[1].clone();
-    pb::Pod::delete(
-        ch.clone(),
-        pb::DeleteRequest {
-            namespace: "default".into(),
-            name: victim.name().into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    pb::Pod::delete(ch.clone(), delete_req("default", victim.name()))
+        .await
+        .unwrap();
     eventually(
         "the deleted pod leaves the endpoints",
         Duration::from_secs(10),
-        || async { !ready_endpoints(&ch).await.contains(&pod_ip(&victim)) },
+        || async { !ready_endpoints(&ch).await.contains(pod_ip(&victim)) },
     )
     .await;
     eventually(
@@ -431,15 +359,9 @@ async fn fabric_test(prefix: String) {
         assert!(routes(ns).contains(&cidr3), "{ns} routes: {}", routes(ns));
     }
     agents[2].kill();
-    pb::Node::delete(
-        ch.clone(),
-        pb::DeleteRequest {
-            name: node_names[2].clone(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    pb::Node::delete(ch.clone(), delete_req("", &node_names[2]))
+        .await
+        .unwrap();
     eventually(
         "the deleted node's route is gone everywhere",
         Duration::from_secs(15),
@@ -469,21 +391,22 @@ fn docker_pods_get_a_network_of_their_own() {
         eprintln!("SKIPPED docker_pods_get_a_network_of_their_own: {why}");
         return;
     }
-    berth::harness::busybox_image(DOCKER_IMAGE).expect("build the test image");
-    berth::harness::pause_image(PAUSE_IMAGE).expect("build the pause image");
-    in_fabric(docker_fabric_test);
+    berth_testkit::images::busybox_image(DOCKER_IMAGE).expect("build the test image");
+    berth_testkit::images::pause_image(PAUSE_IMAGE).expect("build the pause image");
+    let fabric = node_fabric(2);
+    fabric.block_on(|| docker_fabric_test(&fabric));
 }
 
-async fn docker_fabric_test(prefix: String) {
+async fn docker_fabric_test(fabric: &Fabric) {
     let root = tempfile::tempdir().unwrap();
-    let cluster = common::start_on(root.path(), &[], Some(FABRIC_IP)).await;
-    let ch = channel(&cluster).await;
+    let cluster = fabric_cluster(fabric, root.path()).await;
+    let ch = cluster.channel().await;
     let agents = node_agents(
         &cluster,
         root.path(),
-        &prefix,
-        2,
-        &["--runtime", "docker", "--pause-image", PAUSE_IMAGE],
+        &fabric.members,
+        Runtime::Docker,
+        Some(PAUSE_IMAGE),
     );
     let pods = apply_echo(&cluster, &ch, root.path(), 2, DOCKER_IMAGE).await;
     let (a, b) = (&pods[0], &pods[1]);
@@ -498,7 +421,7 @@ async fn docker_fabric_test(prefix: String) {
         .await
         .unwrap();
     let cluster_ip = svc.spec.unwrap().cluster_ip;
-    let node1 = Path::new("/run/netns").join(format!("{prefix}-n1"));
+    let node1 = fabric.members[0].netns_path();
     let from_node = answers(&node1, &format!("{cluster_ip}:80"), 30);
     assert_eq!(
         from_node.len(),
@@ -521,16 +444,9 @@ async fn docker_fabric_test(prefix: String) {
 
     // Deleting the deployment removes the pods' pause containers and
     // namespaces.
-    pb::Deployment::delete(
-        ch.clone(),
-        pb::DeleteRequest {
-            namespace: "default".into(),
-            name: "echo".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    pb::Deployment::delete(ch.clone(), delete_req("default", "echo"))
+        .await
+        .unwrap();
     eventually("the pods' sandboxes are gone", T, || async {
         let left = run(Command::new("docker").args([
             "ps",
@@ -552,7 +468,11 @@ async fn docker_fabric_test(prefix: String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn address_management_never_hands_out_an_address_twice() {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = common::start(root.path(), &["--no-scheduler"]).await;
+    let flags = ServerFlags {
+        no_scheduler: true,
+        ..Default::default()
+    };
+    let mut cluster = Cluster::ready(root.path(), flags).await;
     let creates = {
         let addrs = cluster.addrs();
         tokio::spawn(async move {
@@ -562,18 +482,8 @@ async fn address_management_never_hands_out_an_address_twice() {
                 tasks.push(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(20 * i)).await;
                     let ch = berth::client::connect(&addrs).await.unwrap().1;
-                    let mut svc = pb::Service::default();
-                    svc.meta_mut().name = format!("s{i}");
-                    svc.meta_mut().namespace = "default".into();
-                    svc.spec = Some(pb::ServiceSpec {
-                        ports: vec![pb::ServicePort {
-                            port: 80,
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    });
-                    let mut node = pb::Node::default();
-                    node.meta_mut().name = format!("n{i}");
+                    let svc = objects::service(&format!("s{i}")).build();
+                    let node = objects::node(&format!("n{i}")).unreported().build();
                     // Outcomes may be unknown while the leader dies; what
                     // was stored is checked below.
                     let _ = pb::Service::create(ch.clone(), svc).await;
@@ -590,7 +500,7 @@ async fn address_management_never_hands_out_an_address_twice() {
         .unwrap();
     cluster.kill(leader);
     creates.await.unwrap();
-    let ch = channel(&cluster).await;
+    let ch = cluster.channel().await;
 
     let services = pb::Service::list(ch.clone(), Default::default())
         .await
@@ -634,32 +544,15 @@ async fn address_management_never_hands_out_an_address_twice() {
 
     // Asking for a held address is refused; deleting its holder frees it.
     let taken = ips[0].clone();
-    let mut again = pb::Service::default();
-    again.meta_mut().name = "again".into();
-    again.meta_mut().namespace = "default".into();
-    again.spec = Some(pb::ServiceSpec {
-        cluster_ip: taken.clone(),
-        ports: vec![pb::ServicePort {
-            port: 80,
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    let again = objects::service("again").cluster_ip(&taken).build();
     let refused = pb::Service::create(ch.clone(), again.clone())
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
     assert!(refused.message().contains(&taken), "{}", refused.message());
-    pb::Service::delete(
-        ch.clone(),
-        pb::DeleteRequest {
-            namespace: "default".into(),
-            name: services[0].name().into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    pb::Service::delete(ch.clone(), delete_req("default", services[0].name()))
+        .await
+        .unwrap();
     let created = pb::Service::create(ch.clone(), again).await.unwrap();
     assert_eq!(created.spec.unwrap().cluster_ip, taken);
 

@@ -3,63 +3,40 @@
 //! schedulers active at once, and unschedulable pods.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
 use std::time::Duration;
 
-mod common;
-
-use berth::harness::free_port;
-use berth::harness::Cluster;
 use berth::objects::ClientKind;
 use berth_api::pb;
 use berth_api::Object;
-use common::channel;
-use common::eventually;
-use common::get_req;
-use common::start;
-use common::BIN;
-use nix::sys::signal::kill;
+use berth_testkit::eventually;
+use berth_testkit::objects::get_req;
+use berth_testkit::objects::node;
+use berth_testkit::objects::pod;
+use berth_testkit::Cluster;
+use berth_testkit::Scheduler;
+use berth_testkit::SchedulerFlags;
+use berth_testkit::ServerFlags;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
-use tokio::io::AsyncReadExt;
-use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
-/// The tests each run three controllers; on two cores they run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn node(name: &str, cpu: &str, pods: &str) -> pb::Node {
-    let mut n = pb::Node::default();
-    n.meta_mut().name = name.into();
-    n.status = Some(berth_api::resources::ready_status(&[
-        ("cpu", cpu),
-        ("memory", "8Gi"),
-        ("pods", pods),
-    ]));
-    n
+fn no_scheduler() -> ServerFlags {
+    ServerFlags {
+        no_scheduler: true,
+        ..Default::default()
+    }
 }
 
-fn pod(name: &str, cpu: &str) -> pb::Pod {
-    let mut p = pb::Pod::default();
-    p.meta_mut().name = name.into();
-    p.meta_mut().namespace = "default".into();
-    p.spec = Some(pb::PodSpec {
-        containers: vec![pb::Container {
-            name: "main".into(),
-            command: vec!["sleep".into(), "3600".into()],
-            resources: Some(pb::ResourceRequirements {
-                requests: [("cpu".to_string(), cpu.to_string())].into(),
-                limits: Default::default(),
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
-    p
+/// A Ready node with `cpu` cores and room for `pods` pods.
+fn sized_node(name: &str, cpu: &str, pods: &str) -> pb::Node {
+    node(name)
+        .allocatable(&[("cpu", cpu), ("pods", pods)])
+        .build()
+}
+
+/// A pod in `default` that asks for `cpu`.
+fn cpu_pod(name: &str, cpu: &str) -> pb::Pod {
+    pod(name).requests(&[("cpu", cpu)]).build()
 }
 
 async fn pods(ch: &Channel) -> Vec<pb::Pod> {
@@ -93,77 +70,34 @@ async fn lease(ch: &Channel) -> Option<pb::Lease> {
         .ok()
 }
 
-/// A standalone `berth scheduler`, killed when dropped.
-struct SchedulerProcess {
-    child: Child,
-    metrics: String,
+/// A standalone scheduler `id` with `flags`.
+fn scheduler(
+    cluster: &Cluster,
+    root: &std::path::Path,
+    id: &str,
+    flags: SchedulerFlags,
+) -> Scheduler {
+    let flags = SchedulerFlags {
+        id: Some(id.into()),
+        ..flags
+    };
+    Scheduler::start(cluster, root, flags).expect("start berth scheduler")
 }
 
-impl SchedulerProcess {
-    fn start(cluster: &Cluster, root: &Path, id: &str, extra: &[&str]) -> Self {
-        let metrics = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(root.join(format!("{id}.log"))).unwrap();
-        let child = Command::new(BIN)
-            .args([
-                "--server",
-                &cluster.addrs().join(","),
-                "scheduler",
-                "--id",
-                id,
-            ])
-            .args(["--metrics-listen", &metrics])
-            .args(extra)
-            .env("BERTH_LOG", "info,berth_scheduler=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start berth scheduler");
-        Self { child, metrics }
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    /// A counter's value (0 before it exists or while the endpoint is not
-    /// up yet).
-    async fn counter(&self, series: &str) -> u64 {
-        let Ok(mut s) = tokio::net::TcpStream::connect(&self.metrics).await else {
-            return 0;
-        };
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).await.unwrap();
-        let prefix = format!("{series} ");
-        text.lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .filter_map(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum()
-    }
-
-    /// Binds the store answered with this result.
-    async fn binds(&self, result: &str) -> u64 {
-        self.counter(&format!(
-            "berth_scheduler_binds_total{{result=\"{result}\"}}"
-        ))
-        .await
-    }
-}
-
-impl Drop for SchedulerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Binds the store answered with this result, as a scheduler counted them.
+async fn binds(s: &Scheduler, result: &str) -> u64 {
+    s.metric(&format!(
+        "berth_scheduler_binds_total{{result=\"{result}\"}}"
+    ))
+    .await as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_state_machine_refuses_binds_that_break_the_rules() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), &["--no-scheduler"]).await;
-    let ch = channel(&cluster).await;
+    let cluster = Cluster::ready(root.path(), no_scheduler()).await;
+    let ch = cluster.channel().await;
     let binds = |reqs: Vec<pb::BindRequest>, epoch: u64| {
         let ch = ch.clone();
         async move {
@@ -174,13 +108,13 @@ async fn the_state_machine_refuses_binds_that_break_the_rules() {
                 .results
         }
     };
-    pb::Node::create(ch.clone(), node("n1", "1", "3"))
+    pb::Node::create(ch.clone(), sized_node("n1", "1", "3"))
         .await
         .unwrap();
-    let mut not_ready = node("sick", "8", "10");
+    let mut not_ready = sized_node("sick", "8", "10");
     not_ready.status.as_mut().unwrap().conditions[0].status = "False".into();
     pb::Node::create(ch.clone(), not_ready).await.unwrap();
-    let mut cordoned = node("cordoned", "8", "10");
+    let mut cordoned = sized_node("cordoned", "8", "10");
     cordoned.spec.get_or_insert_default().unschedulable = true;
     pb::Node::create(ch.clone(), cordoned).await.unwrap();
     for (name, cpu) in [
@@ -190,7 +124,9 @@ async fn the_state_machine_refuses_binds_that_break_the_rules() {
         ("d", "100m"),
         ("e", "0"),
     ] {
-        pb::Pod::create(ch.clone(), pod(name, cpu)).await.unwrap();
+        pb::Pod::create(ch.clone(), cpu_pod(name, cpu))
+            .await
+            .unwrap();
     }
     // Without a lease the epoch is 0. a and b race in one batch: the
     // node's 1 cpu takes exactly one of them.
@@ -242,8 +178,10 @@ async fn the_state_machine_refuses_binds_that_break_the_rules() {
         ..Default::default()
     });
     pb::Lease::create(ch.clone(), l).await.unwrap();
-    pb::Pod::create(ch.clone(), pod("f", "100m")).await.unwrap();
-    pb::Node::create(ch.clone(), node("n2", "1", "3"))
+    pb::Pod::create(ch.clone(), cpu_pod("f", "100m"))
+        .await
+        .unwrap();
+    pb::Node::create(ch.clone(), sized_node("n2", "1", "3"))
         .await
         .unwrap();
     let stale = pb::pods_client::PodsClient::new(ch.clone())
@@ -282,19 +220,21 @@ async fn the_state_machine_refuses_binds_that_break_the_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unschedulable_pods_say_why_and_are_placed_when_room_appears() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
     // Controllers run their schedulers by default.
-    let cluster = start(root.path(), &[]).await;
-    let ch = channel(&cluster).await;
-    pb::Node::create(ch.clone(), node("small-1", "1", "10"))
+    let cluster = Cluster::ready(root.path(), ServerFlags::default()).await;
+    let ch = cluster.channel().await;
+    pb::Node::create(ch.clone(), sized_node("small-1", "1", "10"))
         .await
         .unwrap();
-    pb::Node::create(ch.clone(), node("small-2", "1", "10"))
+    pb::Node::create(ch.clone(), sized_node("small-2", "1", "10"))
         .await
         .unwrap();
-    pb::Pod::create(ch.clone(), pod("big", "2")).await.unwrap();
-    pb::Pod::create(ch.clone(), pod("little", "500m"))
+    pb::Pod::create(ch.clone(), cpu_pod("big", "2"))
+        .await
+        .unwrap();
+    pb::Pod::create(ch.clone(), cpu_pod("little", "500m"))
         .await
         .unwrap();
     let want = "0/2 nodes are available: 2 Insufficient cpu.";
@@ -331,20 +271,15 @@ async fn unschedulable_pods_say_why_and_are_placed_when_room_appears() {
         },
     )
     .await;
-    let out = Command::new(BIN)
-        .args([
-            "--server",
-            &cluster.addrs().join(","),
-            "describe",
-            "pod",
-            "big",
-        ])
+    let out = cluster
+        .cli()
+        .args(["describe", "pod", "big"])
         .output()
         .unwrap();
     let described = String::from_utf8_lossy(&out.stdout);
     assert!(described.contains(want), "{described}");
 
-    pb::Node::create(ch.clone(), node("large", "4", "10"))
+    pb::Node::create(ch.clone(), sized_node("large", "4", "10"))
         .await
         .unwrap();
     eventually(
@@ -373,15 +308,19 @@ async fn unschedulable_pods_say_why_and_are_placed_when_room_appears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_scheduler_past_its_lease_places_nothing() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), &["--no-scheduler"]).await;
-    let ch = channel(&cluster).await;
-    let a = SchedulerProcess::start(
+    let cluster = Cluster::ready(root.path(), no_scheduler()).await;
+    let ch = cluster.channel().await;
+    let a = scheduler(
         &cluster,
         root.path(),
         "sched-a",
-        &["--lease-duration", "2s", "--renew-interval", "200ms"],
+        SchedulerFlags {
+            lease_duration: Some(Duration::from_secs(2)),
+            renew_interval: Some(Duration::from_millis(200)),
+            ..Default::default()
+        },
     );
     eventually("sched-a holds the lease", Duration::from_secs(20), || {
         let ch = ch.clone();
@@ -392,10 +331,10 @@ async fn a_paused_scheduler_past_its_lease_places_nothing() {
         }
     })
     .await;
-    pb::Node::create(ch.clone(), node("n1", "8", "100"))
+    pb::Node::create(ch.clone(), sized_node("n1", "8", "100"))
         .await
         .unwrap();
-    pb::Pod::create(ch.clone(), pod("before", "100m"))
+    pb::Pod::create(ch.clone(), cpu_pod("before", "100m"))
         .await
         .unwrap();
     eventually("sched-a places a pod", Duration::from_secs(20), || {
@@ -405,7 +344,7 @@ async fn a_paused_scheduler_past_its_lease_places_nothing() {
     .await;
     let epoch_a = berth_api::resources::lease_epoch(&lease(&ch).await.unwrap());
 
-    a.signal(Signal::SIGSTOP);
+    a.process.signal(Signal::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Another scheduler takes the expired lease over (as sched-b would).
     let mut taken = lease(&ch).await.unwrap();
@@ -427,11 +366,11 @@ async fn a_paused_scheduler_past_its_lease_places_nothing() {
         })
     };
     for i in 0..20 {
-        pb::Pod::create(ch.clone(), pod(&format!("p{i}"), "100m"))
+        pb::Pod::create(ch.clone(), cpu_pod(&format!("p{i}"), "100m"))
             .await
             .unwrap();
     }
-    a.signal(Signal::SIGCONT);
+    a.process.signal(Signal::SIGCONT);
     // sched-a wakes with 20 pending pods and its old epoch.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
@@ -439,7 +378,7 @@ async fn a_paused_scheduler_past_its_lease_places_nothing() {
         1,
         "the paused scheduler placed pods after losing its lease"
     );
-    assert_eq!(a.binds("ok").await, 1);
+    assert_eq!(binds(&a, "ok").await, 1);
     // Whatever it sends with its old epoch is refused by the state machine.
     let stale = pb::pods_client::PodsClient::new(ch.clone())
         .bind(bind("p0", "n1", epoch_a))
@@ -467,22 +406,25 @@ async fn a_paused_scheduler_past_its_lease_places_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_active_schedulers_never_overcommit_or_place_a_pod_twice() {
-    let _serial = SERIAL.lock().await;
+    let _serial = berth_testkit::serial().await;
     let root = tempfile::tempdir().unwrap();
-    let cluster = start(root.path(), &["--no-scheduler"]).await;
-    let ch = channel(&cluster).await;
+    let cluster = Cluster::ready(root.path(), no_scheduler()).await;
+    let ch = cluster.channel().await;
     // 10 nodes with room for 5 pods of 200m each: 50 places for 80 pods.
     for i in 0..10 {
-        pb::Node::create(ch.clone(), node(&format!("n{i}"), "1", "10"))
+        pb::Node::create(ch.clone(), sized_node(&format!("n{i}"), "1", "10"))
             .await
             .unwrap();
     }
-    let force = ["--force-active"];
-    let one = SchedulerProcess::start(&cluster, root.path(), "one", &force);
-    let two = SchedulerProcess::start(&cluster, root.path(), "two", &force);
+    let force = SchedulerFlags {
+        force_active: true,
+        ..Default::default()
+    };
+    let one = scheduler(&cluster, root.path(), "one", force.clone());
+    let two = scheduler(&cluster, root.path(), "two", force);
     // Both are active and watching once both have tried a pod that fits
     // nowhere; the pods created after that reach both at once.
-    let mut probe = pod("probe", "100m");
+    let mut probe = cpu_pod("probe", "100m");
     probe.spec.as_mut().unwrap().node_selector =
         [("fits".to_string(), "nowhere".to_string())].into();
     pb::Pod::create(ch.clone(), probe).await.unwrap();
@@ -490,7 +432,7 @@ async fn two_active_schedulers_never_overcommit_or_place_a_pod_twice() {
     eventually(
         "both schedulers are active",
         Duration::from_secs(20),
-        || async { one.counter(unschedulable).await > 0 && two.counter(unschedulable).await > 0 },
+        || async { one.metric(unschedulable).await > 0.0 && two.metric(unschedulable).await > 0.0 },
     )
     .await;
     // Record every placement as the store reports it.
@@ -502,7 +444,7 @@ async fn two_active_schedulers_never_overcommit_or_place_a_pod_twice() {
     };
     let watcher = tokio::spawn(berth_client::watcher::run::<pb::Pod>(conn, scope, tx));
     let creates: Vec<_> = (0..80)
-        .map(|i| pb::Pod::create(ch.clone(), pod(&format!("p{i}"), "200m")))
+        .map(|i| pb::Pod::create(ch.clone(), cpu_pod(&format!("p{i}"), "200m")))
         .collect();
     for r in futures::future::join_all(creates).await {
         r.unwrap();
@@ -533,12 +475,12 @@ async fn two_active_schedulers_never_overcommit_or_place_a_pod_twice() {
     }
     assert!(per_node.values().all(|&n| n == 5), "{per_node:?}");
     assert_eq!(bound(&ch).await, 50, "nothing more was placed");
-    let (ok1, ok2) = (one.binds("ok").await, two.binds("ok").await);
+    let (ok1, ok2) = (binds(&one, "ok").await, binds(&two, "ok").await);
     assert_eq!(ok1 + ok2, 50);
-    let refused = one.binds("already_bound").await
-        + two.binds("already_bound").await
-        + one.binds("insufficient").await
-        + two.binds("insufficient").await;
+    let refused = binds(&one, "already_bound").await
+        + binds(&two, "already_bound").await
+        + binds(&one, "insufficient").await
+        + binds(&two, "insufficient").await;
     assert!(
         refused > 0,
         "both schedulers raced for the same pods ({ok1} + {ok2} placed)"

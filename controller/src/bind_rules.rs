@@ -209,39 +209,18 @@ impl BindRules for PlacementRules {
 mod tests {
     use std::collections::BTreeMap;
 
+    use berth_testkit::objects;
+
     use super::*;
 
     fn pod(name: &str, cpu: &str, node: &str, phase: &str) -> Vec<u8> {
-        let mut p = pb::Pod::default();
-        p.meta_mut().name = name.into();
-        p.meta_mut().namespace = "default".into();
-        p.spec = Some(pb::PodSpec {
-            node_name: node.into(),
-            containers: vec![pb::Container {
-                resources: Some(pb::ResourceRequirements {
-                    requests: [("cpu".to_string(), cpu.to_string())].into(),
-                    limits: Default::default(),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        p.status = Some(pb::PodStatus {
-            phase: phase.into(),
-            ..Default::default()
-        });
-        p.encode_to_vec()
+        let p = objects::pod(name).requests(&[("cpu", cpu)]).node(node);
+        p.status(phase, "").build().encode_to_vec()
     }
 
     fn node() -> Vec<u8> {
-        let mut n = pb::Node::default();
-        n.meta_mut().name = "n1".into();
-        n.status = Some(berth_api::resources::ready_status(&[
-            ("cpu", "1"),
-            ("memory", "1Gi"),
-            ("pods", "10"),
-        ]));
-        n.encode_to_vec()
+        let n = objects::node("n1").allocatable(&[("cpu", "1"), ("memory", "1Gi")]);
+        n.build().encode_to_vec()
     }
 
     fn key(name: &str) -> Vec<u8> {

@@ -229,40 +229,17 @@ fn resolve_ports(spec: &pb::ServiceSpec, pod: &pb::Pod) -> Option<Vec<ResolvedPo
 
 #[cfg(test)]
 mod tests {
+    use berth_testkit::objects;
+
     use super::*;
 
     fn pod(name: &str, ip: &str, ready: bool, port_name: &str, port: i32) -> pb::Pod {
-        pb::Pod {
-            metadata: Some(pb::ObjectMeta {
-                name: name.into(),
-                namespace: "default".into(),
-                ..Default::default()
-            }),
-            spec: Some(pb::PodSpec {
-                node_name: "n1".into(),
-                containers: vec![pb::Container {
-                    name: "c".into(),
-                    ports: vec![pb::ContainerPort {
-                        name: port_name.into(),
-                        container_port: port,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            status: Some(pb::PodStatus {
-                phase: "Running".into(),
-                pod_ip: ip.into(),
-                conditions: vec![pb::Condition {
-                    r#type: "Ready".into(),
-                    status: if ready { "True" } else { "False" }.into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        objects::pod(name)
+            .node("n1")
+            .container(objects::container("c").port(port_name, port))
+            .status("Running", ip)
+            .ready(ready)
+            .build()
     }
 
     fn spec(target: &str) -> pb::ServiceSpec {

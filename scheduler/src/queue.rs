@@ -149,15 +149,10 @@ impl Queue {
 mod tests {
     use std::time::Duration;
 
-    use berth_api::Object;
-
     use super::*;
 
     fn pod(name: &str) -> pb::Pod {
-        let mut p = pb::Pod::default();
-        p.meta_mut().name = name.into();
-        p.meta_mut().namespace = "default".into();
-        p
+        berth_testkit::objects::pod(name).build()
     }
 
     #[tokio::test(start_paused = true)]

@@ -513,47 +513,21 @@ fn wants_us(pod: &pb::Pod) -> bool {
 #[cfg(test)]
 mod tests {
     use berth_api::resources::Resources;
+    use berth_testkit::objects;
 
     use super::*;
 
     fn node(name: &str, cpu: &str, taint: Option<(&str, &str)>) -> pb::Node {
-        let mut n = pb::Node::default();
-        n.meta_mut().name = name.into();
-        n.spec = Some(pb::NodeSpec {
-            taints: taint
-                .map(|(k, v)| pb::Taint {
-                    key: k.into(),
-                    value: v.into(),
-                    effect: "NoSchedule".into(),
-                    ..Default::default()
-                })
-                .into_iter()
-                .collect(),
-            ..Default::default()
-        });
-        n.status = Some(berth_api::resources::ready_status(&[
-            ("cpu", cpu),
-            ("memory", "4Gi"),
-            ("pods", "110"),
-        ]));
-        n
+        let node =
+            objects::node(name).allocatable(&[("cpu", cpu), ("memory", "4Gi"), ("pods", "110")]);
+        match taint {
+            Some((key, value)) => node.taint(key, value, "NoSchedule").build(),
+            None => node.build(),
+        }
     }
 
     fn pod(cpu: &str) -> PodInfo {
-        let mut p = pb::Pod::default();
-        p.meta_mut().name = "p".into();
-        p.meta_mut().namespace = "default".into();
-        p.spec = Some(pb::PodSpec {
-            containers: vec![pb::Container {
-                resources: Some(pb::ResourceRequirements {
-                    requests: [("cpu".to_string(), cpu.to_string())].into(),
-                    limits: Default::default(),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        PodInfo::new(&p)
+        PodInfo::new(&objects::pod("p").requests(&[("cpu", cpu)]).build())
     }
 
     fn scheduler(nodes: &[pb::Node]) -> Scheduler {

@@ -17,11 +17,12 @@ use std::time::UNIX_EPOCH;
 
 use anyhow::bail;
 use anyhow::Context;
-use berth::harness;
-use berth::harness::Cluster;
 use berth::objects::ClientKind;
 use berth_api::pb;
 use berth_api::Object;
+use berth_testkit::Cluster;
+use berth_testkit::ClusterOptions;
+use berth_testkit::ServerFlags;
 use clap::Args;
 use futures::StreamExt;
 use rand::Rng;
@@ -354,8 +355,11 @@ pub async fn run(args: ApiArgs, addrs: &[String]) -> anyhow::Result<()> {
         let binary = std::env::current_exe().context("locate the berth binary")?;
         let root = tempfile::tempdir().context("create a temporary directory")?;
         // Without schedulers: the bench's pods are not meant to be placed.
-        let options = harness::Options {
-            extra_args: vec!["--no-scheduler".into()],
+        let options = ClusterOptions {
+            flags: ServerFlags {
+                no_scheduler: true,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let cluster = Cluster::start(&binary, root.path(), 3, options);

@@ -15,8 +15,10 @@ use std::time::Instant;
 
 use anyhow::bail;
 use anyhow::Context;
-use berth::harness;
-use berth::harness::Cluster;
+use berth_testkit::rpc;
+use berth_testkit::Cluster;
+use berth_testkit::ClusterOptions;
+use berth_testkit::ServerFlags;
 use clap::Args;
 use serde_json::json;
 
@@ -61,7 +63,7 @@ fn start_writers(
                 let mut target = w % addrs.len();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let Some(mut kv) = harness::kv(&addrs[target]).await else {
+                    let Some(mut kv) = rpc::kv(&addrs[target]).await else {
                         target = (target + 1) % addrs.len();
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         continue;
@@ -70,7 +72,7 @@ fn start_writers(
                         let issued = Instant::now();
                         let key = format!("failover/{w}/{}", i % 100);
                         i += 1;
-                        match harness::put(&mut kv, &key, b"v", Duration::from_millis(250)).await {
+                        match rpc::put(&mut kv, &key, b"v", Duration::from_millis(250)).await {
                             Ok(_) => acks
                                 .lock()
                                 .expect("acks lock")
@@ -92,7 +94,7 @@ fn start_writers(
 async fn probe(cluster: &Cluster, survivors: &[u64], killed_at: Instant) -> Option<Duration> {
     let mut clients = Vec::new();
     for id in survivors {
-        if let Some(kv) = harness::kv(&cluster.addr(*id)).await {
+        if let Some(kv) = rpc::kv(&cluster.addr(*id)).await {
             clients.push(kv);
         }
     }
@@ -113,7 +115,7 @@ async fn probe(cluster: &Cluster, survivors: &[u64], killed_at: Instant) -> Opti
         let tx = tx.clone();
         let key = format!("failover/probe/{i}");
         tokio::spawn(async move {
-            if harness::put(&mut kv, &key, b"p", Duration::from_millis(500))
+            if rpc::put(&mut kv, &key, b"p", Duration::from_millis(500))
                 .await
                 .is_ok()
             {
@@ -126,14 +128,17 @@ async fn probe(cluster: &Cluster, survivors: &[u64], killed_at: Instant) -> Opti
 }
 
 async fn term(cluster: &Cluster, id: u64) -> Option<u64> {
-    harness::status(&cluster.addr(id)).await.map(|s| s.term)
+    rpc::status(&cluster.addr(id)).await.map(|s| s.term)
 }
 
 pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("locate the berth binary")?;
     let root = tempfile::tempdir().context("create a temporary directory")?;
-    let options = harness::Options {
-        extra_args: args.server_args.clone(),
+    let options = ClusterOptions {
+        flags: ServerFlags {
+            passthrough: args.server_args.clone(),
+            ..Default::default()
+        },
         log_dir: args.log_dir.clone(),
         host: None,
     };

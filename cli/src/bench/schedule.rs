@@ -10,8 +10,6 @@ use std::time::Instant;
 
 use anyhow::bail;
 use anyhow::Context;
-use berth::harness;
-use berth::harness::Cluster;
 use berth::objects::ClientKind;
 use berth_api::pb;
 use berth_api::resources::node_allocatable;
@@ -21,6 +19,11 @@ use berth_api::resources::Resources;
 use berth_api::Object;
 use berth_client::connect::Connector;
 use berth_client::watcher;
+use berth_testkit::Cluster;
+use berth_testkit::ClusterOptions;
+use berth_testkit::Process;
+use berth_testkit::SchedulerFlags;
+use berth_testkit::ServerFlags;
 use clap::Args;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -211,31 +214,20 @@ async fn overcommitted(conn: &Connector) -> anyhow::Result<(usize, usize)> {
     Ok((over, unbound))
 }
 
-/// A `berth scheduler` child process, killed when dropped.
-struct StandaloneScheduler(std::process::Child);
-
-impl StandaloneScheduler {
-    fn start(
-        binary: &std::path::Path,
-        addrs: &[String],
-        root: &std::path::Path,
-    ) -> anyhow::Result<Self> {
-        let log = std::fs::File::create(root.join("scheduler.log"))?;
-        let child = std::process::Command::new(binary)
-            .args(["--server", &addrs.join(","), "scheduler"])
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("start berth scheduler")?;
-        Ok(Self(child))
-    }
-}
-
-impl Drop for StandaloneScheduler {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A `berth scheduler` of `cluster`, killed when dropped.
+fn standalone_scheduler(
+    binary: &std::path::Path,
+    cluster: &Cluster,
+    root: &std::path::Path,
+) -> anyhow::Result<Process> {
+    let flags = SchedulerFlags {
+        servers: cluster.addrs(),
+        ..Default::default()
+    };
+    let log = root.join("scheduler.log");
+    let mut scheduler = Process::new("scheduler", binary, flags.args(), log);
+    scheduler.start().context("start berth scheduler")?;
+    Ok(scheduler)
 }
 
 pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
@@ -245,21 +237,17 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("locate the berth binary")?;
     let root = tempfile::tempdir().context("create a temporary directory")?;
     // The watch history must cover a watcher's lag under the burst.
-    let mut extra_args = vec!["--watch-history".to_string(), "1000000".to_string()];
-    if args.standalone_scheduler {
-        extra_args.push("--no-scheduler".into());
-    }
-    let options = harness::Options {
-        extra_args,
+    let options = ClusterOptions {
+        flags: ServerFlags {
+            watch_history: Some(1_000_000),
+            no_scheduler: args.standalone_scheduler,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let cluster = Cluster::start(&binary, root.path(), 3, options);
     let _scheduler = match args.standalone_scheduler {
-        true => Some(StandaloneScheduler::start(
-            &binary,
-            &cluster.addrs(),
-            root.path(),
-        )?),
+        true => Some(standalone_scheduler(&binary, &cluster, root.path())?),
         false => None,
     };
     if cluster

@@ -8,22 +8,25 @@
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::bail;
 use anyhow::Context;
-use berth::harness;
-use berth::harness::Cluster;
 use berth::objects::ClientKind;
 use berth_agent::runtime::process::running_processes;
 use berth_api::pb;
 use berth_api::Object;
 use berth_client::connect::Connector;
 use berth_client::watcher;
+use berth_testkit::flags::Network;
+use berth_testkit::flags::Runtime;
+use berth_testkit::objects;
+use berth_testkit::objects::container;
+use berth_testkit::Agent;
+use berth_testkit::AgentFlags;
+use berth_testkit::Cluster;
+use berth_testkit::ClusterOptions;
 use clap::Args;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -52,93 +55,40 @@ pub struct StartupArgs {
 const NODE: &str = "bench-startup";
 const APP: &str = "bench-startup";
 
-/// The agent process, killed (with what it runs) when dropped.
-struct AgentProcess(Child, RuntimeKind);
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        if self.1 == RuntimeKind::Docker {
-            harness::remove_docker_containers(NODE);
-        }
-    }
-}
-
-fn start_agent(
-    binary: &Path,
-    root: &Path,
-    cluster: &Cluster,
-    args: &StartupArgs,
-) -> anyhow::Result<AgentProcess> {
-    let log = std::fs::File::create(root.join("agent.log"))?;
-    let child = Command::new(binary)
-        .args([
-            "--server",
-            &cluster.addrs().join(","),
-            "agent",
-            "--name",
-            NODE,
-        ])
-        .arg("--data-dir")
-        .arg(root.join("agent"))
-        .args(["--runtime", &format!("{:?}", args.runtime).to_lowercase()])
-        .args(["--network", "host"])
-        .args([
-            "--address",
-            "127.0.0.1",
-            "--cpu",
-            "1000",
-            "--memory",
-            "1000Gi",
-        ])
-        .args(["--max-pods", &(args.pods + 10).to_string()])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("start the agent")?;
-    Ok(AgentProcess(child, args.runtime))
-}
-
-fn deployment(args: &StartupArgs) -> pb::Deployment {
-    let labels: std::collections::BTreeMap<String, String> =
-        [("app".to_string(), APP.to_string())].into();
-    let (image, command) = match args.runtime {
-        RuntimeKind::Docker => (args.image.clone(), vec!["sleep".to_string(), "3600".into()]),
-        _ => (String::new(), vec!["/bin/sleep".to_string(), "3600".into()]),
-    };
-    let mut d = pb::Deployment::default();
-    d.meta_mut().name = APP.into();
-    d.meta_mut().namespace = "default".into();
-    d.spec = Some(pb::DeploymentSpec {
-        replicas: Some(args.pods as i32),
-        selector: Some(pb::LabelSelector {
-            match_labels: labels.clone(),
-            ..Default::default()
-        }),
-        template: Some(pb::PodTemplateSpec {
-            metadata: Some(pb::ObjectMeta {
-                labels,
-                ..Default::default()
-            }),
-            spec: Some(pb::PodSpec {
-                containers: vec![pb::Container {
-                    name: "main".into(),
-                    image,
-                    command,
-                    resources: Some(pb::ResourceRequirements {
-                        requests: [("cpu".to_string(), "1m".to_string())].into(),
-                        limits: Default::default(),
-                    }),
-                    ..Default::default()
-                }],
-                termination_grace_period_seconds: Some(1),
-                ..Default::default()
-            }),
-        }),
+/// The bench's agent: one node with room for every pod, on the host's
+/// network. Dropping it kills it and whatever its pods still run.
+fn start_agent(root: &Path, cluster: &Cluster, args: &StartupArgs) -> anyhow::Result<Agent> {
+    let flags = AgentFlags {
+        servers: cluster.addrs(),
+        data_dir: root.join("agent"),
+        name: Some(NODE.into()),
+        address: Some("127.0.0.1".into()),
+        cpu: Some("1000".into()),
+        memory: Some("1000Gi".into()),
+        max_pods: Some(args.pods as u32 + 10),
+        runtime: match args.runtime {
+            RuntimeKind::Process => Runtime::Process,
+            RuntimeKind::Docker => Runtime::Docker,
+            RuntimeKind::Sim => Runtime::Sim,
+        },
+        network: Some(Network::Host),
         ..Default::default()
-    });
-    d
+    };
+    Agent::start_with(root, flags, None).context("start the agent")
+}
+
+/// `--pods` replicas of a sleeper that asks for almost nothing and stops
+/// at once.
+fn deployment(args: &StartupArgs) -> pb::Deployment {
+    let main = match args.runtime {
+        RuntimeKind::Docker => container("main").image(&args.image),
+        _ => container("main").command(&["/bin/sleep", "3600"]),
+    };
+    objects::deployment(APP)
+        .replicas(args.pods as i32)
+        .container(main.requests(&[("cpu", "1m")]))
+        .grace_period(1)
+        .build()
 }
 
 async fn wait_ready(
@@ -171,11 +121,11 @@ pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
         bail!("--pods must be at least 1");
     }
     if args.runtime == RuntimeKind::Docker {
-        harness::busybox_image(&args.image).map_err(anyhow::Error::msg)?;
+        berth_testkit::images::busybox_image(&args.image).map_err(anyhow::Error::msg)?;
     }
     let binary = std::env::current_exe().context("locate the berth binary")?;
     let root = tempfile::tempdir().context("create a temporary directory")?;
-    let cluster = Cluster::start(&binary, root.path(), 3, harness::Options::default());
+    let cluster = Cluster::start(&binary, root.path(), 3, ClusterOptions::default());
     if cluster
         .wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
         .await
@@ -183,7 +133,7 @@ pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
     {
         bail!("the spawned cluster elected no leader within 20 s");
     }
-    let agent = start_agent(&binary, root.path(), &cluster, &args)?;
+    let agent = start_agent(root.path(), &cluster, &args)?;
     let conn = Connector::new(cluster.addrs())?;
     let ch = conn.channel().await?;
     wait_ready(
@@ -218,7 +168,7 @@ pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
                 done.len(),
                 args.pods,
                 humantime::format_duration(args.timeout),
-                root.path().join("agent.log").display()
+                agent.process.log_path().display()
             );
         };
         let pods = match change {
@@ -243,15 +193,9 @@ pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
         "startup_p99_ms": samples.quantile_ms(0.99),
         "all_running_s": (all_running.as_secs_f64() * 1000.0).round() / 1000.0,
     });
-    cleanup(&ch, &args, &root.path().join("agent")).await;
-    drop(agent);
+    cleanup(&ch, &agent.data_dir).await;
     // Whatever the agent did not stop in time goes with it.
-    for p in running_processes(&root.path().join("agent")) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(-p.pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    drop(agent);
     drop(cluster);
     if args.output == "json" {
         println!("{report}");
@@ -270,7 +214,7 @@ pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
 
 /// Deletes the deployment and waits (a while) for the agent to stop what
 /// it ran, so that nothing outlives the bench.
-async fn cleanup(ch: &Channel, args: &StartupArgs, agent_dir: &Path) {
+async fn cleanup(ch: &Channel, agent_dir: &Path) {
     let req = pb::DeleteRequest {
         namespace: "default".into(),
         name: APP.into(),
@@ -296,8 +240,5 @@ async fn cleanup(ch: &Channel, args: &StartupArgs, agent_dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && !running_processes(agent_dir).is_empty() {
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    if args.runtime == RuntimeKind::Docker {
-        harness::remove_docker_containers(NODE);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::bail;
-use berth::harness;
+use berth_testkit::rpc;
 use clap::Args;
 use serde_json::json;
 
@@ -123,13 +123,13 @@ impl LoadClient for BerthClient {
         let Some(mut kv) = self.kv().await else {
             return false;
         };
-        let result = harness::put(&mut kv, key, value, TIMEOUT).await;
+        let result = rpc::put(&mut kv, key, value, TIMEOUT).await;
         self.note(result).await.is_some()
     }
 
     async fn get(&mut self, key: &str) -> Option<Option<Vec<u8>>> {
         let mut kv = self.kv().await?;
-        let result = harness::get(&mut kv, key, false, TIMEOUT).await;
+        let result = rpc::get(&mut kv, key, false, TIMEOUT).await;
         let kv = self.note(result).await?;
         Some(kv.map(|kv| kv.value))
     }
@@ -189,7 +189,7 @@ async fn berth_client(
 ) -> ClientResult {
     let connected = if args.pinned {
         let addr = &addrs[client % addrs.len()];
-        harness::kv(addr).await.map(BerthClient::Pinned)
+        rpc::kv(addr).await.map(BerthClient::Pinned)
     } else {
         match Connector::new(addrs) {
             Ok(conn) if conn.channel().await.is_ok() => Some(BerthClient::Following(conn)),

@@ -1,0 +1,258 @@
+//! Controllers as real `berth server` processes with their own data dirs,
+//! broken on purpose (SIGKILL, SIGSTOP, a wiped data dir). Used by
+//! `berth bench` and the end-to-end tests.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use std::time::Instant;
+
+use berth_api::pb;
+use berth_client::objects::ClientKind;
+use nix::sys::signal::Signal;
+use tonic::transport::Channel;
+
+use crate::flags::Membership;
+use crate::flags::ServerCommand;
+use crate::flags::ServerFlags;
+use crate::process::Process;
+use crate::rpc;
+
+/// How a cluster's controllers are started.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    pub flags: ServerFlags,
+    /// Where controllers' logs go; the cluster's root dir when None.
+    pub log_dir: Option<PathBuf>,
+    /// The address controllers listen on; 127.0.0.1 when None (a test
+    /// fabric of network namespaces gives one of its own).
+    pub host: Option<String>,
+}
+
+impl ClusterOptions {
+    /// `flags`, logging where `BERTH_TEST_LOGS` says (to keep them after a
+    /// run) or beside the data.
+    pub fn for_tests(flags: ServerFlags) -> Self {
+        Self {
+            flags,
+            log_dir: std::env::var_os("BERTH_TEST_LOGS").map(Into::into),
+            host: None,
+        }
+    }
+}
+
+pub struct Controller {
+    pub command: ServerCommand,
+    pub process: Process,
+}
+
+impl Controller {
+    pub fn addr(&self) -> &str {
+        &self.command.listen
+    }
+}
+
+pub struct Cluster {
+    binary: PathBuf,
+    root: PathBuf,
+    options: ClusterOptions,
+    pub controllers: BTreeMap<u64, Controller>,
+}
+
+impl Cluster {
+    /// Starts `n` controllers that bootstrap one cluster.
+    pub fn start(binary: &Path, root: &Path, n: u64, options: ClusterOptions) -> Self {
+        let host = options.host.clone().unwrap_or("127.0.0.1".into());
+        let listen: BTreeMap<u64, String> = (1..=n)
+            .map(|id| (id, format!("{host}:{}", crate::free_port_on(&host))))
+            .collect();
+        let peers = Membership::Peers(listen.clone().into_iter().collect());
+        let mut cluster = Self {
+            binary: binary.to_path_buf(),
+            root: root.to_path_buf(),
+            options,
+            controllers: BTreeMap::new(),
+        };
+        for (id, addr) in listen {
+            cluster.add(id, addr, peers.clone());
+        }
+        cluster
+    }
+
+    /// Three controllers of the `berth` binary beside the test, once they
+    /// have a leader and their built-in namespaces; panics otherwise.
+    pub async fn ready(root: &Path, flags: ServerFlags) -> Self {
+        Self::ready_with(root, ClusterOptions::for_tests(flags)).await
+    }
+
+    /// `ready`, with every option.
+    pub async fn ready_with(root: &Path, options: ClusterOptions) -> Self {
+        let cluster = Self::start(&crate::berth_binary(), root, 3, options);
+        cluster
+            .wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
+            .await
+            .expect("the cluster elects a leader within 20 s");
+        let ch = cluster.channel().await;
+        crate::eventually(
+            "the built-in namespaces exist",
+            Duration::from_secs(20),
+            || {
+                let ch = ch.clone();
+                async move {
+                    for ns in ["default", berth_api::names::SYSTEM_NAMESPACE] {
+                        let req = crate::objects::get_req("", ns);
+                        if pb::Namespace::get(ch.clone(), req).await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                }
+            },
+        )
+        .await;
+        cluster
+    }
+
+    /// Adds controller `id` listening on `addr` and starts it.
+    fn add(&mut self, id: u64, listen: String, membership: Membership) {
+        let host = listen.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+        let command = ServerCommand {
+            id,
+            metrics_listen: Some(format!("{host}:{}", crate::free_port_on(host))),
+            listen,
+            data_dir: self.root.join(format!("controller-{id}")),
+            membership,
+            flags: self.options.flags.clone(),
+        };
+        let log = self
+            .options
+            .log_dir
+            .as_deref()
+            .unwrap_or(&self.root)
+            .join(format!("controller-{id}.log"));
+        let process = Process::new(
+            &format!("controller-{id}"),
+            &self.binary,
+            command.args(),
+            log,
+        );
+        self.controllers.insert(id, Controller { command, process });
+        self.spawn(id);
+    }
+
+    /// Adds controller `id`, which joins through controller `via`
+    /// (`berth server --join`).
+    pub fn add_joining(&mut self, id: u64, via: u64) {
+        let host = self.options.host.clone().unwrap_or("127.0.0.1".into());
+        let listen = format!("{host}:{}", crate::free_port_on(&host));
+        let via = Membership::Join(self.addr(via));
+        self.add(id, listen, via);
+    }
+
+    /// Starts controller `id` (again, after a kill).
+    pub fn spawn(&mut self, id: u64) {
+        let c = self.controllers.get_mut(&id).expect("a known controller");
+        assert!(
+            !c.process.is_started(),
+            "controller {id} is already running"
+        );
+        c.process.start().expect("start berth server");
+    }
+
+    pub fn signal(&self, id: u64, signal: Signal) {
+        self.controllers[&id].process.signal(signal);
+    }
+
+    /// SIGKILLs controller `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        let c = self.controllers.get_mut(&id).expect("a known controller");
+        c.process.kill();
+    }
+
+    pub fn is_running(&mut self, id: u64) -> bool {
+        let c = self.controllers.get_mut(&id).expect("a known controller");
+        c.process.is_running()
+    }
+
+    pub fn wipe(&mut self, id: u64) {
+        let _ = std::fs::remove_dir_all(&self.controllers[&id].command.data_dir);
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.controllers
+            .values()
+            .map(|c| c.addr().to_string())
+            .collect()
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.controllers[&id].addr().to_string()
+    }
+
+    pub fn metrics_addr(&self, id: u64) -> String {
+        let c = &self.controllers[&id].command;
+        c.metrics_listen
+            .clone()
+            .expect("a cluster's controllers serve metrics")
+    }
+
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.controllers[&id].command.data_dir
+    }
+
+    /// A channel to whichever controller answers first.
+    pub async fn channel(&self) -> Channel {
+        berth_client::connect::connect(&self.addrs())
+            .await
+            .expect("connect to the cluster")
+            .1
+    }
+
+    /// A channel to controller `id` only (no leader following beyond what
+    /// the client does per request).
+    pub async fn channel_to(&self, id: u64) -> Channel {
+        berth_client::connect::connect(&[self.addr(id)])
+            .await
+            .expect("connect to the controller")
+            .1
+    }
+
+    /// A `berth` CLI command aimed at this cluster (`--server` set).
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--server").arg(self.addrs().join(","));
+        cmd
+    }
+
+    /// Waits until a leader is known to every listed controller and they
+    /// agree on it.
+    pub async fn wait_for_leader(&self, among: &[u64], timeout: Duration) -> Option<u64> {
+        self.wait_for_leader_other_than(among, None, timeout).await
+    }
+
+    /// Like `wait_for_leader`, but ignores `old` (a leader just killed,
+    /// which the others still believe in until their election timeout).
+    pub async fn wait_for_leader_other_than(
+        &self,
+        among: &[u64],
+        old: Option<u64>,
+        timeout: Duration,
+    ) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let mut leaders = Vec::new();
+            for id in among {
+                leaders.push(rpc::status(&self.addr(*id)).await.and_then(|s| s.leader));
+            }
+            if let Some(Some(l)) = leaders.first() {
+                if Some(*l) != old && leaders.iter().all(|x| *x == Some(*l)) {
+                    return Some(*l);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
