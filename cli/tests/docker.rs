@@ -76,7 +76,8 @@ async fn the_docker_runtime_runs_adopts_and_removes_containers() {
         runtime: Runtime::Docker,
         ..Agent::flags(&cluster, root.path(), &unique("docker"))
     };
-    let mut agent = Agent::start_with(root.path(), flags, None).expect("start berth agent");
+    let mut agent =
+        Agent::start_with(&cluster, root.path(), flags, None).expect("start berth agent");
     let ch = cluster.channel().await;
     pb::Pod::create(ch.clone(), pod("web", IMAGE))
         .await

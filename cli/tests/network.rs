@@ -207,7 +207,8 @@ fn node_agents(
                 pause_image: pause_image.map(Into::into),
                 ..Agent::flags(cluster, root, &node.netns)
             };
-            Agent::start_with(root, flags, Some(&node.netns_path())).expect("start berth agent")
+            Agent::start_with(cluster, root, flags, Some(&node.netns_path()))
+                .expect("start berth agent")
         })
         .collect()
 }

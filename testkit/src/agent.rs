@@ -51,12 +51,15 @@ impl Agent {
 
     /// A running agent of node `name` with [`Agent::flags`].
     pub fn start(cluster: &Cluster, root: &Path, name: &str) -> Self {
-        Self::start_with(root, Self::flags(cluster, root, name), None).expect("start berth agent")
+        let flags = Self::flags(cluster, root, name);
+        Self::start_with(cluster, root, flags, None).expect("start berth agent")
     }
 
-    /// A running agent with `flags` (one named node), inside the network
-    /// namespace `netns` when given; its log is `root/NAME.log`.
+    /// A running agent of `cluster`'s binary with `flags` (one named
+    /// node), inside the network namespace `netns` when given; its log is
+    /// `root/NAME.log`.
     pub fn start_with(
+        cluster: &Cluster,
         root: &Path,
         flags: AgentFlags,
         netns: Option<&Path>,
@@ -64,7 +67,7 @@ impl Agent {
         let name = flags.name.clone().unwrap_or_default();
         let mut process = Process::new(
             &format!("agent {name}"),
-            &crate::berth_binary(),
+            cluster.binary(),
             flags.args(),
             root.join(format!("{name}.log")),
         );
@@ -139,7 +142,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A running scheduler of `cluster` with `flags` (servers and a metrics
+    /// A running scheduler of `cluster` (its binary) with `flags` (servers and a metrics
     /// address filled in when unset); its log is `root/scheduler-ID.log`.
     pub fn start(
         cluster: &Cluster,
@@ -155,7 +158,7 @@ impl Scheduler {
         let id = flags.id.clone().unwrap_or_default();
         let mut process = Process::new(
             &format!("scheduler {id}"),
-            &crate::berth_binary(),
+            cluster.binary(),
             flags.args(),
             root.join(format!("scheduler-{id}.log")),
         )

@@ -180,6 +180,11 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&self.controllers[&id].command.data_dir);
     }
 
+    /// The `berth` binary its controllers run.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     pub fn addrs(&self) -> Vec<String> {
         self.controllers
             .values()

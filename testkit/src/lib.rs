@@ -73,14 +73,11 @@ pub fn free_port_on(host: &str) -> u16 {
     panic!("no free port on {host} between 20000 and 32000")
 }
 
-/// The `berth` binary: the running one when it is `berth` (`berth bench`),
-/// else the one cargo built beside the running test (tests live in
-/// `target/<profile>/deps/`, binaries one level up).
+/// The `berth` binary a test runs: the one cargo built beside the running
+/// test (tests live in `target/<profile>/deps/`, binaries one level up).
+/// `berth bench` passes its own executable instead.
 pub fn berth_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the running executable's path");
-    if exe.file_name().is_some_and(|n| n == "berth") {
-        return exe;
-    }
     let beside = exe
         .parent()
         .and_then(|deps| deps.parent())

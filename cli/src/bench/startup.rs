@@ -74,7 +74,7 @@ fn start_agent(root: &Path, cluster: &Cluster, args: &StartupArgs) -> anyhow::Re
         network: Some(Network::Host),
         ..Default::default()
     };
-    Agent::start_with(root, flags, None).context("start the agent")
+    Agent::start_with(cluster, root, flags, None).context("start the agent")
 }
 
 /// `--pods` replicas of a sleeper that asks for almost nothing and stops
