@@ -15,6 +15,7 @@ pub mod pods;
 pub mod probe;
 pub mod runtime;
 pub mod status;
+pub mod trust;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,10 @@ pub fn describe_metrics() {
     metrics::describe_histogram!(
         "berth_agent_service_sync_seconds",
         "Programming the service rules in nftables, by kind (full, incremental)"
+    );
+    metrics::describe_counter!(
+        "berth_agent_refused_objects_total",
+        "Stored objects the agent would not act on (names unsafe in paths or rules, foreign pod CIDRs), by kind"
     );
     metrics::describe_counter!(
         "berth_agent_dns_queries_total",
@@ -125,7 +130,7 @@ async fn start_network(
     config: BridgeConfig,
     tasks: &mut JoinSet<()>,
 ) -> Arc<BridgeNetwork> {
-    let cidr = node_cidr(conn, node, registered).await;
+    let cidr = node_cidr(conn, node, registered, &config.cluster_cidr).await;
     let net = loop {
         match BridgeNetwork::setup(config.clone(), cidr).await {
             Ok(n) => break Arc::new(n),
@@ -156,14 +161,27 @@ async fn start_network(
     net
 }
 
-/// The node's pod CIDR, waiting for the controllers to assign one.
-async fn node_cidr(conn: &Connector, node: &str, mut seen: pb::Node) -> ipnet::Ipv4Net {
+/// The node's pod CIDR, waiting for the controllers to assign one inside
+/// the cluster's.
+async fn node_cidr(
+    conn: &Connector,
+    node: &str,
+    mut seen: pb::Node,
+    cluster_cidr: &ipnet::Ipv4Net,
+) -> ipnet::Ipv4Net {
     loop {
-        if let Some(cidr) = seen
+        let cidr = seen
             .spec
             .as_ref()
             .and_then(|s| s.pod_cidr.parse::<ipnet::Ipv4Net>().ok())
-        {
+            .filter(|c| {
+                !trust::refused(
+                    "Node",
+                    || node.into(),
+                    trust::pod_cidr_refusal(c, cluster_cidr),
+                )
+            });
+        if let Some(cidr) = cidr {
             return cidr;
         }
         tracing::warn!(node, "the node has no pod CIDR yet (is the cluster CIDR exhausted?); pods cannot start until it has one");

@@ -73,6 +73,13 @@ impl KindInfo {
 /// The root of every key the API stores.
 const REGISTRY: &str = "/registry";
 
+/// Whether `key` is the API's: the raw KV service does not write those,
+/// as only the API validates what goes there.
+pub fn is_api_key(key: &[u8]) -> bool {
+    key.strip_prefix(REGISTRY.as_bytes())
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
+}
+
 /// The store key of one object.
 pub fn object_key(info: &KindInfo, namespace: &str, name: &str) -> String {
     if info.namespaced {
@@ -499,5 +506,18 @@ impl AnyObject {
 
     pub fn namespace(&self) -> &str {
         with_object!(self, o => o.namespace())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_those_under_the_registry_root() {
+        assert!(is_api_key(b"/registry/pods/default/p"));
+        assert!(is_api_key(b"/registry"));
+        assert!(!is_api_key(b"/registryish"));
+        assert!(!is_api_key(b"registry/pods"));
     }
 }

@@ -302,7 +302,7 @@ pub async fn run(args: AgentArgs, addrs: &[String]) -> anyhow::Result<()> {
             "cannot tell this node's address from the route to the controllers: pass --address",
         )?,
     };
-    std::fs::create_dir_all(&args.data_dir)
+    berth_raft::identity::create_private_dir(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let names: Vec<String> = if args.count > 1 {
         (0..args.count)

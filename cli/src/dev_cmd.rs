@@ -213,7 +213,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for id in 1..=args.controllers {
         peers.push((id, addr(id)?.to_string()));
     }
-    std::fs::create_dir_all(&args.data_dir)
+    berth_raft::identity::create_private_dir(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
     // Refused before anything starts.

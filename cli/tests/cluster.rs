@@ -562,6 +562,13 @@ async fn bad_requests_are_refused_with_clear_errors() {
 
     let err = rpc::put(&mut kv, "", b"x", T).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // API objects are written through the API only, which validates them.
+    for key in ["/registry/pods/default/p", "/registry"] {
+        let err = rpc::put(&mut kv, key, b"x", T).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        assert!(err.message().contains("berth.v1 API"), "{err:?}");
+    }
+    assert!(rpc::put(&mut kv, "/registryish", b"x", T).await.is_ok());
     let big = vec![0u8; 2 << 20];
     let err = rpc::put(&mut kv, "big", &big, T).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");

@@ -34,6 +34,18 @@ impl KvService {
     }
 
     async fn run(&self, txn: Txn) -> Result<Response<pb::TxnResponse>, Status> {
+        for op in &txn.ops {
+            let key = match op {
+                Op::Put { key, .. } | Op::Delete { key, .. } => key,
+                _ => continue,
+            };
+            if berth_api::kinds::is_api_key(key) {
+                return Err(Status::permission_denied(format!(
+                    "key {:?} holds an API object, which the raw KV service does not write: use the berth.v1 API (berth apply), which validates it",
+                    String::from_utf8_lossy(key)
+                )));
+            }
+        }
         match self.store.txn(txn).await? {
             TxnOutcome::Committed { revision, prev } => Ok(Response::new(pb::TxnResponse {
                 revision,

@@ -18,6 +18,14 @@ use serde::Deserialize;
 use serde::Serialize;
 
 pub const CLUSTER_ID_HEADER: &str = "berth-cluster-id";
+
+/// Creates data dir `dir` (with its parents) readable by its owner only:
+/// it holds the cluster's state, and soon its keys.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
 const FILE_NAME: &str = "identity.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +185,19 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_dirs_are_private_to_their_owner_even_when_they_existed() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b");
+        create_private_dir(&dir).unwrap();
+        let mode = |d: &Path| std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+    }
 
     #[test]
     fn refuses_another_node_and_another_cluster() {

@@ -111,7 +111,7 @@ impl Node {
             let path = path.display().to_string();
             move |source| NodeError::Io { path, source }
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(io(&config.data_dir))?;
+        crate::identity::create_private_dir(&config.data_dir).map_err(io(&config.data_dir))?;
         let identity = Identity::load_or_create(&config.data_dir, config.id)?;
         let database = db::open(&config.data_dir.join("db"))?;
         let snapshot_dir = config.data_dir.join("snapshots");

@@ -25,6 +25,7 @@ use super::dns::Names;
 use super::links;
 use super::nft;
 use super::BridgeNetwork;
+use crate::trust;
 
 const RESYNC: Duration = Duration::from_secs(10);
 /// The service table is replaced whole this often, which also undoes any
@@ -81,7 +82,13 @@ impl NetworkSync {
         let want: BTreeSet<(Ipv4Net, Ipv4Addr)> = nodes
             .iter()
             .filter(|n| n.name() != self.node)
-            .filter_map(|n| peer_route(n))
+            .filter_map(|n| {
+                let cluster = &self.net.config.cluster_cidr;
+                peer_route(n).filter(|(cidr, _)| {
+                    let refusal = trust::pod_cidr_refusal(cidr, cluster);
+                    !trust::refused("Node", || n.name().into(), refusal)
+                })
+            })
             .filter(|(cidr, _)| *cidr != self.net.node_cidr)
             .collect();
         let handle = self.net.handle();
@@ -188,7 +195,11 @@ pub fn desired(
 ) -> (nft::RuleSet, HashMap<String, Ipv4Addr>) {
     let mut rules = nft::RuleSet::new();
     let mut names = HashMap::new();
-    for svc in services {
+    let trusted = services.iter().filter(|s| {
+        let what = || format!("{}/{}", s.namespace(), s.name());
+        !trust::refused("Service", what, trust::service_refusal(s))
+    });
+    for svc in trusted {
         let Some(spec) = svc.spec.as_ref() else {
             continue;
         };
@@ -244,4 +255,38 @@ fn backends(eps: &pb::Endpoints, port: &pb::ServicePort) -> Vec<(Ipv4Addr, u16)>
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(namespace: &str, name: &str, ip: &str) -> Arc<pb::Service> {
+        let mut svc = pb::Service::default();
+        (svc.meta_mut().namespace, svc.meta_mut().name) = (namespace.into(), name.into());
+        svc.spec = Some(pb::ServiceSpec {
+            cluster_ip: ip.into(),
+            ports: vec![pb::ServicePort {
+                port: 80,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        Arc::new(svc)
+    }
+
+    #[test]
+    fn services_the_api_would_refuse_get_no_rules_and_no_names() {
+        let services = [
+            service("default", "web", "10.96.0.10"),
+            service("default", "x { }; flush ruleset; chain y", "10.96.0.11"),
+            service("../etc", "db", "10.96.0.12"),
+            service("default", "kubernetes.default", "10.96.0.13"),
+        ];
+        let (rules, names) = desired(&services, |_| None, "cluster.local");
+        let chains: Vec<&String> = rules.keys().collect();
+        assert_eq!(chains, [&nft::chain_name("default", "web", 80, "tcp")]);
+        let names: Vec<&String> = names.keys().collect();
+        assert_eq!(names, [&service_name("web", "default", "cluster.local")]);
+    }
 }

@@ -25,6 +25,7 @@ use std::time::SystemTime;
 
 use berth_api::pb;
 use berth_api::quantity::Quantity;
+use berth_api::Object;
 use berth_api::Reason;
 use berth_client::connect::Connector;
 use berth_client::objects::pods;
@@ -242,10 +243,14 @@ impl PodSync {
         changed
     }
 
+    /// Bound to this node, and safe to run.
     fn mine(&self, pod: &pb::Pod) -> bool {
-        pod.spec
+        let bound = pod
+            .spec
             .as_ref()
-            .is_some_and(|s| s.node_name == self.config.node)
+            .is_some_and(|s| s.node_name == self.config.node);
+        let what = || format!("{}/{}", pod.namespace(), pod.name());
+        bound && !crate::trust::refused("Pod", what, crate::trust::pod_refusal(pod))
     }
 
     fn want(&mut self, pod: pb::Pod) {

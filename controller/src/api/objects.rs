@@ -178,19 +178,6 @@ impl<K: Object> Api<K> {
         object_key(&K::INFO, namespace, name).into_bytes()
     }
 
-    fn decode(&self, kv: &KeyValue) -> Result<K, Status> {
-        let mut obj = K::decode(kv.value.as_slice()).map_err(|e| {
-            Status::internal(format!(
-                "stored {} at {:?} cannot be decoded: {e}",
-                K::INFO.kind,
-                String::from_utf8_lossy(&kv.key)
-            ))
-        })?;
-        obj.set_type_meta();
-        obj.meta_mut().resource_version = kv.mod_revision.to_string();
-        Ok(obj)
-    }
-
     fn encode(&self, obj: &K) -> Result<Vec<u8>, Status> {
         let mut stored = obj.clone();
         // Derived on every read; storing them would only waste bytes.
@@ -251,7 +238,7 @@ impl<K: Object> Api<K> {
             .range(KeyRange::key(key), 1, serializable)
             .await?;
         match result.kvs.first() {
-            Some(kv) => Ok(Some((self.decode(kv)?, kv.mod_revision))),
+            Some(kv) => Ok(Some((decode::<K>(kv)?, kv.mod_revision))),
             None => Ok(None),
         }
     }
@@ -441,7 +428,9 @@ impl<K: Object> Api<K> {
             let result = self.store.range(range, page, serializable).await?;
             revision.get_or_insert(result.revision);
             for kv in &result.kvs {
-                let obj = self.decode(kv)?;
+                let Some(obj) = decode_or_skip::<K>(kv) else {
+                    continue;
+                };
                 if !self.selected(&obj, &labels, &fields) {
                     continue;
                 }
@@ -712,15 +701,11 @@ fn typed_events<K: Object>(
                     Some(Ok(batch)) => {
                         st.seen = st.seen.max(batch.revision);
                         for e in batch.events {
-                            match typed_event(&st.api, &e) {
-                                Ok((t, obj)) if st.api.selected(&obj, &st.labels, &st.fields) => {
+                            match typed_event::<K>(&e) {
+                                Some((t, obj)) if st.api.selected(&obj, &st.labels, &st.fields) => {
                                     st.pending.push_back((t, obj));
                                 }
-                                Ok(_) => {}
-                                Err(s) => {
-                                    st.done = true;
-                                    return Some((Err(s), st));
-                                }
+                                _ => {}
                             }
                         }
                     }
@@ -736,12 +721,81 @@ fn typed_events<K: Object>(
     }))
 }
 
-fn typed_event<K: Object>(api: &Api<K>, e: &berth_raft::Event) -> Result<(String, K), Status> {
-    let obj = api.decode(&e.kv)?;
+/// An object as the store holds it, with its type and resource version.
+fn decode<K: Object>(kv: &KeyValue) -> Result<K, Status> {
+    let mut obj = K::decode(kv.value.as_slice()).map_err(|e| {
+        Status::internal(format!(
+            "stored {} at {:?} cannot be decoded: {e}",
+            K::INFO.kind,
+            String::from_utf8_lossy(&kv.key)
+        ))
+    })?;
+    obj.set_type_meta();
+    obj.meta_mut().resource_version = kv.mod_revision.to_string();
+    Ok(obj)
+}
+
+/// `decode` for lists and watches: one stored value that does not decode
+/// (written around the API, or restored from a broken backup) is logged,
+/// counted and left out, instead of failing every list and watch of its
+/// kind.
+fn decode_or_skip<K: Object>(kv: &KeyValue) -> Option<K> {
+    match decode(kv) {
+        Ok(obj) => Some(obj),
+        Err(e) => {
+            tracing::error!(kind = K::INFO.kind, error = %e.message(), "skipping a stored object");
+            metrics::counter!("berth_controller_undecodable_objects_total", "kind" => K::INFO.kind)
+                .increment(1);
+            None
+        }
+    }
+}
+
+fn typed_event<K: Object>(e: &berth_raft::Event) -> Option<(String, K)> {
+    let obj = decode_or_skip::<K>(&e.kv)?;
     let t = match e.kind {
         berth_raft::EventKind::Delete => "DELETED",
         berth_raft::EventKind::Put if e.kv.create_revision == e.kv.mod_revision => "ADDED",
         berth_raft::EventKind::Put => "MODIFIED",
     };
-    Ok((t.to_string(), obj))
+    Some((t.to_string(), obj))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    fn stored(value: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key: b"/registry/configmaps/default/c".to_vec(),
+            value,
+            create_revision: 3,
+            mod_revision: 7,
+            version: 2,
+        }
+    }
+
+    #[test]
+    fn a_value_that_does_not_decode_is_left_out_and_a_good_one_kept() {
+        assert!(decode_or_skip::<pb::ConfigMap>(&stored(vec![0xff, 0xff, 0xff])).is_none());
+        let err = decode::<pb::ConfigMap>(&stored(vec![0xff])).unwrap_err();
+        assert!(
+            err.message()
+                .contains("stored ConfigMap at \"/registry/configmaps/default/c\""),
+            "{err:?}"
+        );
+        let mut cm = pb::ConfigMap::default();
+        cm.meta_mut().name = "c".into();
+        let back = decode_or_skip::<pb::ConfigMap>(&stored(cm.encode_to_vec())).unwrap();
+        assert_eq!(back.name(), "c");
+        assert_eq!(back.meta().unwrap().resource_version, "7");
+        assert_eq!(back.kind, "ConfigMap");
+        let event = berth_raft::Event {
+            kind: berth_raft::EventKind::Put,
+            kv: stored(b"\x0a\xff".to_vec()),
+        };
+        assert!(typed_event::<pb::ConfigMap>(&event).is_none());
+    }
 }

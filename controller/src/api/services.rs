@@ -242,6 +242,10 @@ pub fn describe_metrics() {
         "Nodes created without a pod CIDR and services refused a ClusterIP because the range was full (by pool)"
     );
     metrics::describe_counter!(
+        "berth_controller_undecodable_objects_total",
+        "Stored objects left out of lists and watches because they do not decode, by kind"
+    );
+    metrics::describe_counter!(
         "berth_api_requests_total",
         "Public API calls by kind, verb and gRPC status code"
     );
