@@ -42,6 +42,10 @@ const QUANTITY_MAPS: &[&str] = &[
     "NodeStatus.allocatable",
 ];
 
+/// Every service's codec: a request that does not decode is
+/// INVALID_ARGUMENT (see `codec.rs`).
+const CODEC: &str = "crate::codec::BerthCodec";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let internal = [
         "proto/berth/raft/v1/raft.proto",
@@ -54,10 +58,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        .codec_path(CODEC)
         .bytes(".berth.raft.v1")
         .compile_protos(&internal, &["proto"])?;
 
     let mut public_build = tonic_prost_build::configure()
+        .codec_path(CODEC)
         .btree_map(".berth.v1")
         .file_descriptor_set_path(out.join("berth_v1_descriptor.bin"))
         .message_attribute(

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]
 
+pub mod codec;
 pub mod serde_helpers;
 
 /// The public API: Kubernetes-shaped kinds and one service per kind.
