@@ -39,21 +39,22 @@ for i in 1 2 3; do
   pids+=($!)
 done
 
-# Berth: three controllers.
+# Berth: three controllers, without TLS as this etcd runs (--insecure; a
+# TLS comparison of both is the next benchmark step).
 peers="1=127.0.0.1:27101,2=127.0.0.1:27102,3=127.0.0.1:27103"
 for i in 1 2 3; do
-  BERTH_LOG=warn "$berth" server --id "$i" --listen "127.0.0.1:2710$i" --data-dir "$work/berth$i" \
+  BERTH_LOG=warn "$berth" --insecure server --id "$i" --listen "127.0.0.1:2710$i" --data-dir "$work/berth$i" \
     --peers "$peers" >"$work/berth$i.log" 2>&1 &
   pids+=($!)
 done
 
 for _ in $(seq 100); do
-  if "$berth" --server 127.0.0.1:27101 cluster status -o json 2>/dev/null | grep -q '"leader":[0-9]'; then break; fi
+  if "$berth" --insecure --server 127.0.0.1:27101 cluster status -o json 2>/dev/null | grep -q '"leader":[0-9]'; then break; fi
   sleep 0.2
 done
 sleep 2
 
-out="$("$berth" --server 127.0.0.1:27101,127.0.0.1:27102,127.0.0.1:27103 bench store \
+out="$("$berth" --insecure --server 127.0.0.1:27101,127.0.0.1:27102,127.0.0.1:27103 bench store \
   --clients "$clients" --duration "$duration" \
   --etcd http://127.0.0.1:23791,http://127.0.0.1:23792,http://127.0.0.1:23793 -o json)"
 echo "$out"

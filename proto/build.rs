@@ -51,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/berth/raft/v1/raft.proto",
         "proto/berth/cluster/v1/cluster.proto",
         "proto/berth/kv/v1/kv.proto",
+        "proto/berth/security/v1/security.proto",
     ];
     let public = ["proto/berth/v1/objects.proto", "proto/berth/v1/api.proto"];
     for p in internal.iter().chain(&public) {

@@ -1,8 +1,10 @@
-//! The agent's HTTP port: container logs (kubelet's path,
-//! `/containerLogs/NAMESPACE/POD/CONTAINER?follow=true&previous=true`),
-//! `/metrics` and `/healthz`. `berth logs` finds it through the node's
-//! InternalIP and `status.daemonEndpoints.kubeletEndpoint.Port`. It is
-//! unauthenticated: bind it where only the cluster's operators reach it.
+//! The agent's HTTPS port: container logs (kubelet's path,
+//! `/containerLogs/NAMESPACE/POD/CONTAINER?follow=true&previous=true`).
+//! `berth logs` finds it through the node's InternalIP and
+//! `status.daemonEndpoints.kubeletEndpoint.Port`. It presents the node's
+//! certificate and serves only clients with a certificate of the cluster's
+//! CA (anyone else fails the handshake); `--insecure`, plain HTTP.
+//! `/metrics` and `/healthz` are plain HTTP on a listener of their own.
 
 use std::sync::Arc;
 
@@ -31,12 +33,6 @@ pub struct AgentLogs {
 
 pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
-#[derive(Clone)]
-struct AppState {
-    agents: Arc<Vec<AgentLogs>>,
-    metrics: RenderMetrics,
-}
-
 #[derive(Deserialize, Default)]
 struct LogQuery {
     #[serde(default)]
@@ -45,24 +41,76 @@ struct LogQuery {
     previous: bool,
 }
 
-pub async fn serve(listener: TcpListener, agents: Vec<AgentLogs>, metrics: RenderMetrics) {
-    let state = AppState {
-        agents: Arc::new(agents),
-        metrics,
-    };
+/// Serves the logs of `agents` on `listener`: over TLS with `tls`
+/// (which must require client certificates), else plain.
+pub async fn serve(
+    listener: TcpListener,
+    agents: Vec<AgentLogs>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let app = Router::new()
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
-        .route(
-            "/metrics",
-            get(|State(s): State<AppState>| async move { (s.metrics)() }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(state);
+        .with_state(Arc::new(agents));
+    let served = match tls {
+        Some(config) => {
+            let local = listener.local_addr();
+            let conns = berth_tls::incoming(listener, berth_tls::Acceptor::Tls(config));
+            let listener = TlsListener {
+                conns: Box::pin(conns),
+                local,
+            };
+            axum::serve(listener, app).await
+        }
+        None => axum::serve(listener, app).await,
+    };
+    if let Err(e) = served {
+        tracing::error!(error = %e, "agent log server failed");
+    }
+}
+
+/// `/metrics` and `/healthz`, plain HTTP.
+pub async fn serve_metrics(listener: TcpListener, metrics: RenderMetrics) {
+    let app = Router::new()
+        .route("/metrics", get(move || async move { metrics() }))
+        .route("/healthz", get(|| async { "ok" }));
     if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "agent HTTP server failed");
+        tracing::error!(error = %e, "agent metrics server failed");
+    }
+}
+
+/// Handshaken TLS connections, as axum takes them.
+struct TlsListener {
+    conns: std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<berth_tls::Conn>> + Send>>,
+    local: std::io::Result<std::net::SocketAddr>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = berth_tls::Conn;
+    type Addr = Option<std::net::SocketAddr>;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use futures::StreamExt;
+        loop {
+            match self.conns.next().await {
+                Some(Ok(conn)) => {
+                    let addr = conn.peer().addr;
+                    return (conn, addr);
+                }
+                Some(Err(_)) => continue,
+                // The accept loop ended: nothing more will come.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        match &self.local {
+            Ok(addr) => Ok(Some(*addr)),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
     }
 }
 
@@ -71,11 +119,11 @@ fn refuse(code: StatusCode, message: String) -> Response {
 }
 
 async fn container_logs(
-    State(state): State<AppState>,
+    State(agents): State<Arc<Vec<AgentLogs>>>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    let found = state.agents.iter().find_map(|a| {
+    let found = agents.iter().find_map(|a| {
         let index = a.pods.read().expect("pod index lock");
         index
             .get(&(namespace.clone(), pod.clone()))

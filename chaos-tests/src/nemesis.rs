@@ -70,6 +70,8 @@ impl FromStr for FaultKind {
 
 /// The processes of the run.
 pub struct Cluster {
+    /// The controllers' data dirs, for their credentials.
+    pub controller_dirs: Vec<std::path::PathBuf>,
     pub controllers: Vec<Proc>,
     pub agents: Vec<Proc>,
     /// Whether `tc netem` works here (else delay is a token bucket's queue).
@@ -79,6 +81,21 @@ pub struct Cluster {
 impl Cluster {
     pub fn addr(member: &Member) -> String {
         format!("{}:{API_PORT}", member.ip)
+    }
+
+    fn credentials_dir(&self) -> Option<&std::path::Path> {
+        berth_testkit::tls::written(self.controller_dirs.iter().map(|d| d.as_path()))
+    }
+
+    /// A cluster administrator's transport, once a controller wrote its
+    /// credentials.
+    pub fn admin(&self) -> Option<berth_client::Transport> {
+        berth_testkit::tls::admin_transport(self.credentials_dir()?).ok()
+    }
+
+    /// A controller's transport, for the raw KV store.
+    pub fn controller_transport(&self) -> Option<berth_client::Transport> {
+        berth_testkit::tls::controller_transport(self.credentials_dir()?).ok()
     }
 
     pub fn addrs(&self) -> Vec<String> {
@@ -92,12 +109,13 @@ impl Cluster {
     /// if a majority of them agree.
     pub async fn leader(&self) -> Option<usize> {
         let mut votes = std::collections::BTreeMap::<u64, usize>::new();
+        let transport = self.admin()?;
         for c in self
             .controllers
             .iter()
             .filter(|c| c.is_running() && !c.is_paused())
         {
-            if let Some(leader) = status_leader(&Self::addr(&c.member)).await {
+            if let Some(leader) = status_leader(&transport, &Self::addr(&c.member)).await {
                 *votes.entry(leader).or_default() += 1;
             }
         }
@@ -127,8 +145,8 @@ impl Cluster {
     }
 }
 
-async fn status_leader(addr: &str) -> Option<u64> {
-    let (_, mut client) = berth_client::connect::cluster(&[addr.to_string()])
+async fn status_leader(transport: &berth_client::Transport, addr: &str) -> Option<u64> {
+    let (_, mut client) = berth_client::connect::cluster(&[addr.to_string()], transport)
         .await
         .ok()?;
     let mut req = tonic::Request::new(berth_proto::cluster::StatusRequest {});

@@ -98,6 +98,10 @@ pub fn cluster(cfg: &Config, fabric: &Fabric) -> Cluster {
         unsafe_stale_reads: cfg.unsafe_stale_reads,
         ..Default::default()
     };
+    let secret = format!("chaos-{}", cfg.seed);
+    let controller_dirs: Vec<_> = (0..cfg.controllers)
+        .map(|i| cfg.work_dir.join(format!("controller-{}", i + 1)))
+        .collect();
     let controllers = (0..cfg.controllers)
         .map(|i| {
             let m = &members[i];
@@ -105,8 +109,9 @@ pub fn cluster(cfg: &Config, fabric: &Fabric) -> Cluster {
                 id: i as u64 + 1,
                 listen: Cluster::addr(m),
                 metrics_listen: Some(format!("{}:9100", m.ip)),
-                data_dir: cfg.work_dir.join(format!("controller-{}", i + 1)),
+                data_dir: controller_dirs[i].clone(),
                 membership: Membership::Peers(peers.clone()),
+                token: Some(secret.clone()),
                 flags: flags.clone(),
             };
             let name = format!("c{}", i + 1);
@@ -147,6 +152,7 @@ pub fn cluster(cfg: &Config, fabric: &Fabric) -> Cluster {
         })
         .collect();
     Cluster {
+        controller_dirs,
         controllers,
         agents,
         netem: fabric.netem,
@@ -211,11 +217,29 @@ async fn drive(cfg: &Config, cluster: &mut Cluster) -> Result<Outcome, RunError>
         cluster.leader().await.is_some()
     })
     .await?;
-    let conn = Connector::new(cluster.addrs()).map_err(|e| e.to_string())?;
+    let admin = cluster
+        .admin()
+        .ok_or_else(|| String::from("no controller wrote its credentials"))?;
+    let kv_transport = cluster
+        .controller_transport()
+        .ok_or_else(|| String::from("no controller wrote its CA"))?;
+    let conn = Connector::new(cluster.addrs(), admin.clone()).map_err(|e| e.to_string())?;
     workload::prepare(&conn, cfg.registers, deployment(3))
         .await
         .map_err(|s| format!("set out the workload: {s}"))?;
-    for a in &mut cluster.agents {
+    let dir = berth_testkit::tls::written(cluster.controller_dirs.iter().map(|d| d.as_path()))
+        .ok_or_else(|| String::from("no controller wrote its CA"))?
+        .to_path_buf();
+    let servers = cluster.addrs();
+    for (j, a) in cluster.agents.iter_mut().enumerate() {
+        let agent_dir = cfg.work_dir.join(format!("agent-{j}"));
+        berth_testkit::tls::write_agent_conf(
+            &dir,
+            &agent_dir,
+            &format!("a{j}"),
+            &a.member.ip,
+            &servers,
+        )?;
         a.start().map_err(|e| format!("start {}: {e}", a.name))?;
     }
     let wanted = cfg.agents * if cfg.runtime == Runtime::Sim { 2 } else { 1 };
@@ -240,6 +264,7 @@ async fn drive(cfg: &Config, cluster: &mut Cluster) -> Result<Outcome, RunError>
         let client = RegisterClient {
             index: i,
             addr: addrs[i % addrs.len()].clone(),
+            transport: kv_transport.clone(),
             registers: cfg.registers,
             clients: register_clients,
             seed: cfg.seed.wrapping_mul(1000).wrapping_add(i as u64),
@@ -250,7 +275,7 @@ async fn drive(cfg: &Config, cluster: &mut Cluster) -> Result<Outcome, RunError>
         let mut rotated = addrs.clone();
         rotated.rotate_left(i % addrs.len());
         let client = ObjectClient {
-            conn: Connector::new(rotated).map_err(|e| e.to_string())?,
+            conn: Connector::new(rotated, admin.clone()).map_err(|e| e.to_string())?,
             process: 100 + i as u64,
             seed: cfg.seed.wrapping_mul(1000).wrapping_add(500 + i as u64),
             replicas: (2, 8),
@@ -632,7 +657,10 @@ async fn remove_workloads(cfg: &Config, cluster: &Cluster) {
 }
 
 async fn delete_pods(cluster: &Cluster) {
-    let Ok(conn) = Connector::new(cluster.addrs()) else {
+    let Some(admin) = cluster.admin() else {
+        return;
+    };
+    let Ok(conn) = Connector::new(cluster.addrs(), admin) else {
         return;
     };
     let _ = wait_for(

@@ -154,6 +154,8 @@ async fn create_once<K: ClientKind + Clone>(conn: &Connector, obj: K) -> Result<
 pub struct RegisterClient {
     pub index: usize,
     pub addr: String,
+    /// A controller's: the raw KV store is for controllers alone.
+    pub transport: berth_client::Transport,
     pub registers: usize,
     pub clients: usize,
     pub seed: u64,
@@ -162,9 +164,9 @@ pub struct RegisterClient {
 impl RegisterClient {
     pub async fn run(self, recorder: Arc<Recorder>, mut stop: watch::Receiver<bool>) {
         let mut rng = StdRng::seed_from_u64(self.seed);
-        let channel = berth_client::connect::endpoint(&self.addr)
-            .expect("a HOST:PORT address")
-            .connect_lazy();
+        let endpoint = berth_client::connect::endpoint(&self.transport, &self.addr)
+            .expect("a HOST:PORT address");
+        let channel = self.transport.lazy(endpoint);
         let mut process = self.index as u64;
         let mut next_value = (self.index as i64 + 1) * 1_000_000;
         // What this client last saw in each register: what its cas expects.

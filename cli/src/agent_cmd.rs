@@ -86,10 +86,13 @@ pub struct AgentArgs {
     /// Node labels, k=v,...
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
-    /// Address of the agent's HTTP port: container logs, /metrics,
-    /// /healthz (default: the node address, a free port).
+    /// Address of the agent's HTTPS port for container logs (default: the
+    /// node address, a free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address for plain HTTP /metrics and /healthz (none by default).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// How often the node lease is renewed.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     lease_interval: Duration,
@@ -108,6 +111,11 @@ pub struct AgentArgs {
     /// Sim runtime with --count: node names are PREFIX0, PREFIX1, ...
     #[arg(long, default_value = "sim-")]
     name_prefix: String,
+    /// A join token (`berth token create --role agent`), for the first
+    /// start: the agent checks the cluster's CA against it, gets its node
+    /// certificate and keeps it in DIR/agent.conf.
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Sim runtime: how long a container takes to start.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     sim_start_delay: Duration,
@@ -175,28 +183,43 @@ impl AgentPlan {
     }
 }
 
-/// Binds the agents' HTTP port and serves logs and metrics from it.
-pub async fn serve_http(listen: SocketAddr, agents: Vec<AgentLogs>) -> anyhow::Result<u16> {
+/// Binds the agents' log port and serves their logs from it, over TLS
+/// with `tls`; returns the port.
+pub async fn serve_logs(
+    listen: SocketAddr,
+    agents: Vec<AgentLogs>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<u16> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen} (--listen)"))?;
     let port = listener.local_addr()?.port();
+    tokio::spawn(berth_agent::http::serve(listener, agents, tls));
+    Ok(port)
+}
+
+/// Serves `/metrics` and `/healthz`, plain HTTP, on `listen`.
+async fn serve_metrics(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen} (--metrics-listen)"))?;
     let prometheus = berth_controller::http::prometheus();
     let render: berth_agent::http::RenderMetrics = Arc::new(move || {
         prometheus.run_upkeep();
         prometheus.render()
     });
-    tokio::spawn(berth_agent::http::serve(listener, agents, render));
-    Ok(port)
+    tokio::spawn(berth_agent::http::serve_metrics(listener, render));
+    Ok(())
 }
 
 /// Starts `plans` against `addrs`; they run until the process ends or
 /// their tasks are aborted.
 pub fn spawn_agents(
     addrs: &[String],
+    transport: berth_client::Transport,
     plans: Vec<AgentPlan>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let conn = Connector::new(addrs.to_vec())?;
+    let conn = Connector::new(addrs.to_vec(), transport)?;
     berth_agent::describe_metrics();
     Ok(plans
         .into_iter()
@@ -272,7 +295,14 @@ fn dns_upstream(items: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
         .collect()
 }
 
-pub async fn run(args: AgentArgs, addrs: &[String]) -> anyhow::Result<()> {
+pub async fn run(
+    args: AgentArgs,
+    server_flag: Option<Vec<String>>,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    let given = server_flag
+        .clone()
+        .unwrap_or_else(crate::env_or_default_servers);
     let network = match network_mode(&args)? {
         NetworkMode::Host => None,
         NetworkMode::Bridge => Some(berth_agent::BridgeConfig {
@@ -298,7 +328,7 @@ pub async fn run(args: AgentArgs, addrs: &[String]) -> anyhow::Result<()> {
     let labels = parse_labels(&args.labels)?;
     let address = match args.address.clone() {
         Some(a) => a,
-        None => addrs.first().and_then(|a| local_address(a)).context(
+        None => given.first().and_then(|a| local_address(a)).context(
             "cannot tell this node's address from the route to the controllers: pass --address",
         )?,
     };
@@ -336,6 +366,26 @@ pub async fn run(args: AgentArgs, addrs: &[String]) -> anyhow::Result<()> {
             network: network.clone(),
         });
     }
+    let (addrs, transport, tls) = if insecure {
+        tracing::warn!("--insecure: this agent speaks plain TCP to controllers run --insecure, and serves logs to anyone");
+        (given, berth_client::Transport::Insecure, None)
+    } else {
+        // A sim process with --count shares the first node's identity.
+        let creds = crate::node_tls::node_credentials(
+            &args.data_dir,
+            &plans[0].node.name,
+            &address,
+            args.token.as_deref(),
+            &given,
+        )
+        .await?;
+        let tls = berth_tls::https_server_config(&creds.ca_pem, creds.slot.clone())?;
+        (
+            server_flag.unwrap_or(creds.servers),
+            creds.transport,
+            Some(tls),
+        )
+    };
     let listen = match args.listen {
         Some(l) => l,
         None => SocketAddr::new(
@@ -343,12 +393,15 @@ pub async fn run(args: AgentArgs, addrs: &[String]) -> anyhow::Result<()> {
             0,
         ),
     };
-    let port = serve_http(listen, plans.iter().map(AgentPlan::logs).collect()).await?;
+    let port = serve_logs(listen, plans.iter().map(AgentPlan::logs).collect(), tls).await?;
     for p in &mut plans {
         p.node.http_port = Some(port);
     }
+    if let Some(listen) = args.metrics_listen {
+        serve_metrics(listen).await?;
+    }
     tracing::info!(agents = plans.len(), %address, http_port = port, servers = %addrs.join(","), "agent starting");
-    let _agents = spawn_agents(addrs, plans)?;
+    let _agents = spawn_agents(&addrs, transport, plans)?;
     crate::signals::shutdown().await;
     // Workloads outlive the agent on purpose: the next agent adopts them.
     tracing::info!("agent stopping; its containers keep running");

@@ -32,11 +32,12 @@ fn status_error(what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{what} failed: {}", s.message())
 }
 
-pub async fn run(cmd: ClusterCommand, addrs: &[String]) -> anyhow::Result<()> {
+pub async fn run(cmd: ClusterCommand, ctx: &crate::verbs::Ctx) -> anyhow::Result<()> {
+    let (addrs, transport) = (&ctx.addrs[..], &ctx.transport);
     match cmd {
-        ClusterCommand::Status { output } => status(addrs, output).await,
+        ClusterCommand::Status { output } => status(addrs, transport, output).await,
         ClusterCommand::AddMember { id, addr } => {
-            let (_, mut c) = client::cluster(addrs).await?;
+            let (_, mut c) = client::cluster(addrs, transport).await?;
             let mut req = tonic::Request::new(pb::AddMemberRequest {
                 id,
                 addr,
@@ -54,7 +55,7 @@ pub async fn run(cmd: ClusterCommand, addrs: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ClusterCommand::RemoveMember { id } => {
-            let (_, mut c) = client::cluster(addrs).await?;
+            let (_, mut c) = client::cluster(addrs, transport).await?;
             let resp = c
                 .remove_member(pb::RemoveMemberRequest { id })
                 .await
@@ -77,8 +78,12 @@ fn describe(members: &[pb::Member]) -> String {
 }
 
 /// Asks any controller, then its leader (which alone knows who is reachable).
-async fn status(addrs: &[String], output: Output) -> anyhow::Result<()> {
-    let (_, mut c) = client::cluster(addrs).await?;
+async fn status(
+    addrs: &[String],
+    transport: &berth_client::Transport,
+    output: Output,
+) -> anyhow::Result<()> {
+    let (_, mut c) = client::cluster(addrs, transport).await?;
     let mut s = c
         .status(pb::StatusRequest {})
         .await
@@ -87,7 +92,7 @@ async fn status(addrs: &[String], output: Output) -> anyhow::Result<()> {
     if let Some(leader) = s.leader.filter(|l| *l != s.id) {
         if let Some(m) = s.members.iter().find(|m| m.id == leader) {
             let addr = m.addr.clone();
-            if let Ok((_, mut lc)) = client::cluster(&[addr]).await {
+            if let Ok((_, mut lc)) = client::cluster(&[addr], transport).await {
                 if let Ok(ls) = lc.status(pb::StatusRequest {}).await {
                     s = ls.into_inner();
                 }

@@ -111,7 +111,7 @@ async fn apply_when_ready(ctx: &crate::verbs::Ctx, files: &[String]) -> anyhow::
 /// `data_dir`; returns their runtimes.
 async fn start_agents(
     args: &DevArgs,
-    addrs: &[String],
+    ctx: &crate::verbs::Ctx,
     data_dir: &std::path::Path,
     network: Option<berth_agent::BridgeConfig>,
 ) -> anyhow::Result<DevAgents> {
@@ -151,22 +151,121 @@ async fn start_agents(
     if plans.is_empty() {
         return Ok(DevAgents::default());
     }
+    // The dev agents share the first one's node identity.
+    let creds = dev_node_credentials(ctx, &data_dir.join("agent-1"), &plans[0].node.name).await?;
     let listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    let port = agent_cmd::serve_http(
+    let port = agent_cmd::serve_logs(
         listen,
         plans.iter().map(agent_cmd::AgentPlan::logs).collect(),
+        Some(berth_tls::https_server_config(
+            &creds.ca_pem,
+            creds.slot.clone(),
+        )?),
     )
     .await?;
     for p in &mut plans {
         p.node.http_port = Some(port);
     }
     let runtimes = plans.iter().map(|p| p.runtime.clone()).collect();
-    let tasks = agent_cmd::spawn_agents(addrs, plans)?;
+    let tasks = agent_cmd::spawn_agents(&creds.servers, creds.transport, plans)?;
     Ok(DevAgents {
         runtimes,
         tasks,
         network,
     })
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
+}
+
+/// Waits for the first controller's admin credentials, renames their
+/// cluster `berth-dev`, writes them to DIR/admin.conf and makes them the
+/// current context of ~/.berth/config.
+async fn admin_context(
+    data_dir: &std::path::Path,
+    addrs: &[String],
+) -> anyhow::Result<crate::verbs::Ctx> {
+    let written = data_dir.join("controller-1").join("admin.conf");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !written.exists() {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the first controller wrote no {} within 60 s",
+                written.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let resolved = berth_client::credentials::read(&written)?.resolve(None)?;
+    let issued = berth_pki::Issued {
+        cert_pem: resolved.cert_pem,
+        key_pem: resolved.key_pem,
+    };
+    let creds = berth_pki::Credentials::new("berth-dev", addrs, &resolved.ca_pem, "admin", &issued);
+    if let Some(home) = berth_client::credentials::default_path() {
+        let mut merged = match home.exists() {
+            true => berth_client::credentials::read(&home)?,
+            false => berth_pki::Credentials::default(),
+        };
+        merged.merge(creds.clone());
+        if let Some(dir) = home.parent() {
+            berth_raft::identity::create_private_dir(dir)
+                .with_context(|| format!("create {}", dir.display()))?;
+        }
+        berth_controller::security::write_private(&home, &merged.to_yaml())?;
+    }
+    // Last: once it exists, dev's credentials are all in place.
+    let ours = data_dir.join("admin.conf");
+    berth_controller::security::write_private(&ours, &creds.to_yaml())?;
+    let loaded = berth_client::credentials::load(&ours, None)?;
+    Ok(crate::verbs::Ctx {
+        addrs: loaded.servers,
+        transport: loaded.transport,
+    })
+}
+
+/// The dev agents' node credentials: joined with a token the admin makes
+/// (once the cluster takes writes) at the first start, kept after.
+async fn dev_node_credentials(
+    ctx: &crate::verbs::Ctx,
+    dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<crate::node_tls::NodeCredentials> {
+    let token = match dir.join("agent.conf").exists() {
+        true => None,
+        false => Some(agent_token(ctx).await?),
+    };
+    crate::node_tls::node_credentials(dir, name, "127.0.0.1", token.as_deref(), &ctx.addrs).await
+}
+
+async fn agent_token(ctx: &crate::verbs::Ctx) -> anyhow::Result<String> {
+    use berth_proto::security as pb;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let made = match ctx.leader_channel().await {
+            Ok(ch) => pb::tokens_client::TokensClient::new(ch)
+                .create(pb::CreateTokenRequest {
+                    role: pb::Role::Agent as i32,
+                    ttl_seconds: 600,
+                })
+                .await
+                .map(|r| r.into_inner().token)
+                .map_err(|s| anyhow::anyhow!("{}", s.message())),
+            Err(e) => Err(e),
+        };
+        match made {
+            Ok(token) => return Ok(token),
+            Err(e) if std::time::Instant::now() > deadline => {
+                bail!("the cluster made no join token for the dev agents within 60 s: {e:#}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// The dev agents' runtimes and tasks.
@@ -220,6 +319,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let network = pod_network(&args, &data_dir)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    // The controllers trust each other's CA through it; a restart reuses
+    // the CA in their data dirs and needs no secret.
+    let bootstrap_secret = random_secret();
     for (id, a) in &peers {
         let dir = data_dir.join(format!("controller-{id}"));
         let config = ServerConfig {
@@ -232,24 +334,29 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             metrics_listen: None,
             node: NodeConfig::new(*id, dir),
             network: Default::default(),
+            insecure: false,
+            token: Some(bootstrap_secret.clone()),
+            cert_ttl: berth_controller::security::DEFAULT_CERT_TTL,
+            tls_sans: Vec::new(),
         };
         let mut rx = stop_rx.clone();
         let stopped = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        crate::server_cmd::spawn_scheduler(&config, berth_scheduler::SchedulerConfig::default())?;
-        crate::server_cmd::spawn_reconcilers(
+        let clients = crate::server_cmd::clients(
             &config,
-            berth_reconcilers::ReconcileConfig::new(String::new()),
-        )?;
+            Some(berth_scheduler::SchedulerConfig::default()),
+            Some(berth_reconcilers::ReconcileConfig::new(String::new())),
+        );
         let span = tracing::info_span!("controller", id = *id);
         tasks.push(tokio::spawn(
-            berth_controller::run(config, stopped).instrument(span),
+            berth_controller::run(config, stopped, clients).instrument(span),
         ));
     }
     let addrs: Vec<String> = peers.iter().map(|(_, a)| a.clone()).collect();
     let bridged = network.is_some();
-    let agents = start_agents(&args, &addrs, &data_dir, network).await?;
+    let ctx = admin_context(&data_dir, &addrs).await?;
+    let agents = start_agents(&args, &ctx, &data_dir, network).await?;
     let servers = addrs.join(",");
     println!(
         "Berth dev cluster: {} controllers and {} {:?} agents, data in {}",
@@ -258,9 +365,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.runtime,
         data_dir.display()
     );
-    println!("  reach it with:   berth --server {servers} get namespaces");
-    println!("                   berth --server {servers} apply -f MANIFEST.yaml");
-    println!("  (the default --server 127.0.0.1:7001 works when --port-base is 7001)");
+    println!("  reach it with:   berth get namespaces");
+    println!("                   berth apply -f MANIFEST.yaml");
+    println!(
+        "  (its admin credentials are the current context of ~/.berth/config, and in {}; controllers {servers})",
+        data_dir.join("admin.conf").display()
+    );
     if bridged {
         println!("  pods get addresses in 10.244.0.0/16 and services in 10.96.0.0/16, reachable");
         println!("  from this machine: `berth get pods -o wide` shows the IPs, `berth get svc` the ClusterIPs");
@@ -269,9 +379,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     println!("  stop with Ctrl-C; the next `berth dev` reuses the data");
     if !args.apply.is_empty() {
-        let ctx = crate::verbs::Ctx {
-            addrs: peers.iter().map(|(_, a)| a.clone()).collect(),
-        };
         // A bad manifest should not take the cluster down with it.
         if let Err(e) = apply_when_ready(&ctx, &args.apply).await {
             eprintln!("error: --apply: {e:#}");

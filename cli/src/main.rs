@@ -9,7 +9,9 @@ mod agent_cmd;
 mod bench;
 mod cluster_cmd;
 mod dev_cmd;
+mod node_tls;
 mod scheduler_cmd;
+mod security_cmd;
 mod server_cmd;
 mod signals;
 mod verbs;
@@ -28,16 +30,55 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Berth: a container orchestrator with a Raft-replicated control plane"
 )]
 struct Cli {
-    /// Controllers to talk to, comma separated; the client tries them in turn.
-    #[arg(
-        long,
-        global = true,
-        env = "BERTH_SERVER",
-        default_value = "127.0.0.1:7001"
-    )]
-    server: String,
+    /// Controllers to talk to, comma separated; the client tries them in
+    /// turn (default: the credentials' controllers, then $BERTH_SERVER,
+    /// then 127.0.0.1:7001).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// Credentials file (kubeconfig's shape; default: $BERTH_CONFIG, then
+    /// ~/.berth/config).
+    #[arg(long, global = true)]
+    config: Option<std::path::PathBuf>,
+    /// The credentials' context to use (default: its current-context).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Plain TCP, no certificates: only for a cluster run --insecure
+    /// (benchmarks against peers without TLS). Warns at start.
+    #[arg(long, global = true)]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// $BERTH_SERVER, else `berth dev`'s first controller: where a client
+/// goes without --server or credentials that list controllers.
+pub(crate) fn env_or_default_servers() -> Vec<String> {
+    let env = std::env::var("BERTH_SERVER").unwrap_or_default();
+    let addrs = parse_addrs(&env);
+    if addrs.is_empty() {
+        vec!["127.0.0.1:7001".to_string()]
+    } else {
+        addrs
+    }
+}
+
+/// The controllers a client command talks to, and how.
+fn reach(cli: &Cli) -> anyhow::Result<verbs::Ctx> {
+    let flag_addrs = cli.server.as_deref().map(parse_addrs);
+    if cli.insecure {
+        eprintln!("warning: --insecure: no TLS and no identity; the cluster must run --insecure");
+        return Ok(verbs::Ctx {
+            addrs: flag_addrs.unwrap_or_else(env_or_default_servers),
+            transport: berth_client::Transport::Insecure,
+        });
+    }
+    let path = berth_client::credentials::locate(cli.config.as_deref())
+        .ok_or(berth_client::credentials::CredentialsError::Missing)?;
+    let loaded = berth_client::credentials::load(&path, cli.context.as_deref())?;
+    Ok(verbs::Ctx {
+        addrs: flag_addrs.unwrap_or(loaded.servers),
+        transport: loaded.transport,
+    })
 }
 
 #[derive(Subcommand)]
@@ -56,6 +97,12 @@ enum Command {
     /// Inspect and change the controller group.
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCommand),
+    /// Join tokens for new controllers and agents.
+    #[command(subcommand)]
+    Token(security_cmd::TokenCommand),
+    /// Users' credentials.
+    #[command(subcommand)]
+    User(security_cmd::UserCommand),
     /// Create or update the objects in manifests (YAML or JSON).
     Apply(verbs::apply::ApplyArgs),
     /// List objects, or show one.
@@ -147,29 +194,58 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addrs = parse_addrs(&cli.server);
-    let ctx = verbs::Ctx {
-        addrs: addrs.clone(),
+    let insecure = cli.insecure;
+    let server_flag = cli.server.as_deref().map(parse_addrs);
+    // Processes bring their own identities; client commands need one, and
+    // benchmarks of a running cluster (not of one they spawn).
+    let needs_credentials = !matches!(
+        cli.command,
+        Command::Server(_) | Command::Agent(_) | Command::Dev(_) | Command::Bench(_)
+    );
+    let reached = match cli.command {
+        Command::Bench(_) => Some(reach(&cli)),
+        _ if needs_credentials => match reach(&cli) {
+            Ok(ctx) => Some(Ok(ctx)),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let (client_ctx, bench_target) = match reached {
+        Some(Ok(ctx)) if needs_credentials => (Some(ctx), None),
+        other => (None, other),
+    };
+    let bench_target = || bench_target.expect("bench has a target");
+    let ctx = || {
+        client_ctx
+            .clone()
+            .expect("client commands have credentials")
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Server(args) => server_cmd::run(args).await,
-            Command::Scheduler(args) => scheduler_cmd::run(args, &addrs).await,
-            Command::Agent(args) => agent_cmd::run(args, &addrs).await,
+            Command::Server(args) => server_cmd::run(args, insecure).await,
+            Command::Scheduler(args) => scheduler_cmd::run(args, &ctx()).await,
+            Command::Agent(args) => agent_cmd::run(args, server_flag, insecure).await,
             Command::AgentShim { .. } => unreachable!("handled before the runtime starts"),
             Command::Dev(args) => dev_cmd::run(args).await,
-            Command::Cluster(cmd) => cluster_cmd::run(cmd, &addrs).await,
-            Command::Bench(cmd) => bench::run(cmd, &addrs).await,
-            Command::Apply(args) => verbs::apply(&ctx, args).await,
-            Command::Get(args) => verbs::get(&ctx, args).await,
-            Command::Describe { kind, name, ns } => verbs::describe(&ctx, &kind, &name, &ns).await,
-            Command::Delete(args) => verbs::delete(&ctx, args).await,
-            Command::Scale(args) => verbs::scale(&ctx, args).await,
-            Command::Cordon { node } => verbs::cordon(&ctx, &node, true).await,
-            Command::Uncordon { node } => verbs::cordon(&ctx, &node, false).await,
-            Command::Drain { node } => verbs::drain(&ctx, &node).await,
-            Command::Logs(args) => verbs::logs::run(&ctx, args).await,
-            Command::Rollout(cmd) => verbs::rollout::run(&ctx, cmd).await,
+            Command::Cluster(cmd) => cluster_cmd::run(cmd, &ctx()).await,
+            Command::Token(cmd) => security_cmd::token(cmd, &ctx()).await,
+            Command::User(cmd) => security_cmd::user(cmd, &ctx()).await,
+            Command::Bench(cmd) => bench::run(cmd, bench_target(), insecure).await,
+            Command::Apply(args) => verbs::apply(&ctx(), args).await,
+            Command::Get(args) => verbs::get(&ctx(), args).await,
+            Command::Describe { kind, name, ns } => {
+                verbs::describe(&ctx(), &kind, &name, &ns).await
+            }
+            Command::Delete(args) => verbs::delete(&ctx(), args).await,
+            Command::Scale(args) => verbs::scale(&ctx(), args).await,
+            Command::Cordon { node } => verbs::cordon(&ctx(), &node, true).await,
+            Command::Uncordon { node } => verbs::cordon(&ctx(), &node, false).await,
+            Command::Drain { node } => verbs::drain(&ctx(), &node).await,
+            Command::Logs(args) => verbs::logs::run(&ctx(), args).await,
+            Command::Rollout(cmd) => verbs::rollout::run(&ctx(), cmd).await,
         }
     });
     match result {

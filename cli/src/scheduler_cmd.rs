@@ -17,7 +17,7 @@ pub struct SchedulerArgs {
     /// Scheduler settings, YAML or JSON (scoringStrategy, weights,
     /// percentageOfNodesToScore, batchSize, ...); defaults without.
     #[arg(long)]
-    config: Option<PathBuf>,
+    scheduler_config: Option<PathBuf>,
     /// This scheduler's name in the lease (default: scheduler-<random>).
     #[arg(long)]
     id: Option<String>,
@@ -54,18 +54,17 @@ pub fn load_config(path: Option<&PathBuf>) -> anyhow::Result<SchedulerConfig> {
 /// Starts a scheduler in the background against `addrs` (tried in turn,
 /// the first preferred).
 pub fn spawn(
-    addrs: Vec<String>,
+    conn: Connector,
     config: SchedulerConfig,
     election: ElectionConfig,
 ) -> anyhow::Result<()> {
-    let conn = Connector::new(addrs)?;
     berth_scheduler::describe_metrics();
     tokio::spawn(berth_scheduler::run(conn, config, election));
     Ok(())
 }
 
-pub async fn run(args: SchedulerArgs, addrs: &[String]) -> anyhow::Result<()> {
-    let config = load_config(args.config.as_ref())?;
+pub async fn run(args: SchedulerArgs, ctx: &crate::verbs::Ctx) -> anyhow::Result<()> {
+    let config = load_config(args.scheduler_config.as_ref())?;
     if args.renew_interval.is_zero() || args.renew_interval >= args.lease_duration {
         anyhow::bail!("--renew-interval must be positive and shorter than --lease-duration");
     }
@@ -81,8 +80,12 @@ pub async fn run(args: SchedulerArgs, addrs: &[String]) -> anyhow::Result<()> {
             .with_context(|| format!("listen for metrics on {addr}"))?;
         tokio::spawn(berth_controller::http::serve_metrics(listener, prometheus));
     }
-    tracing::info!(identity = %election.identity, servers = %addrs.join(","), "scheduler starting");
-    spawn(addrs.to_vec(), config, election)?;
+    tracing::info!(identity = %election.identity, servers = %ctx.addrs.join(","), "scheduler starting");
+    spawn(
+        Connector::new(ctx.addrs.clone(), ctx.transport.clone())?,
+        config,
+        election,
+    )?;
     crate::signals::shutdown().await;
     Ok(())
 }

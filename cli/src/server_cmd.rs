@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use anyhow::Context;
+use berth_client::connect::Connector;
 use berth_controller::ipam::NetworkConfig;
 use berth_controller::ServerConfig;
 use berth_raft::NodeConfig;
@@ -97,6 +98,20 @@ pub struct ServerArgs {
     /// to prove that its linearizability checker catches stale reads.
     #[arg(long, hide = true)]
     unsafe_stale_reads: bool,
+    /// With --join: a join token (`berth token create --role controller`).
+    /// With --peers: a secret shared by all of them, so that they can
+    /// trust the CA the first one makes. A single controller needs none.
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Lifetime of the certificates this controller issues to itself, to
+    /// joining controllers and to nodes; each is renewed when a third of
+    /// it is left.
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    cert_ttl: Duration,
+    /// More names (IPs or DNS names) for this controller's certificate,
+    /// beside its --advertise host and --listen address.
+    #[arg(long, value_delimiter = ',')]
+    tls_san: Vec<String>,
 }
 
 /// Parses `1=127.0.0.1:7001,2=...`.
@@ -125,7 +140,10 @@ fn parse_peers(s: &str) -> anyhow::Result<Vec<(u64, String)>> {
 }
 
 impl ServerArgs {
-    fn into_config(self) -> anyhow::Result<ServerConfig> {
+    fn into_config(self, insecure: bool) -> anyhow::Result<ServerConfig> {
+        if self.cert_ttl < Duration::from_secs(10) {
+            bail!("--cert-ttl must be at least 10s");
+        }
         let peers = match &self.peers {
             Some(p) => parse_peers(p)?,
             None => Vec::new(),
@@ -171,11 +189,15 @@ impl ServerArgs {
             metrics_listen: self.metrics_listen,
             node,
             network: NetworkConfig::new(self.cluster_cidr, self.node_cidr_size, self.service_cidr)?,
+            insecure,
+            token: self.token,
+            cert_ttl: self.cert_ttl,
+            tls_sans: self.tls_san,
         })
     }
 }
 
-pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+pub async fn run(args: ServerArgs, insecure: bool) -> anyhow::Result<()> {
     if args.unsafe_stale_reads {
         tracing::warn!("--unsafe-stale-reads: reads skip read-index and may return stale data; for chaos tests only");
     }
@@ -189,15 +211,37 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     reconcile.node_grace_period = args.node_grace_period;
     reconcile.pod_eviction_timeout = args.pod_eviction_timeout;
     let run_reconcilers = !args.no_reconcilers;
-    let config = args.into_config()?;
-    if let Some(scheduler) = scheduler {
-        spawn_scheduler(&config, scheduler)?;
-    }
-    if run_reconcilers {
-        spawn_reconcilers(&config, reconcile)?;
-    }
-    berth_controller::run(config, crate::signals::shutdown()).await?;
+    let config = args.into_config(insecure)?;
+    let start_clients = clients(&config, scheduler, run_reconcilers.then_some(reconcile));
+    berth_controller::run(config, crate::signals::shutdown(), start_clients).await?;
     Ok(())
+}
+
+/// What starts this controller's scheduler and reconcilers once it has
+/// its certificate: they reach the cluster as this controller.
+pub fn clients(
+    config: &ServerConfig,
+    scheduler: Option<berth_scheduler::SchedulerConfig>,
+    reconcile: Option<berth_reconcilers::ReconcileConfig>,
+) -> berth_controller::server::StartClients {
+    let (config, addrs) = (config.clone(), own_addrs_first(config));
+    Box::new(move |transport| {
+        let conn = match Connector::new(addrs, transport) {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the scheduler and reconcilers");
+                return;
+            }
+        };
+        if let Some(scheduler) = scheduler {
+            if let Err(e) = spawn_scheduler(&config, conn.clone(), scheduler) {
+                tracing::error!(error = %e, "cannot start the scheduler");
+            }
+        }
+        if let Some(reconcile) = reconcile {
+            spawn_reconcilers(&config, conn, reconcile);
+        }
+    })
 }
 
 /// This controller first (its watches are served locally), then the
@@ -216,23 +260,23 @@ fn own_addrs_first(config: &ServerConfig) -> Vec<String> {
 
 /// The controller's reconcilers (node lifecycle, deployments, garbage
 /// collection), each active where it holds its lease.
-pub fn spawn_reconcilers(
+fn spawn_reconcilers(
     config: &ServerConfig,
+    conn: Connector,
     mut reconcile: berth_reconcilers::ReconcileConfig,
-) -> anyhow::Result<()> {
+) {
     reconcile.identity = crate::scheduler_cmd::identity(&format!("controller-{}", config.id));
-    berth_reconcilers::spawn(own_addrs_first(config), reconcile)?;
-    Ok(())
+    berth_reconcilers::spawn(conn, reconcile);
 }
 
 /// The controller's own scheduler.
-pub fn spawn_scheduler(
+fn spawn_scheduler(
     config: &ServerConfig,
+    conn: Connector,
     scheduler: berth_scheduler::SchedulerConfig,
 ) -> anyhow::Result<()> {
-    let addrs = own_addrs_first(config);
     let identity = crate::scheduler_cmd::identity(&format!("controller-{}", config.id));
-    crate::scheduler_cmd::spawn(addrs, scheduler, berth_scheduler::election_config(identity))
+    crate::scheduler_cmd::spawn(conn, scheduler, berth_scheduler::election_config(identity))
 }
 
 #[cfg(test)]

@@ -787,12 +787,23 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rpc::status(&cluster.addr(1)).await.unwrap().revision;
+    let before = rpc::status(&cluster.transport(), &cluster.addr(1))
+        .await
+        .unwrap()
+        .revision;
 
     // Bytes that are no protobuf message, at a public and an internal
     // method: the caller's mistake, said so.
-    for path in ["/berth.v1.ConfigMaps/Create", "/berth.kv.v1.KV/Put"] {
-        let err = raw_call(ch.clone(), path, vec![0xff; 8]).await.unwrap_err();
+    // (The raw KV store is for controllers: a controller's channel.)
+    let (_, controller) =
+        berth_client::connect::connect(&cluster.addrs(), &cluster.controller_transport())
+            .await
+            .unwrap();
+    for (path, ch) in [
+        ("/berth.v1.ConfigMaps/Create", ch.clone()),
+        ("/berth.kv.v1.KV/Put", controller),
+    ] {
+        let err = raw_call(ch, path, vec![0xff; 8]).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{path}: {err:?}");
         assert!(err.message().contains("is not a valid"), "{path}: {err:?}");
     }
@@ -875,6 +886,8 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("status.allocatable.cpu"), "{err:?}");
     let o = Command::new(berth_testkit::berth_binary())
+        .arg("--config")
+        .arg(cluster.admin_conf())
         .args(["--server", "127.0.0.1:1,127.0.0.1:2", "get", "pods"])
         .output()
         .unwrap();
@@ -885,7 +898,10 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         "{e}"
     );
 
-    let after = rpc::status(&cluster.addr(1)).await.unwrap().revision;
+    let after = rpc::status(&cluster.transport(), &cluster.addr(1))
+        .await
+        .unwrap()
+        .revision;
     assert_eq!(before, after, "bad input changed the stored state");
     let cm = pb::ConfigMap::get(ch.clone(), get_req("default", "taken"))
         .await
@@ -956,12 +972,18 @@ async fn reconcilers_take_their_leases_unless_turned_off() {
     drop(with);
 
     let without = Cluster::ready(&root.path().join("without"), alone()).await;
-    let before = rpc::status(&without.addr(1)).await.unwrap().revision;
+    let before = rpc::status(&without.transport(), &without.addr(1))
+        .await
+        .unwrap()
+        .revision;
     // Leases are renewed every second: three rounds would have written.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let held = reconciler_leases(without.channel_to(1).await).await;
     assert!(held.is_empty(), "--no-reconcilers, yet {held:?} are held");
-    let after = rpc::status(&without.addr(1)).await.unwrap().revision;
+    let after = rpc::status(&without.transport(), &without.addr(1))
+        .await
+        .unwrap()
+        .revision;
     assert_eq!(before, after, "something wrote while the cluster was idle");
 }
 
@@ -1011,8 +1033,10 @@ async fn python_client_creates_a_configmap_and_watches_pods() {
         "/../examples/python-client/client.py"
     );
     let mut child = Command::new(python)
+        .arg(script)
+        .arg("--config")
+        .arg(cluster.admin_conf())
         .args([
-            script,
             "--server",
             &cluster.addr(2),
             "--configmap",

@@ -2,6 +2,7 @@
 //! real `berth server` processes on 127.0.0.1 with real RocksDB data dirs,
 //! broken with SIGKILL, SIGSTOP and wiped data dirs.
 
+use berth_client::Transport;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -10,7 +11,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-use berth_client::connect::endpoint;
 use berth_client::connect::Connector;
 use berth_proto::cluster::cluster_client::ClusterClient;
 use berth_proto::cluster::WatchLeaderRequest;
@@ -63,19 +63,20 @@ struct Load {
 }
 
 impl Load {
-    fn start(addrs: Vec<String>, writers: usize, prefix: &str) -> Self {
+    fn start(transport: Transport, addrs: Vec<String>, writers: usize, prefix: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Acked = Arc::default();
         let handles = (0..writers)
             .map(|w| {
                 let (addrs, stop, acked) = (addrs.clone(), stop.clone(), acked.clone());
+                let transport = transport.clone();
                 let prefix = prefix.to_string();
                 tokio::spawn(async move {
                     let mut i = 0u64;
                     let mut target = w;
                     while !stop.load(Ordering::Relaxed) {
                         let addr = &addrs[target % addrs.len()];
-                        let Some(mut kv) = rpc::kv(addr).await else {
+                        let Some(mut kv) = rpc::kv(&transport, addr).await else {
                             target += 1;
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;
@@ -132,26 +133,30 @@ impl Load {
 }
 
 /// Every acknowledged write is present at `addr` (linearizable reads).
-async fn assert_all_present(addr: &str, acked: &BTreeMap<String, String>) {
+async fn assert_all_present(cluster: &Cluster, id: u64, acked: &BTreeMap<String, String>) {
     assert!(!acked.is_empty(), "the load acknowledged no write");
-    let mut kv = rpc::kv(addr).await.expect("connect");
+    let mut kv = rpc::kv(&cluster.controller_transport(), &cluster.addr(id))
+        .await
+        .expect("connect");
     for (key, value) in acked {
         let got = rpc::get(&mut kv, key, false, T).await.expect("read");
         let got = got.map(|kv| String::from_utf8(kv.value).unwrap());
         assert_eq!(
             got.as_deref(),
             Some(value.as_str()),
-            "acknowledged write {key} lost at {addr}"
+            "acknowledged write {key} lost at controller {id}"
         );
     }
 }
 
 /// Waits until controller `addr`'s own state (serializable reads) has
 /// every acknowledged write.
-async fn assert_caught_up(addr: &str, acked: &BTreeMap<String, String>) {
+async fn assert_caught_up(cluster: &Cluster, id: u64, acked: &BTreeMap<String, String>) {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let transport = cluster.controller_transport();
+    let addr = cluster.addr(id);
     let mut kv = loop {
-        if let Some(kv) = rpc::kv(addr).await {
+        if let Some(kv) = rpc::kv(&transport, &addr).await {
             break kv;
         }
         assert!(Instant::now() < deadline, "{addr} never came back");
@@ -180,7 +185,9 @@ async fn writes_through_any_member_are_readable_from_every_member() {
     leader_of(&cluster, &[1, 2, 3]).await;
     let mut acked = BTreeMap::new();
     for id in 1..=3u64 {
-        let mut kv = rpc::kv(&cluster.addr(id)).await.unwrap();
+        let mut kv = rpc::kv(&cluster.controller_transport(), &cluster.addr(id))
+            .await
+            .unwrap();
         for i in 0..20 {
             let key = format!("via-{id}/{i}");
             rpc::put(&mut kv, &key, b"x", T)
@@ -190,10 +197,12 @@ async fn writes_through_any_member_are_readable_from_every_member() {
         }
     }
     for id in 1..=3u64 {
-        assert_all_present(&cluster.addr(id), &acked).await;
+        assert_all_present(&cluster, id, &acked).await;
     }
     // Revisions are global and rise with every write.
-    let mut kv = rpc::kv(&cluster.addr(2)).await.unwrap();
+    let mut kv = rpc::kv(&cluster.controller_transport(), &cluster.addr(2))
+        .await
+        .unwrap();
     let r1 = rpc::put(&mut kv, "rev", b"1", T).await.unwrap();
     let r2 = rpc::put(&mut kv, "rev", b"2", T).await.unwrap();
     assert_eq!(r2, r1 + 1);
@@ -235,11 +244,7 @@ async fn a_client_given_a_follower_moves_to_the_leader_and_follows_it() {
     let follower = (1..=3).find(|i| *i != leader).unwrap();
 
     // A follower announces the leader with the address clients can use.
-    let channel = endpoint(&cluster.addr(follower))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = cluster.channel_to(follower).await;
     let mut updates = ClusterClient::new(channel)
         .watch_leader(WatchLeaderRequest {})
         .await
@@ -250,7 +255,9 @@ async fn a_client_given_a_follower_moves_to_the_leader_and_follows_it() {
     assert_eq!(first.addr, cluster.addr(leader));
 
     // Given only the follower's address, the client ends up on the leader.
-    let conn = Connector::new(vec![cluster.addr(follower)]).unwrap();
+    // Its writes go to the raw KV store, which is for controllers.
+    let transport = cluster.controller_transport();
+    let conn = Connector::new(vec![cluster.addr(follower)], transport).unwrap();
     until_connected_to(&conn, &cluster.addr(leader), "follow/1").await;
 
     // The leader dies: the follower's stream names the new one, and the
@@ -276,15 +283,15 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
     let root = tempfile::tempdir().unwrap();
     let mut cluster = start(root.path(), 3, ServerFlags::default());
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
-    let load = Load::start(cluster.addrs(), 8, "kill");
+    let load = Load::start(cluster.controller_transport(), cluster.addrs(), 8, "kill");
     load.wait_for(200).await;
     let new_leader = kill_leader(&mut cluster, leader).await;
     let before = load.count();
     load.wait_for(before + 200).await;
     cluster.spawn(leader);
     let acked = load.stop().await;
-    assert_all_present(&cluster.addr(new_leader), &acked).await;
-    assert_caught_up(&cluster.addr(leader), &acked).await;
+    assert_all_present(&cluster, new_leader, &acked).await;
+    assert_caught_up(&cluster, leader, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -299,7 +306,12 @@ async fn a_wiped_follower_rejoins_through_a_snapshot() {
     let mut cluster = start(root.path(), 3, flags);
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
     let follower = (1..=3).find(|i| *i != leader).unwrap();
-    let load = Load::start(vec![cluster.addr(leader)], 4, "wipe");
+    let load = Load::start(
+        cluster.controller_transport(),
+        vec![cluster.addr(leader)],
+        4,
+        "wipe",
+    );
     load.wait_for(300).await;
     cluster.kill(follower);
     cluster.wipe(follower);
@@ -311,13 +323,15 @@ async fn a_wiped_follower_rejoins_through_a_snapshot() {
     let after = load.count();
     load.wait_for(after + 100).await;
     let acked = load.stop().await;
-    assert_caught_up(&cluster.addr(follower), &acked).await;
+    assert_caught_up(&cluster, follower, &acked).await;
     let metrics = cluster.metrics_addr(follower);
     assert!(
         rpc::metric(&metrics, "berth_raft_snapshots_installed_total").await >= 1.0,
         "the wiped follower should have caught up through a snapshot"
     );
-    let status = rpc::status(&cluster.addr(leader)).await.unwrap();
+    let status = rpc::status(&cluster.transport(), &cluster.addr(leader))
+        .await
+        .unwrap();
     let voters = status.members.iter().filter(|m| m.voter).count();
     assert_eq!(
         voters, 3,
@@ -331,16 +345,22 @@ async fn members_are_added_and_removed_while_writes_continue() {
     let root = tempfile::tempdir().unwrap();
     let mut cluster = start(root.path(), 3, ServerFlags::default());
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
-    let load = Load::start(cluster.addrs(), 4, "members");
+    let load = Load::start(
+        cluster.controller_transport(),
+        cluster.addrs(),
+        4,
+        "members",
+    );
     load.wait_for(100).await;
     cluster.add_joining(4, leader);
     // Controller 4's own view: it follows a leader in a 4-voter config.
     let four = cluster.addr(4);
+    let transport = cluster.transport();
     eventually(
         "controller 4 is a voter",
         Duration::from_secs(60),
         || async {
-            let s = rpc::status(&four).await;
+            let s = rpc::status(&transport, &four).await;
             s.is_some_and(|s| {
                 s.leader.is_some() && s.members.iter().filter(|m| m.voter).count() == 4
             })
@@ -349,6 +369,8 @@ async fn members_are_added_and_removed_while_writes_continue() {
     .await;
     // Remove the leader itself through the CLI.
     let out = std::process::Command::new(berth_testkit::berth_binary())
+        .arg("--config")
+        .arg(cluster.admin_conf())
         .args([
             "--server",
             &cluster.addr(4),
@@ -371,9 +393,11 @@ async fn members_are_added_and_removed_while_writes_continue() {
     let before = load.count();
     load.wait_for(before + 100).await;
     let acked = load.stop().await;
-    assert_all_present(&cluster.addr(new_leader), &acked).await;
-    assert_caught_up(&cluster.addr(4), &acked).await;
+    assert_all_present(&cluster, new_leader, &acked).await;
+    assert_caught_up(&cluster, 4, &acked).await;
     let out = std::process::Command::new(berth_testkit::berth_binary())
+        .arg("--config")
+        .arg(cluster.admin_conf())
         .args([
             "--server",
             &cluster.addr(new_leader),
@@ -410,7 +434,7 @@ async fn without_a_quorum_writes_fail_fast_with_unavailable_and_nothing_is_lost(
     };
     let cluster = start(root.path(), 3, flags);
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
-    let load = Load::start(cluster.addrs(), 4, "pause");
+    let load = Load::start(cluster.controller_transport(), cluster.addrs(), 4, "pause");
     load.wait_for(100).await;
     let acked_before = load.stop().await;
     // Pause the leader and one follower; the last controller has no quorum.
@@ -421,7 +445,9 @@ async fn without_a_quorum_writes_fail_fast_with_unavailable_and_nothing_is_lost(
     for id in &paused {
         cluster.signal(*id, Signal::SIGSTOP);
     }
-    let mut kv = rpc::kv(&cluster.addr(alone)).await.unwrap();
+    let mut kv = rpc::kv(&cluster.controller_transport(), &cluster.addr(alone))
+        .await
+        .unwrap();
     for attempt in 0..3 {
         let started = Instant::now();
         let err = rpc::put(
@@ -448,12 +474,17 @@ async fn without_a_quorum_writes_fail_fast_with_unavailable_and_nothing_is_lost(
     for id in &paused {
         cluster.signal(*id, Signal::SIGCONT);
     }
-    let load = Load::start(cluster.addrs(), 4, "resumed");
+    let load = Load::start(
+        cluster.controller_transport(),
+        cluster.addrs(),
+        4,
+        "resumed",
+    );
     load.wait_for(100).await;
     let acked_after = load.stop().await;
     let new_leader = leader_of(&cluster, &[1, 2, 3]).await;
-    assert_all_present(&cluster.addr(new_leader), &acked_before).await;
-    assert_all_present(&cluster.addr(alone), &acked_after).await;
+    assert_all_present(&cluster, new_leader, &acked_before).await;
+    assert_all_present(&cluster, alone, &acked_after).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -462,7 +493,7 @@ async fn killing_every_controller_during_writes_loses_no_acknowledged_write() {
     let root = tempfile::tempdir().unwrap();
     let mut cluster = start(root.path(), 3, ServerFlags::default());
     leader_of(&cluster, &[1, 2, 3]).await;
-    let load = Load::start(cluster.addrs(), 8, "all");
+    let load = Load::start(cluster.controller_transport(), cluster.addrs(), 8, "all");
     load.wait_for(300).await;
     for id in 1..=3 {
         cluster.kill(id);
@@ -472,9 +503,9 @@ async fn killing_every_controller_during_writes_loses_no_acknowledged_write() {
         cluster.spawn(id);
     }
     let leader = leader_of(&cluster, &[1, 2, 3]).await;
-    assert_all_present(&cluster.addr(leader), &acked).await;
+    assert_all_present(&cluster, leader, &acked).await;
     for id in 1..=3u64 {
-        assert_caught_up(&cluster.addr(id), &acked).await;
+        assert_caught_up(&cluster, id, &acked).await;
     }
 }
 
@@ -491,6 +522,7 @@ async fn server_that_must_exit(
         metrics_listen: None,
         data_dir: dir.to_path_buf(),
         membership: Membership::Peers(peers),
+        token: None,
         flags: ServerFlags::default(),
     };
     tokio::time::timeout(
@@ -527,7 +559,8 @@ async fn a_data_dir_from_another_cluster_is_refused_at_start() {
     let out = server_that_must_exit(&listen, peers, &dir).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("belongs to cluster"), "{stderr}");
+    // Its CA did not issue the peers' certificates.
+    assert!(stderr.contains("belongs to another cluster"), "{stderr}");
 }
 
 /// Five tries, because the abort this guards against (RocksDB's threads
@@ -558,7 +591,9 @@ async fn bad_requests_are_refused_with_clear_errors() {
     let root = tempfile::tempdir().unwrap();
     let cluster = start(root.path(), 3, ServerFlags::default());
     leader_of(&cluster, &[1, 2, 3]).await;
-    let mut kv = rpc::kv(&cluster.addr(1)).await.unwrap();
+    let mut kv = rpc::kv(&cluster.controller_transport(), &cluster.addr(1))
+        .await
+        .unwrap();
 
     let err = rpc::put(&mut kv, "", b"x", T).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
@@ -632,7 +667,7 @@ async fn bad_requests_are_refused_with_clear_errors() {
     // A watch resumes from a revision and sees every later change in order.
     let first = rpc::put(&mut kv, "w/a", b"1", T).await.unwrap();
     rpc::put(&mut kv, "w/b", b"2", T).await.unwrap();
-    let mut watch = rpc::kv(&cluster.addr(2))
+    let mut watch = rpc::kv(&cluster.controller_transport(), &cluster.addr(2))
         .await
         .unwrap()
         .watch(pb::WatchRequest {

@@ -151,8 +151,14 @@ impl Drop for Project {
     }
 }
 
-async fn connect(addrs: &[String]) -> Channel {
-    berth::client::connect(addrs).await.expect("connect").1
+async fn connect(addrs: &[String], admin: &Path) -> Channel {
+    let transport = berth_client::credentials::load(admin, None)
+        .expect("the admin credentials load")
+        .transport;
+    berth::client::connect(addrs, &transport)
+        .await
+        .expect("connect")
+        .1
 }
 
 async fn running_pods(ch: &Channel, app: &str) -> usize {
@@ -169,9 +175,11 @@ async fn running_pods(ch: &Channel, app: &str) -> usize {
         .count()
 }
 
-fn berth(addrs: &[String], args: &[&str]) {
+fn berth(addrs: &[String], admin: &Path, args: &[&str]) {
     run_ok(
         Command::new(BIN)
+            .arg("--config")
+            .arg(admin)
             .args(["--server", &addrs.join(",")])
             .args(args),
     );
@@ -196,14 +204,48 @@ async fn compose_cluster_runs_pods_and_survives_a_stopped_controller() {
     );
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut env = vec![("BERTH_IMAGE".to_string(), image.clone())];
+    let mut env = vec![
+        ("BERTH_IMAGE".to_string(), image.clone()),
+        ("BERTH_TOKEN".to_string(), format!("{name}-secret")),
+    ];
     for (i, port) in ports.iter().enumerate() {
         env.push((format!("BERTH_PORT_{}", i + 1), port.to_string()));
     }
-    let project = Project { command, name, env };
-    project.run(&["up", "-d"]).expect("compose up");
+    let mut project = Project { command, name, env };
+    // The controllers first; the agents join with a token they make.
+    project
+        .run(&["up", "-d", "c1", "c2", "c3"])
+        .expect("compose up the controllers");
+    let in_c1 = [
+        "exec",
+        "-T",
+        "c1",
+        "berth",
+        "--config",
+        "/var/lib/berth/admin.conf",
+        "--server",
+        "127.0.0.1:7000",
+    ];
+    let mut token = String::new();
+    eventually("the controllers make an agent token", T, || {
+        let made = project.run(&[&in_c1[..], &["token", "create", "--role", "agent"]].concat());
+        if let Ok(t) = &made {
+            token = t.trim().to_string();
+        }
+        let ok = made.is_ok();
+        async move { ok }
+    })
+    .await;
+    project.env.push(("BERTH_AGENT_TOKEN".into(), token));
+    project.run(&["up", "-d"]).expect("compose up the agents");
+    let dir = tempfile::tempdir().unwrap();
+    let admin = dir.path().join("admin.conf");
+    let conf = project
+        .run(&["exec", "-T", "c1", "cat", "/var/lib/berth/admin.conf"])
+        .expect("read the admin credentials");
+    std::fs::write(&admin, conf).unwrap();
 
-    let ch = connect(&addrs).await;
+    let ch = connect(&addrs, &admin).await;
     eventually("both agents' nodes are Ready", T, || async {
         let Ok((nodes, _)) = pb::Node::list(ch.clone(), Default::default()).await else {
             return false;
@@ -216,7 +258,7 @@ async fn compose_cluster_runs_pods_and_survives_a_stopped_controller() {
     })
     .await;
     let example = deploy_dir().join("examples/web.yaml");
-    berth(&addrs, &["apply", "-f", example.to_str().unwrap()]);
+    berth(&addrs, &admin, &["apply", "-f", example.to_str().unwrap()]);
     eventually("the example's 2 pods run with addresses", T, || async {
         running_pods(&ch, "web").await == 2
     })
@@ -224,15 +266,19 @@ async fn compose_cluster_runs_pods_and_survives_a_stopped_controller() {
 
     project.run(&["stop", "-t", "1", "c1"]).expect("stop c1");
     let rest = addrs[1..].to_vec();
-    berth(&rest, &["scale", "deployment", "web", "--replicas", "3"]);
-    let ch = connect(&rest).await;
+    berth(
+        &rest,
+        &admin,
+        &["scale", "deployment", "web", "--replicas", "3"],
+    );
+    let ch = connect(&rest, &admin).await;
     eventually("3 pods run with one controller stopped", T, || async {
         running_pods(&ch, "web").await == 3
     })
     .await;
 
     // The agents stop the pods (and remove their cgroups) before they go.
-    berth(&rest, &["delete", "deployment", "web"]);
+    berth(&rest, &admin, &["delete", "deployment", "web"]);
     eventually("the pods are gone", T, || async {
         let req = pb::ListRequest {
             namespace: "default".into(),

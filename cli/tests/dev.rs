@@ -67,11 +67,28 @@ async fn dev_runs_a_cluster_applies_its_manifests_and_stops_on_ctrl_c() {
         &berth_testkit::berth_binary(),
         flags.args(),
         root.path().join("dev.log"),
-    );
+    )
+    // dev makes its credentials the current context of ~/.berth/config:
+    // a home of the test's own.
+    .env("HOME", root.path().to_str().unwrap());
     dev.start().unwrap();
+    let admin = root.path().join("data/admin.conf");
+    eventually("dev writes its admin credentials", T, || async {
+        admin.exists()
+    })
+    .await;
+    let transport = berth_client::credentials::load(&admin, None)
+        .unwrap()
+        .transport;
+    let home = berth_client::credentials::load(&root.path().join(".berth/config"), None);
+    assert!(
+        home.is_ok(),
+        "~/.berth/config has dev's context: {:?}",
+        home.err()
+    );
 
     eventually("dev's node is Ready", T, || async {
-        let Ok(ch) = berth_client::connect::connect(&flags.addrs()).await else {
+        let Ok(ch) = berth_client::connect::connect(&flags.addrs(), &transport).await else {
             return false;
         };
         pb::Node::get(ch.1, get_req("", "dev-node-1"))
@@ -79,7 +96,7 @@ async fn dev_runs_a_cluster_applies_its_manifests_and_stops_on_ctrl_c() {
             .is_ok_and(|n| berth_api::resources::node_is_ready(&n))
     })
     .await;
-    let (_, ch) = berth_client::connect::connect(&flags.addrs())
+    let (_, ch) = berth_client::connect::connect(&flags.addrs(), &transport)
         .await
         .unwrap();
     eventually("the applied deployment's pods run", T, || async {

@@ -476,13 +476,15 @@ async fn address_management_never_hands_out_an_address_twice() {
     let mut cluster = Cluster::ready(root.path(), flags).await;
     let creates = {
         let addrs = cluster.addrs();
+        let transport = cluster.transport();
         tokio::spawn(async move {
             let mut tasks = Vec::new();
             for i in 0..60 {
                 let addrs = addrs.clone();
+                let transport = transport.clone();
                 tasks.push(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(20 * i)).await;
-                    let ch = berth::client::connect(&addrs).await.unwrap().1;
+                    let ch = berth::client::connect(&addrs, &transport).await.unwrap().1;
                     let svc = objects::service(&format!("s{i}")).build();
                     let node = objects::node(&format!("n{i}")).unreported().build();
                     // Outcomes may be unknown while the leader dies; what

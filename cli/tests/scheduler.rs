@@ -437,7 +437,7 @@ async fn two_active_schedulers_never_overcommit_or_place_a_pod_twice() {
     .await;
     // Record every placement as the store reports it.
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    let conn = berth_client::connect::Connector::new(cluster.addrs()).unwrap();
+    let conn = berth_client::connect::Connector::new(cluster.addrs(), cluster.transport()).unwrap();
     let scope = berth_client::watcher::Scope {
         namespace: "default".into(),
         ..Default::default()

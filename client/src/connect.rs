@@ -10,6 +10,7 @@ use berth_proto::cluster::cluster_client::ClusterClient;
 use berth_proto::cluster::WatchLeaderRequest;
 use berth_proto::kv::kv_client::KvClient;
 use berth_retry::Backoff;
+use berth_tls::Transport;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
@@ -20,6 +21,8 @@ pub enum ClientError {
     Unreachable { tried: String },
     #[error("{0:?} is not a HOST:PORT address")]
     BadAddress(String),
+    #[error("the controllers at {tried} refused TLS ({why}): the credentials are for another cluster, or the cluster runs --insecure")]
+    TlsRefused { tried: String, why: String },
 }
 
 /// Splits a comma-separated address list.
@@ -32,8 +35,9 @@ pub fn parse_addrs(addrs: &str) -> Vec<String> {
         .collect()
 }
 
-pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
-    Endpoint::from_shared(format!("http://{addr}"))
+pub fn endpoint(transport: &Transport, addr: &str) -> Result<Endpoint, ClientError> {
+    transport
+        .endpoint(addr)
         .map_err(|_| ClientError::BadAddress(addr.to_string()))
         .map(|e| {
             e.connect_timeout(Duration::from_millis(1000))
@@ -42,24 +46,48 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
 }
 
 /// Connects to the first reachable controller of `addrs`.
-pub async fn connect(addrs: &[String]) -> Result<(String, Channel), ClientError> {
+pub async fn connect(
+    addrs: &[String],
+    transport: &Transport,
+) -> Result<(String, Channel), ClientError> {
+    let mut refused = None;
     for addr in addrs {
-        if let Ok(ch) = endpoint(addr)?.connect().await {
-            return Ok((addr.clone(), ch));
+        match transport.connect(endpoint(transport, addr)?).await {
+            Ok(ch) => return Ok((addr.clone(), ch)),
+            Err(e) => refused = refused.or(tls_refusal(&e)),
         }
     }
-    Err(ClientError::Unreachable {
-        tried: addrs.join(", "),
+    Err(match refused {
+        Some(why) => ClientError::TlsRefused {
+            tried: addrs.join(", "),
+            why,
+        },
+        None => ClientError::Unreachable {
+            tried: addrs.join(", "),
+        },
     })
 }
 
-pub async fn cluster(addrs: &[String]) -> Result<(String, ClusterClient<Channel>), ClientError> {
-    let (addr, ch) = connect(addrs).await?;
+/// A TLS failure behind a connection error, which another try would
+/// meet again: the server is not of the cluster the credentials trust,
+/// or speaks no TLS.
+fn tls_refusal(error: &tonic::transport::Error) -> Option<String> {
+    berth_tls::tls_failure(error)
+}
+
+pub async fn cluster(
+    addrs: &[String],
+    transport: &Transport,
+) -> Result<(String, ClusterClient<Channel>), ClientError> {
+    let (addr, ch) = connect(addrs, transport).await?;
     Ok((addr, ClusterClient::new(ch)))
 }
 
-pub async fn kv(addrs: &[String]) -> Result<(String, KvClient<Channel>), ClientError> {
-    let (addr, ch) = connect(addrs).await?;
+pub async fn kv(
+    addrs: &[String],
+    transport: &Transport,
+) -> Result<(String, KvClient<Channel>), ClientError> {
+    let (addr, ch) = connect(addrs, transport).await?;
     Ok((addr, KvClient::new(ch)))
 }
 
@@ -79,6 +107,7 @@ pub struct Connector {
 
 struct Shared {
     addrs: Arc<[String]>,
+    transport: Transport,
     state: tokio::sync::Mutex<Current>,
     /// Ticks whenever `Current::connected` changes, so that the follower
     /// stops watching a controller the connection has left. Dropped with
@@ -100,18 +129,19 @@ struct Current {
 const FOLLOW_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 impl Connector {
-    pub fn new(addrs: Vec<String>) -> Result<Self, ClientError> {
+    pub fn new(addrs: Vec<String>, transport: Transport) -> Result<Self, ClientError> {
         if addrs.is_empty() {
             return Err(ClientError::Unreachable {
                 tried: "(no addresses)".into(),
             });
         }
         for addr in &addrs {
-            endpoint(addr)?;
+            endpoint(&transport, addr)?;
         }
         Ok(Self {
             shared: Arc::new(Shared {
                 addrs: addrs.into(),
+                transport,
                 state: Default::default(),
                 moved: watch::Sender::new(()),
                 following: AtomicBool::new(false),
@@ -130,7 +160,11 @@ impl Connector {
         for i in 0..shared.addrs.len() {
             let index = (state.index + i) % shared.addrs.len();
             let addr = &shared.addrs[index];
-            if let Ok(ch) = endpoint(addr)?.connect().await {
+            if let Ok(ch) = shared
+                .transport
+                .connect(endpoint(&shared.transport, addr)?)
+                .await
+            {
                 state.index = index;
                 state.connected = Some((addr.clone(), ch.clone()));
                 drop(state);
@@ -142,6 +176,11 @@ impl Connector {
         Err(ClientError::Unreachable {
             tried: shared.addrs.join(", "),
         })
+    }
+
+    /// How this connector reaches controllers.
+    pub fn transport(&self) -> &Transport {
+        &self.shared.transport
     }
 
     /// The address of the controller calls go to now, if connected.
@@ -263,10 +302,15 @@ async fn watch_once(
         }
         // A leader this client cannot reach (an address only the
         // controllers can use) is not followed: forwarding still serves.
-        let Ok(leader) = endpoint(&update.addr) else {
+        let Some(current) = shared.upgrade() else {
+            return Watch::Gone;
+        };
+        let transport = current.transport.clone();
+        drop(current);
+        let Ok(leader) = endpoint(&transport, &update.addr) else {
             continue;
         };
-        if let Ok(ch) = leader.connect().await {
+        if let Ok(ch) = transport.connect(leader).await {
             let Some(shared) = shared.upgrade() else {
                 return Watch::Gone;
             };

@@ -10,11 +10,13 @@
 
 pub mod connect;
 pub mod controller;
+pub mod credentials;
 pub mod election;
 pub mod objects;
 pub mod reflector;
 pub mod watcher;
 
+pub use berth_tls::Transport;
 pub use connect::connect;
 pub use connect::parse_addrs;
 pub use connect::ClientError;

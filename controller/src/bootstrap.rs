@@ -22,6 +22,7 @@ use berth_proto::cluster::cluster_client::ClusterClient;
 use berth_raft::network::endpoint;
 use berth_raft::Node;
 use berth_retry::Backoff;
+use berth_tls::Transport;
 use openraft::BasicNode;
 
 use crate::config::ServerConfig;
@@ -37,6 +38,14 @@ pub enum BootstrapError {
         peer: String,
         theirs: String,
     },
+    #[error(
+        "data dir {dir} belongs to another cluster than peer {peer}, whose certificate its CA did not issue ({why}): point --peers at this cluster's controllers, or start with an empty data dir to join theirs"
+    )]
+    OtherCa {
+        dir: String,
+        peer: String,
+        why: String,
+    },
     #[error("could not join through {target}: {message}")]
     Join { target: String, message: String },
     #[error("could not create the cluster: {0}")]
@@ -46,7 +55,11 @@ pub enum BootstrapError {
 }
 
 /// Returns once this controller is a member, or is waiting to be added.
-pub async fn ensure_member(node: &Node, config: &ServerConfig) -> Result<(), BootstrapError> {
+pub async fn ensure_member(
+    node: &Node,
+    config: &ServerConfig,
+    transport: &Transport,
+) -> Result<(), BootstrapError> {
     let initialized = node
         .raft
         .is_initialized()
@@ -55,12 +68,12 @@ pub async fn ensure_member(node: &Node, config: &ServerConfig) -> Result<(), Boo
     let peers = other_peers(config);
     if initialized {
         if let Some(ours) = node.identity.cluster_id() {
-            check_same_cluster(config, &peers, &ours).await?;
+            check_same_cluster(config, transport, &peers, &ours).await?;
         }
         return Ok(());
     }
     if let Some(target) = &config.join {
-        return join(node, config, target).await;
+        return join(node, config, transport, target).await;
     }
     if config.peers.is_empty() {
         tracing::info!(
@@ -70,7 +83,7 @@ pub async fn ensure_member(node: &Node, config: &ServerConfig) -> Result<(), Boo
         );
         return Ok(());
     }
-    if let Some(found) = find_cluster(&peers, config.id).await {
+    if let Some(found) = find_cluster(transport, &peers, config.id).await {
         if let Some(ours) = node.identity.cluster_id() {
             if ours != found.cluster_id {
                 return Err(BootstrapError::OtherCluster {
@@ -84,7 +97,7 @@ pub async fn ensure_member(node: &Node, config: &ServerConfig) -> Result<(), Boo
         if found.we_replicated {
             tracing::warn!(peer = %found.addr, cluster_id = %found.cluster_id,
                 "this controller's data was lost: rejoining with an empty data dir");
-            return join(node, config, &found.addr).await;
+            return join(node, config, transport, &found.addr).await;
         }
         // The cluster was created while this controller was starting; it
         // never acknowledged anything, so it simply takes the leader's log.
@@ -129,8 +142,20 @@ fn other_peers(config: &ServerConfig) -> Vec<String> {
     addrs
 }
 
-async fn status(addr: &str) -> Option<pb::StatusResponse> {
-    let channel = endpoint(addr).ok()?.connect().await.ok()?;
+/// The TLS failure, if any, of a connection to `addr`.
+async fn tls_refusal(transport: &Transport, addr: &str) -> Option<String> {
+    let endpoint = endpoint(transport, addr).ok()?;
+    match transport.connect(endpoint).await {
+        Ok(_) => None,
+        Err(e) => berth_tls::tls_failure(&e),
+    }
+}
+
+async fn status(transport: &Transport, addr: &str) -> Option<pb::StatusResponse> {
+    let channel = transport
+        .connect(endpoint(transport, addr).ok()?)
+        .await
+        .ok()?;
     let mut req = tonic::Request::new(pb::StatusRequest {});
     req.set_timeout(Duration::from_secs(2));
     ClusterClient::new(channel)
@@ -149,16 +174,16 @@ struct FoundCluster {
 
 /// Looks for a peer that already serves a cluster, and asks its leader
 /// whether this controller's id ever acknowledged entries.
-async fn find_cluster(peers: &[String], me: u64) -> Option<FoundCluster> {
+async fn find_cluster(transport: &Transport, peers: &[String], me: u64) -> Option<FoundCluster> {
     for addr in peers {
-        let Some(s) = status(addr).await else {
+        let Some(s) = status(transport, addr).await else {
             continue;
         };
         if !s.initialized || s.cluster_id.is_empty() {
             continue;
         }
         let leader_status = match s.leader.and_then(|l| s.members.iter().find(|m| m.id == l)) {
-            Some(m) if m.id != s.id => status(&m.addr).await.unwrap_or(s.clone()),
+            Some(m) if m.id != s.id => status(transport, &m.addr).await.unwrap_or(s.clone()),
             _ => s.clone(),
         };
         let we_replicated = leader_status
@@ -176,11 +201,21 @@ async fn find_cluster(peers: &[String], me: u64) -> Option<FoundCluster> {
 
 async fn check_same_cluster(
     config: &ServerConfig,
+    transport: &Transport,
     peers: &[String],
     ours: &str,
 ) -> Result<(), BootstrapError> {
     for addr in peers {
-        if let Some(s) = status(addr).await {
+        // A peer whose certificate this controller's CA did not issue
+        // belongs to another cluster as surely as a peer that says so.
+        if let Some(why) = tls_refusal(transport, addr).await {
+            return Err(BootstrapError::OtherCa {
+                dir: config.data_dir.display().to_string(),
+                peer: addr.clone(),
+                why,
+            });
+        }
+        if let Some(s) = status(transport, addr).await {
             if !s.cluster_id.is_empty() && s.cluster_id != ours {
                 return Err(BootstrapError::OtherCluster {
                     dir: config.data_dir.display().to_string(),
@@ -196,14 +231,19 @@ async fn check_same_cluster(
 
 /// Asks the cluster at `target` to add this controller, retrying while the
 /// cluster has no leader or is busy.
-async fn join(node: &Node, config: &ServerConfig, target: &str) -> Result<(), BootstrapError> {
+async fn join(
+    node: &Node,
+    config: &ServerConfig,
+    transport: &Transport,
+    target: &str,
+) -> Result<(), BootstrapError> {
     let err = |message: String| BootstrapError::Join {
         target: target.to_string(),
         message,
     };
     let mut delay = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let remote = loop {
-        match status(target).await {
+        match status(transport, target).await {
             Some(s) if !s.cluster_id.is_empty() => break s,
             _ => {
                 tracing::info!(%target, "waiting for the cluster to answer");
@@ -224,9 +264,7 @@ async fn join(node: &Node, config: &ServerConfig, target: &str) -> Result<(), Bo
         None => node.identity.set_cluster_id(&remote.cluster_id)?,
     }
     node.identity.set_voting(false);
-    let channel = endpoint(target)
-        .map_err(|e| err(e.to_string()))?
-        .connect_lazy();
+    let channel = transport.lazy(endpoint(transport, target).map_err(|e| err(e.to_string()))?);
     let mut client = ClusterClient::new(channel);
     loop {
         let mut req = tonic::Request::new(pb::AddMemberRequest {

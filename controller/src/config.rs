@@ -18,4 +18,14 @@ pub struct ServerConfig {
     pub node: NodeConfig,
     /// The address plan: cluster, node and service CIDRs.
     pub network: crate::ipam::NetworkConfig,
+    /// `--insecure`: plain TCP, no identities, no authorization.
+    pub insecure: bool,
+    /// `--token`: a join token (with `--join`) or the secret shared by the
+    /// controllers of a `--peers` bootstrap.
+    pub token: Option<String>,
+    /// Lifetime of the certificates this controller issues to itself, to
+    /// joining controllers and to nodes.
+    pub cert_ttl: std::time::Duration,
+    /// Extra names for this controller's certificate (`--tls-san`).
+    pub tls_sans: Vec<String>,
 }

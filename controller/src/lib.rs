@@ -14,6 +14,7 @@ mod config;
 pub mod http;
 pub mod ipam;
 mod kv_service;
+pub mod security;
 pub mod server;
 
 pub use config::ServerConfig;

@@ -6,7 +6,6 @@ use std::time::Duration;
 use berth_raft::node::NodeError;
 use berth_raft::Node;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api;
 use crate::bootstrap;
@@ -14,6 +13,7 @@ use crate::cluster_service::ClusterService;
 use crate::config::ServerConfig;
 use crate::http;
 use crate::kv_service::KvService;
+use crate::security;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -30,15 +30,23 @@ pub enum ServerError {
     Reflection(String),
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
 }
 
 /// How long a stopping controller lets open calls finish.
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Runs a controller until `shutdown` resolves.
+/// What starts the clients that run beside a controller (its reconcilers
+/// and scheduler), once it knows how to reach the cluster.
+pub type StartClients = Box<dyn FnOnce(berth_tls::Transport) + Send>;
+
+/// Runs a controller until `shutdown` resolves; `start_clients` is called
+/// once it has its certificate.
 pub async fn run(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    start_clients: StartClients,
 ) -> Result<(), ServerError> {
     // Installed before the node starts, so that it registers its metrics.
     let prometheus = config.metrics_listen.map(|_| http::prometheus());
@@ -60,8 +68,14 @@ pub async fn run(
         ),
         None => None,
     };
+    tokio::pin!(shutdown);
+    // A joining controller waits here for a peer to hand it the CA.
+    let security = tokio::select! {
+        security = security::prepare(&config) => security?,
+        _ = &mut shutdown => return Ok(()),
+    };
     let rules = Box::new(crate::bind_rules::PlacementRules::new());
-    let node = Node::open(config.node.clone(), rules).await?;
+    let node = Node::open(config.node.clone(), rules, security.transport.clone()).await?;
     api::describe_metrics();
     if let (Some(listener), Some(prometheus)) = (metrics_listener, prometheus) {
         tokio::spawn(http::serve(listener, node.raft.clone(), prometheus));
@@ -69,10 +83,7 @@ pub async fn run(
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "controller starting");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Served from our own listener, so the builder's tcp_nodelay would be
-    // ignored: set it on the incoming stream, or Nagle holds a response's
-    // second frame until the peer's delayed ACK (up to 40 ms).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = berth_tls::incoming(listener, security.acceptor.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -89,8 +100,20 @@ pub async fn run(
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let store = node.store.clone();
     let ipam = crate::ipam::Ipam::new(config.network.clone(), store.clone());
+    let security_services = security
+        .authority
+        .clone()
+        .map(|a| security::service::SecurityService::new(a, store.clone()).servers());
+    let (join, tokens, users) = match security_services {
+        Some((j, t, u)) => (Some(j), Some(t), Some(u)),
+        None => (None, None, None),
+    };
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .layer(security::authz::AuthzLayer)
+        .add_optional_service(join)
+        .add_optional_service(tokens)
+        .add_optional_service(users)
         .add_service(node.raft_service().into_server())
         .add_service(ClusterService::new(store.clone()).into_server())
         .add_service(KvService::new(store.clone()).into_server())
@@ -110,10 +133,10 @@ pub async fn run(
             let _ = rx.wait_for(|stop| *stop).await;
         });
     let grpc = tokio::spawn(grpc);
+    start_clients(security.transport.clone());
 
-    tokio::pin!(shutdown);
     let outcome = tokio::select! {
-        r = bootstrap::ensure_member(&node, &config) => match r {
+        r = bootstrap::ensure_member(&node, &config, &security.transport) => match r {
             Ok(()) => {
                 let store = store.clone();
                 tokio::spawn(async move {

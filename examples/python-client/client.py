@@ -6,11 +6,16 @@ change. The Python stubs are generated from ../../proto/proto on first run
 (protoc with grpc's Python plugin), so the .proto files stay the only
 contract.
 
-Needs Debian's python3-grpcio, python3-protobuf, protobuf-compiler and
-protobuf-compiler-grpc.
+It reaches the cluster with mutual TLS, with the credentials file a
+`berth` command would use (--config, else $BERTH_CONFIG, else
+~/.berth/config): its CA, client certificate and key.
+
+Needs Debian's python3-grpcio, python3-protobuf, python3-yaml,
+protobuf-compiler and protobuf-compiler-grpc.
 """
 
 import argparse
+import base64
 import os
 import shutil
 import subprocess
@@ -46,9 +51,31 @@ def load_stubs():
     return api_pb2, api_pb2_grpc, objects_pb2
 
 
+def credentials(path):
+    """The current context's first controller, CA, certificate and key."""
+    import yaml
+
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    current = config["current-context"]
+    context = next(c["context"] for c in config["contexts"] if c["name"] == current)
+    cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+    user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
+    servers = [s for e in cluster.get("extensions", []) for s in e["extension"]["servers"]]
+    server = servers[0] if servers else cluster["server"].removeprefix("https://")
+    data = lambda v: base64.b64decode(v)  # noqa: E731
+    return server, data(cluster["certificate-authority-data"]), \
+        data(user["client-certificate-data"]), data(user["client-key-data"])
+
+
+def default_config():
+    return os.environ.get("BERTH_CONFIG") or os.path.expanduser("~/.berth/config")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default=os.environ.get("BERTH_SERVER", "127.0.0.1:7001").split(",")[0])
+    parser.add_argument("--config", default=default_config(), help="credentials file (kubeconfig's shape)")
+    parser.add_argument("--server", help="a controller, HOST:PORT (default: the credentials' first)")
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--configmap", default="python-demo")
     parser.add_argument("--max-events", type=int, default=0, help="stop after this many pod events (0: never)")
@@ -58,7 +85,9 @@ def main():
     import grpc
 
     api_pb2, api_pb2_grpc, objects_pb2 = load_stubs()
-    channel = grpc.insecure_channel(args.server)
+    server, ca, cert, key = credentials(args.config)
+    tls = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    channel = grpc.secure_channel(args.server or server, tls)
     configmaps = api_pb2_grpc.ConfigMapsStub(channel)
     pods = api_pb2_grpc.PodsStub(channel)
 

@@ -136,48 +136,93 @@ impl Ca {
         Fingerprint::of(&self.cert_der)
     }
 
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
     /// A certificate for `identity`, valid for `ttl` from now, naming
     /// `addresses` (IPs or DNS names, as its holder is reached) so that a
     /// TLS client verifies it as a server too. Users get client
-    /// certificates only.
+    /// certificates only. The key is made here: for the controllers' own
+    /// certificates, and tests.
     pub fn issue(
         &self,
         identity: &Identity,
         addresses: &[String],
         ttl: Duration,
     ) -> Result<Issued, PkiError> {
-        let mut params = CertificateParams::new(addresses.to_vec())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, identity.name());
-        for group in identity.groups() {
-            let uri = format!("{GROUP_URN}{group}");
-            let uri = uri
-                .try_into()
-                .map_err(|_| PkiError::Identity(format!("group {group:?} is not plain ASCII")))?;
-            params.subject_alt_names.push(SanType::URI(uri));
-        }
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = match identity {
-            Identity::User { .. } => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            _ => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-        };
-        params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(rand::random::<u64>().into());
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - CLOCK_SKEW;
-        params.not_after = now + ttl;
-        let issuer = Issuer::from_ca_cert_der(&self.cert_der.clone().into(), &self.key)?;
         let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = leaf_params(identity, addresses, ttl)?.signed_by(&key, &self.issuer()?)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// As `issue`, for the key of a certificate request (PKCS#10 DER)
+    /// whose holder keeps its key. Only the key is taken from the
+    /// request: the identity, names and lifetime are the caller's.
+    pub fn sign_request(
+        &self,
+        csr_der: &[u8],
+        identity: &Identity,
+        addresses: &[String],
+        ttl: Duration,
+    ) -> Result<String, PkiError> {
+        let csr = rustls_pki_types::CertificateSigningRequestDer::from(csr_der.to_vec());
+        let request = rcgen::CertificateSigningRequestParams::from_der(&csr)
+            .map_err(|e| PkiError::Request(e.to_string()))?;
+        let cert = leaf_params(identity, addresses, ttl)?
+            .signed_by(&request.public_key, &self.issuer()?)?;
+        Ok(cert.pem())
+    }
+
+    fn issuer(&self) -> Result<Issuer<'_, &KeyPair>, PkiError> {
+        Ok(Issuer::from_ca_cert_der(
+            &self.cert_der.clone().into(),
+            &self.key,
+        )?)
+    }
+}
+
+/// A new key and a certificate request for it (PKCS#10 DER): the joiner's
+/// half of `Ca::sign_request`.
+pub fn key_request() -> Result<(String, Vec<u8>), PkiError> {
+    let key = KeyPair::generate()?;
+    let csr = CertificateParams::default().serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.der().to_vec()))
+}
+
+fn leaf_params(
+    identity: &Identity,
+    addresses: &[String],
+    ttl: Duration,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(addresses.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, identity.name());
+    for group in identity.groups() {
+        let uri = format!("{GROUP_URN}{group}");
+        let uri = uri
+            .try_into()
+            .map_err(|_| PkiError::Identity(format!("group {group:?} is not plain ASCII")))?;
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match identity {
+        Identity::User { .. } => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        _ => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(rand::random::<u64>().into());
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = now + ttl;
+    Ok(params)
 }
 
 /// The DER of the first certificate in `pem`.
@@ -191,6 +236,11 @@ fn pem_der(pem: &str) -> Result<Vec<u8>, PkiError> {
         )));
     }
     Ok(block.contents)
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn cert_der(pem: &str) -> Result<Vec<u8>, PkiError> {
+    pem_der(pem)
 }
 
 /// The fingerprint of the first certificate in `pem`.

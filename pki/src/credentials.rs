@@ -164,6 +164,15 @@ impl Credentials {
         }
     }
 
+    /// Puts `issued` in place of every user's certificate and key: for a
+    /// file of one identity (an agent's) whose certificate was renewed.
+    pub fn replace_user_certificate(&mut self, issued: &Issued) {
+        for user in &mut self.users {
+            user.user.client_certificate_data = BASE64.encode(&issued.cert_pem);
+            user.user.client_key_data = BASE64.encode(&issued.key_pem);
+        }
+    }
+
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).expect("credentials serialize")
     }
@@ -183,6 +192,9 @@ impl Credentials {
     /// Adds (or replaces, by name) `other`'s clusters, users and contexts,
     /// and makes its current context this file's.
     pub fn merge(&mut self, other: Credentials) {
+        // A file made by merging into an empty one is a v1 Config too.
+        self.api_version = "v1".into();
+        self.kind = "Config".into();
         for c in other.clusters {
             upsert(&mut self.clusters, c, |c| &c.name);
         }

@@ -18,7 +18,9 @@ mod credentials;
 mod identity;
 mod token;
 
+pub use ca::cert_der;
 pub use ca::fingerprint;
+pub use ca::key_request;
 pub use ca::not_after;
 pub use ca::Ca;
 pub use ca::Fingerprint;
@@ -27,6 +29,9 @@ pub use credentials::Credentials;
 pub use credentials::Resolved;
 pub use identity::peer_identity;
 pub use identity::Identity;
+pub use token::bootstrap_proof;
+pub use token::same_secret;
+pub use token::same_secret_bytes;
 pub use token::JoinToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,8 @@ pub enum PkiError {
     Identity(String),
     #[error("not a join token: {0} (a token looks like BERTH1-<ca hash>-<id>.<secret>: ask `berth token create` for one)")]
     Token(String),
+    #[error("not a certificate request Berth can sign: {0}")]
+    Request(String),
     #[error("credentials file: {0}")]
     Credentials(String),
 }

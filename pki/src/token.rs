@@ -50,16 +50,51 @@ impl JoinToken {
         Fingerprint(sha2::Sha256::digest(self.secret.as_bytes()).into())
     }
 
+    /// The part that proves the holder.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
     /// Whether this token's secret is the one whose hash was kept; takes
     /// the same time whatever the secret.
     pub fn proves(&self, kept: &Fingerprint) -> bool {
-        let ours = self.secret_hash();
-        ours.0
-            .iter()
-            .zip(kept.0.iter())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
+        same_bytes(&self.secret_hash().0, &kept.0)
     }
+}
+
+/// Whether two secrets are equal, in a time that does not depend on where
+/// they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let hash = |s: &str| -> [u8; 32] { sha2::Sha256::digest(s.as_bytes()).into() };
+    same_bytes(&hash(a), &hash(b))
+}
+
+/// Compares every byte, wherever the first difference is.
+fn same_bytes(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    same_secret_bytes(a, b)
+}
+
+/// Whether `a` and `b` are equal, comparing every byte wherever the first
+/// difference is (lengths are not secret).
+pub fn same_secret_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+}
+
+/// What a controller answers a `--peers` joiner's nonce with, to prove it
+/// knows their shared bootstrap secret and that `ca_der` is the CA it
+/// vouches for: HMAC-SHA256(secret, nonce || CA DER). The joiner computes
+/// the same and compares with `same_proof`.
+pub fn bootstrap_proof(secret: &str, nonce: &[u8], ca_der: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(nonce);
+    mac.update(ca_der);
+    mac.finalize().into_bytes().into()
 }
 
 impl fmt::Display for JoinToken {
@@ -106,6 +141,17 @@ impl FromStr for JoinToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bootstrap_proofs_bind_secret_nonce_and_ca() {
+        let proof = bootstrap_proof("s3cret", b"nonce", b"ca");
+        assert_eq!(proof, bootstrap_proof("s3cret", b"nonce", b"ca"));
+        assert_ne!(proof, bootstrap_proof("other", b"nonce", b"ca"));
+        assert_ne!(proof, bootstrap_proof("s3cret", b"nonce2", b"ca"));
+        assert_ne!(proof, bootstrap_proof("s3cret", b"nonce", b"ca2"));
+        assert!(same_secret("a", "a"));
+        assert!(!same_secret("a", "b"));
+    }
 
     #[test]
     fn a_token_reads_back_and_proves_only_its_own_secret() {

@@ -242,3 +242,27 @@ fn credentials_read_back_merge_and_resolve_to_what_was_issued() {
         .to_string();
     assert!(err.contains("v1 Config"), "{err}");
 }
+
+#[test]
+fn a_request_gets_the_callers_identity_and_its_holder_keeps_the_key() {
+    let ca = Ca::generate("c1").unwrap();
+    let controller = ca
+        .issue(&Identity::Controller(1), &["127.0.0.1".into()], DAY)
+        .unwrap();
+    let (key_pem, csr) = berth_pki::key_request().unwrap();
+    let node = Identity::Node("n1".into());
+    let cert_pem = ca
+        .sign_request(&csr, &node, &["10.0.0.5".into()], DAY)
+        .unwrap();
+    let issued = Issued { cert_pem, key_pem };
+    let (mut c, mut s) = (client(&ca, &issued, "127.0.0.1"), server(&ca, &controller));
+    handshake(&mut c, &mut s).unwrap();
+    let peer = s.peer_certificates().unwrap()[0].clone();
+    assert_eq!(berth_pki::peer_identity(&peer).unwrap(), node);
+    // A request whose signature does not check is refused.
+    let mut forged = csr.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert!(ca.sign_request(&forged, &node, &[], DAY).is_err());
+    assert!(ca.sign_request(b"not a request", &node, &[], DAY).is_err());
+}

@@ -31,3 +31,8 @@ pub mod cluster {
 pub mod kv {
     tonic::include_proto!("berth.kv.v1");
 }
+
+/// Certificates, join tokens and users.
+pub mod security {
+    tonic::include_proto!("berth.security.v1");
+}

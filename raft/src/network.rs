@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use berth_retry::Backoff;
+use berth_tls::Transport;
 use futures::Stream;
 use futures::StreamExt;
 use openraft::base::BoxFuture;
@@ -58,9 +59,11 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 << 20;
 
 type RpcErr = RPCError<TypeConfig>;
 
-/// Builds the lazily connected channel used to reach a peer.
-pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// The endpoint of a peer, with the keep-alives that notice a dead peer
+/// within seconds.
+pub fn endpoint(transport: &Transport, addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(transport
+        .endpoint(addr)?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
@@ -70,12 +73,25 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
 
 /// Shared cache of channels, so that every replication stream, heartbeat
 /// and forwarded write to one peer reuses one connection.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Channels {
     map: Arc<Mutex<HashMap<String, Channel>>>,
+    transport: Transport,
 }
 
 impl Channels {
+    pub fn new(transport: Transport) -> Self {
+        Self {
+            map: Default::default(),
+            transport,
+        }
+    }
+
+    /// How this controller reaches its peers.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         self.keyed(addr.to_string(), addr)
     }
@@ -90,7 +106,7 @@ impl Channels {
         if let Some(ch) = map.get(&key) {
             return Ok(ch.clone());
         }
-        let ch = endpoint(addr)?.connect_lazy();
+        let ch = self.transport.lazy(endpoint(&self.transport, addr)?);
         map.insert(key, ch.clone());
         Ok(ch)
     }

@@ -105,8 +105,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the data dir and starts Raft; `rules` decide binds.
-    pub async fn open(config: NodeConfig, rules: Box<dyn BindRules>) -> Result<Self, NodeError> {
+    /// Opens the data dir and starts Raft; `rules` decide binds, and
+    /// `transport` is how this controller reaches its peers (TLS with its
+    /// controller certificate, or `--insecure` plain TCP).
+    pub async fn open(
+        config: NodeConfig,
+        rules: Box<dyn BindRules>,
+        transport: berth_tls::Transport,
+    ) -> Result<Self, NodeError> {
         let io = |path: &PathBuf| {
             let path = path.display().to_string();
             move |source| NodeError::Io { path, source }
@@ -121,7 +127,7 @@ impl Node {
         let state_machine =
             StateMachine::new(database.clone(), snapshot_dir.clone(), hub.clone(), rules)
                 .map_err(io(&snapshot_dir))?;
-        let channels = Channels::default();
+        let channels = Channels::new(transport);
         let network = Network::new(identity.clone(), channels.clone());
         let raft = Raft::new(
             config.id,

@@ -128,10 +128,9 @@ impl LazyCaches {
     }
 }
 
-/// Starts every reconciler in the background against `addrs` (tried in
-/// turn, the first preferred).
-pub fn spawn(addrs: Vec<String>, config: ReconcileConfig) -> Result<(), ClientError> {
-    let conn = Connector::new(addrs)?;
+/// Starts every reconciler in the background, reaching the cluster
+/// through `conn`.
+pub fn spawn(conn: Connector, config: ReconcileConfig) {
     describe_metrics();
     let caches = LazyCaches {
         conn: conn.clone(),
@@ -153,7 +152,6 @@ pub fn spawn(addrs: Vec<String>, config: ReconcileConfig) -> Result<(), ClientEr
         let (conn, caches) = (conn.clone(), caches.clone());
         move |leader| gc::run(conn, caches, leader)
     });
-    Ok(())
 }
 
 /// Runs `reconciler` with the state of its own election.

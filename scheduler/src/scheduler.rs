@@ -531,7 +531,11 @@ mod tests {
     }
 
     fn scheduler(nodes: &[pb::Node]) -> Scheduler {
-        let conn = Connector::new(vec!["127.0.0.1:1".into()]).unwrap();
+        let conn = Connector::new(
+            vec!["127.0.0.1:1".into()],
+            berth_client::Transport::Insecure,
+        )
+        .unwrap();
         let mut s = Scheduler::new(SchedulerConfig::default(), conn);
         for n in nodes {
             s.cache.set_node(n);

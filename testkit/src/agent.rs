@@ -45,6 +45,7 @@ impl Agent {
             crash_backoff: Some(Duration::from_secs(1)),
             crash_backoff_max: Some(Duration::from_secs(4)),
             log: Some("info,berth_agent=debug".into()),
+            insecure: cluster.is_insecure(),
             ..Default::default()
         }
     }
@@ -64,6 +65,11 @@ impl Agent {
         flags: AgentFlags,
         netns: Option<&Path>,
     ) -> std::io::Result<Self> {
+        let mut flags = flags;
+        let joined = flags.data_dir.join("agent.conf").exists();
+        if flags.token.is_none() && !flags.insecure && !joined {
+            flags.token = Some(cluster.join_token("agent"));
+        }
         let name = flags.name.clone().unwrap_or_default();
         let mut process = Process::new(
             &format!("agent {name}"),
@@ -151,6 +157,11 @@ impl Scheduler {
     ) -> std::io::Result<Self> {
         if flags.servers.is_empty() {
             flags.servers = cluster.addrs();
+        }
+        if cluster.is_insecure() {
+            flags.insecure = true;
+        } else if flags.credentials.is_none() {
+            flags.credentials = Some(cluster.admin_conf());
         }
         if flags.metrics_listen.is_none() {
             flags.metrics_listen = Some(format!("127.0.0.1:{}", crate::free_port()));

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use berth_api::pb;
 use berth_client::objects::ClientKind;
+use berth_client::Transport;
 use nix::sys::signal::Signal;
 use tonic::transport::Channel;
 
@@ -58,6 +59,8 @@ pub struct Cluster {
     binary: PathBuf,
     root: PathBuf,
     options: ClusterOptions,
+    /// `--token` of its `--peers` bootstrap.
+    secret: String,
     pub controllers: BTreeMap<u64, Controller>,
 }
 
@@ -73,10 +76,12 @@ impl Cluster {
             binary: binary.to_path_buf(),
             root: root.to_path_buf(),
             options,
+            secret: format!("test-{}", uuid::Uuid::new_v4().simple()),
             controllers: BTreeMap::new(),
         };
+        let secret = (!cluster.is_insecure()).then(|| cluster.secret.clone());
         for (id, addr) in listen {
-            cluster.add(id, addr, peers.clone());
+            cluster.add(id, addr, peers.clone(), secret.clone());
         }
         cluster
     }
@@ -116,9 +121,10 @@ impl Cluster {
     }
 
     /// Adds controller `id` listening on `addr` and starts it.
-    fn add(&mut self, id: u64, listen: String, membership: Membership) {
+    fn add(&mut self, id: u64, listen: String, membership: Membership, token: Option<String>) {
         let host = listen.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
         let command = ServerCommand {
+            token,
             id,
             metrics_listen: Some(format!("{host}:{}", crate::free_port_on(host))),
             listen,
@@ -147,8 +153,9 @@ impl Cluster {
     pub fn add_joining(&mut self, id: u64, via: u64) {
         let host = self.options.host.clone().unwrap_or("127.0.0.1".into());
         let listen = format!("{host}:{}", crate::free_port_on(&host));
+        let token = (!self.is_insecure()).then(|| self.join_token("controller"));
         let via = Membership::Join(self.addr(via));
-        self.add(id, listen, via);
+        self.add(id, listen, via, token);
     }
 
     /// Starts controller `id` (again, after a kill).
@@ -207,9 +214,70 @@ impl Cluster {
         &self.controllers[&id].command.data_dir
     }
 
+    pub fn is_insecure(&self) -> bool {
+        self.options.flags.insecure
+    }
+
+    /// The data dir of a controller that wrote its credentials, waiting
+    /// up to 30 s for one.
+    fn credentials_dir(&self) -> &Path {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let dirs = self
+                .controllers
+                .values()
+                .map(|c| c.command.data_dir.as_path());
+            if let Some(dir) = crate::tls::written(dirs) {
+                return dir;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no controller wrote admin.conf within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The admin credentials a controller wrote.
+    pub fn admin_conf(&self) -> PathBuf {
+        self.credentials_dir().join("admin.conf")
+    }
+
+    /// How a cluster administrator reaches it.
+    pub fn transport(&self) -> Transport {
+        if self.is_insecure() {
+            return Transport::Insecure;
+        }
+        crate::tls::admin_transport(self.credentials_dir()).expect("the admin credentials load")
+    }
+
+    /// How a controller reaches it: for the internal services (raw KV,
+    /// Raft), which are for controllers alone.
+    pub fn controller_transport(&self) -> Transport {
+        if self.is_insecure() {
+            return Transport::Insecure;
+        }
+        crate::tls::controller_transport(self.credentials_dir()).expect("a controller identity")
+    }
+
+    /// A join token for `role` (agent or controller), from the CLI.
+    pub fn join_token(&self, role: &str) -> String {
+        let out = self
+            .cli()
+            .args(["token", "create", "--role", role])
+            .output()
+            .expect("run berth token create");
+        assert!(
+            out.status.success(),
+            "berth token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// A channel to whichever controller answers first.
     pub async fn channel(&self) -> Channel {
-        berth_client::connect::connect(&self.addrs())
+        berth_client::connect::connect(&self.addrs(), &self.transport())
             .await
             .expect("connect to the cluster")
             .1
@@ -218,16 +286,21 @@ impl Cluster {
     /// A channel to controller `id` only (no leader following beyond what
     /// the client does per request).
     pub async fn channel_to(&self, id: u64) -> Channel {
-        berth_client::connect::connect(&[self.addr(id)])
+        berth_client::connect::connect(&[self.addr(id)], &self.transport())
             .await
             .expect("connect to the controller")
             .1
     }
 
-    /// A `berth` CLI command aimed at this cluster (`--server` set).
+    /// A `berth` CLI command aimed at this cluster (`--server` set, and
+    /// its admin credentials).
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--server").arg(self.addrs().join(","));
+        match self.is_insecure() {
+            true => cmd.arg("--insecure"),
+            false => cmd.arg("--config").arg(self.admin_conf()),
+        };
         cmd
     }
 
@@ -246,10 +319,12 @@ impl Cluster {
         timeout: Duration,
     ) -> Option<u64> {
         let deadline = Instant::now() + timeout;
+        let transport = self.transport();
         while Instant::now() < deadline {
             let mut leaders = Vec::new();
             for id in among {
-                leaders.push(rpc::status(&self.addr(*id)).await.and_then(|s| s.leader));
+                let status = rpc::status(&transport, &self.addr(*id)).await;
+                leaders.push(status.and_then(|s| s.leader));
             }
             if let Some(Some(l)) = leaders.first() {
                 if Some(*l) != old && leaders.iter().all(|x| *x == Some(*l)) {

@@ -36,6 +36,10 @@ pub struct ServerFlags {
     pub logs_to_keep: Option<u64>,
     pub request_timeout: Option<Duration>,
     pub unsafe_stale_reads: bool,
+    /// `--insecure`: plain TCP and no authorization (benchmarks only).
+    pub insecure: bool,
+    /// `--cert-ttl`: short in renewal tests.
+    pub cert_ttl: Option<Duration>,
     /// Flags a user handed through as they are (`berth bench failover`'s
     /// `--server-arg`).
     pub passthrough: Vec<String>,
@@ -58,6 +62,8 @@ pub struct ServerCommand {
     pub metrics_listen: Option<String>,
     pub data_dir: PathBuf,
     pub membership: Membership,
+    /// `--token`: the shared bootstrap secret, or a join token.
+    pub token: Option<String>,
     pub flags: ServerFlags,
 }
 
@@ -117,6 +123,9 @@ impl ServerCommand {
             duration(*d)
         });
         switch(&mut args, "--unsafe-stale-reads", f.unsafe_stale_reads);
+        switch(&mut args, "--insecure", f.insecure);
+        opt(&mut args, "--cert-ttl", &f.cert_ttl, |d| duration(*d));
+        opt(&mut args, "--token", &self.token, String::clone);
         args.extend(f.passthrough.iter().cloned());
         args
     }
@@ -186,6 +195,9 @@ pub struct AgentFlags {
     pub sim_start_delay: Option<Duration>,
     /// Its log filter (`BERTH_LOG`), when not Berth's default.
     pub log: Option<String>,
+    /// A join token for its first start.
+    pub token: Option<String>,
+    pub insecure: bool,
 }
 
 impl AgentFlags {
@@ -200,6 +212,8 @@ impl AgentFlags {
             self.runtime.flag().into(),
         ];
         opt(&mut args, "--name", &self.name, String::clone);
+        opt(&mut args, "--token", &self.token, String::clone);
+        switch(&mut args, "--insecure", self.insecure);
         if let Some((prefix, count)) = &self.sim_nodes {
             args.extend([
                 "--name-prefix".into(),
@@ -252,6 +266,9 @@ pub struct SchedulerFlags {
     pub renew_interval: Option<Duration>,
     /// Schedules without the lease (fencing tests: two active at once).
     pub force_active: bool,
+    /// Its credentials (`--config`); None with `insecure`.
+    pub credentials: Option<PathBuf>,
+    pub insecure: bool,
 }
 
 impl SchedulerFlags {
@@ -261,6 +278,10 @@ impl SchedulerFlags {
             self.servers.join(","),
             "scheduler".into(),
         ];
+        opt(&mut args, "--config", &self.credentials, |p| {
+            p.display().to_string()
+        });
+        switch(&mut args, "--insecure", self.insecure);
         opt(&mut args, "--id", &self.id, String::clone);
         opt(
             &mut args,
@@ -335,6 +356,7 @@ mod tests {
             listen: "127.0.0.1:1".into(),
             metrics_listen: Some("127.0.0.1:2".into()),
             data_dir: "/d".into(),
+            token: None,
             membership: Membership::Peers(vec![(1, "a:1".into()), (2, "b:2".into())]),
             flags: ServerFlags {
                 no_scheduler: true,

@@ -28,6 +28,7 @@ pub mod netns;
 pub mod objects;
 pub mod process;
 pub mod rpc;
+pub mod tls;
 pub mod wait;
 
 pub use agent::Agent;

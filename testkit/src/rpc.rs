@@ -4,24 +4,23 @@
 
 use std::time::Duration;
 
+use berth_client::Transport;
 use berth_proto::cluster as cpb;
 use berth_proto::cluster::cluster_client::ClusterClient;
 use berth_proto::kv as kpb;
 use berth_proto::kv::kv_client::KvClient;
 use tonic::transport::Channel;
 
-async fn channel(addr: &str) -> Option<Channel> {
-    berth_client::connect::endpoint(addr)
+async fn channel(transport: &Transport, addr: &str) -> Option<Channel> {
+    let endpoint = berth_client::connect::endpoint(transport, addr)
         .ok()?
-        .connect_timeout(Duration::from_millis(300))
-        .connect()
-        .await
-        .ok()
+        .connect_timeout(Duration::from_millis(300));
+    transport.connect(endpoint).await.ok()
 }
 
 /// The controller's view of the cluster, if it answers within a second.
-pub async fn status(addr: &str) -> Option<cpb::StatusResponse> {
-    let ch = channel(addr).await?;
+pub async fn status(transport: &Transport, addr: &str) -> Option<cpb::StatusResponse> {
+    let ch = channel(transport, addr).await?;
     let mut req = tonic::Request::new(cpb::StatusRequest {});
     req.set_timeout(Duration::from_secs(1));
     ClusterClient::new(ch)
@@ -31,9 +30,10 @@ pub async fn status(addr: &str) -> Option<cpb::StatusResponse> {
         .map(|r| r.into_inner())
 }
 
-/// A KV client of this one controller.
-pub async fn kv(addr: &str) -> Option<KvClient<Channel>> {
-    Some(KvClient::new(channel(addr).await?))
+/// A KV client of this one controller (the KV service is for
+/// controllers: see `Cluster::controller_transport`).
+pub async fn kv(transport: &Transport, addr: &str) -> Option<KvClient<Channel>> {
+    Some(KvClient::new(channel(transport, addr).await?))
 }
 
 /// One put with a deadline; the revision it made.

@@ -191,10 +191,13 @@ async fn drive<K: ClientKind>(
     r
 }
 
-async fn channels(addrs: &[String]) -> anyhow::Result<Vec<Channel>> {
+async fn channels(
+    addrs: &[String],
+    transport: &berth_client::Transport,
+) -> anyhow::Result<Vec<Channel>> {
     let mut out = Vec::new();
     for a in addrs {
-        let (_, ch) = berth::client::connect(std::slice::from_ref(a)).await?;
+        let (_, ch) = berth::client::connect(std::slice::from_ref(a), transport).await?;
         out.push(ch);
     }
     Ok(out)
@@ -345,19 +348,24 @@ async fn fan_out(
     }))
 }
 
-pub async fn run(args: ApiArgs, addrs: &[String]) -> anyhow::Result<()> {
+pub async fn run(
+    args: ApiArgs,
+    target: anyhow::Result<crate::verbs::Ctx>,
+    insecure: bool,
+) -> anyhow::Result<()> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
     // Keeps the spawned cluster (and its data dir) alive for the run.
     let mut spawned: Option<(tempfile::TempDir, Cluster)> = None;
-    let addrs: Vec<String> = if args.spawn {
+    let (addrs, transport) = if args.spawn {
         let binary = std::env::current_exe().context("locate the berth binary")?;
         let root = tempfile::tempdir().context("create a temporary directory")?;
         // Without schedulers: the bench's pods are not meant to be placed.
         let options = ClusterOptions {
             flags: ServerFlags {
                 no_scheduler: true,
+                insecure,
                 ..Default::default()
             },
             ..Default::default()
@@ -370,13 +378,14 @@ pub async fn run(args: ApiArgs, addrs: &[String]) -> anyhow::Result<()> {
         {
             bail!("the spawned cluster elected no leader within 20 s");
         }
-        let addrs = cluster.addrs();
+        let reach = (cluster.addrs(), cluster.transport());
         spawned = Some((root, cluster));
-        addrs
+        reach
     } else {
-        addrs.to_vec()
+        let target = target?;
+        (target.addrs, target.transport)
     };
-    let chans = channels(&addrs).await?;
+    let chans = channels(&addrs, &transport).await?;
     let run = format!("bench-{}", std::process::id());
     let mut report = mixed_load(&args, &chans, &run).await?;
     if args.watchers > 0 {

@@ -49,6 +49,7 @@ pub struct FailoverArgs {
 type Acks = Arc<Mutex<Vec<(Instant, Instant)>>>;
 
 fn start_writers(
+    transport: berth_client::Transport,
     addrs: Vec<String>,
     n: usize,
     stop: Arc<AtomicBool>,
@@ -57,13 +58,14 @@ fn start_writers(
     (0..n)
         .map(|w| {
             let addrs = addrs.clone();
+            let transport = transport.clone();
             let stop = stop.clone();
             let acks = acks.clone();
             tokio::spawn(async move {
                 let mut target = w % addrs.len();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let Some(mut kv) = rpc::kv(&addrs[target]).await else {
+                    let Some(mut kv) = rpc::kv(&transport, &addrs[target]).await else {
                         target = (target + 1) % addrs.len();
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         continue;
@@ -94,7 +96,7 @@ fn start_writers(
 async fn probe(cluster: &Cluster, survivors: &[u64], killed_at: Instant) -> Option<Duration> {
     let mut clients = Vec::new();
     for id in survivors {
-        if let Some(kv) = rpc::kv(&cluster.addr(*id)).await {
+        if let Some(kv) = rpc::kv(&cluster.controller_transport(), &cluster.addr(*id)).await {
             clients.push(kv);
         }
     }
@@ -128,15 +130,18 @@ async fn probe(cluster: &Cluster, survivors: &[u64], killed_at: Instant) -> Opti
 }
 
 async fn term(cluster: &Cluster, id: u64) -> Option<u64> {
-    rpc::status(&cluster.addr(id)).await.map(|s| s.term)
+    rpc::status(&cluster.transport(), &cluster.addr(id))
+        .await
+        .map(|s| s.term)
 }
 
-pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
+pub async fn run(args: FailoverArgs, insecure: bool) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("locate the berth binary")?;
     let root = tempfile::tempdir().context("create a temporary directory")?;
     let options = ClusterOptions {
         flags: ServerFlags {
             passthrough: args.server_args.clone(),
+            insecure,
             ..Default::default()
         },
         log_dir: args.log_dir.clone(),
@@ -154,7 +159,13 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let t1 = term(&cluster, leader).await.unwrap_or(0);
     let stop = Arc::new(AtomicBool::new(false));
     let acks: Acks = Arc::default();
-    let writers = start_writers(cluster.addrs(), args.writers, stop.clone(), acks.clone());
+    let writers = start_writers(
+        cluster.controller_transport(),
+        cluster.addrs(),
+        args.writers,
+        stop.clone(),
+        acks.clone(),
+    );
     tokio::time::sleep(args.observe).await;
     let t2 = term(&cluster, leader).await.unwrap_or(0);
 

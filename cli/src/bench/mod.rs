@@ -27,13 +27,20 @@ pub enum BenchCommand {
     Failover(failover::FailoverArgs),
 }
 
-pub async fn run(cmd: BenchCommand, addrs: &[String]) -> anyhow::Result<()> {
+/// Runs `cmd` against `target` (a running cluster: `--server`, and the
+/// credentials or `--insecure`), or against a cluster it spawns, secure
+/// unless `insecure`.
+pub async fn run(
+    cmd: BenchCommand,
+    target: anyhow::Result<crate::verbs::Ctx>,
+    insecure: bool,
+) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Store(a) => store::run(a, addrs).await,
-        BenchCommand::Failover(a) => failover::run(a).await,
-        BenchCommand::Api(a) => api::run(a, addrs).await,
-        BenchCommand::Schedule(a) => schedule::run(a).await,
-        BenchCommand::Startup(a) => startup::run(a).await,
+        BenchCommand::Store(a) => store::run(a, &target?).await,
+        BenchCommand::Failover(a) => failover::run(a, insecure).await,
+        BenchCommand::Api(a) => api::run(a, target, insecure).await,
+        BenchCommand::Schedule(a) => schedule::run(a, insecure).await,
+        BenchCommand::Startup(a) => startup::run(a, insecure).await,
         BenchCommand::Services(a) => services::run(a).await,
     }
 }

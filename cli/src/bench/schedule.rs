@@ -230,7 +230,7 @@ fn standalone_scheduler(
     Ok(scheduler)
 }
 
-pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
+pub async fn run(args: ScheduleArgs, insecure: bool) -> anyhow::Result<()> {
     if args.nodes == 0 || args.pods == 0 {
         bail!("--nodes and --pods must be at least 1");
     }
@@ -241,6 +241,7 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
         flags: ServerFlags {
             watch_history: Some(1_000_000),
             no_scheduler: args.standalone_scheduler,
+            insecure,
             ..Default::default()
         },
         ..Default::default()
@@ -257,7 +258,7 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     {
         bail!("the spawned cluster elected no leader within 20 s");
     }
-    let conn = Connector::new(cluster.addrs())?;
+    let conn = Connector::new(cluster.addrs(), cluster.transport())?;
     let ch = conn.channel().await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while pb::Namespace::get(

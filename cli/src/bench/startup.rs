@@ -116,7 +116,7 @@ async fn wait_ready(
     }
 }
 
-pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
+pub async fn run(args: StartupArgs, insecure: bool) -> anyhow::Result<()> {
     if args.pods == 0 {
         bail!("--pods must be at least 1");
     }
@@ -125,7 +125,14 @@ pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
     }
     let binary = std::env::current_exe().context("locate the berth binary")?;
     let root = tempfile::tempdir().context("create a temporary directory")?;
-    let cluster = Cluster::start(&binary, root.path(), 3, ClusterOptions::default());
+    let options = ClusterOptions {
+        flags: berth_testkit::ServerFlags {
+            insecure,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let cluster = Cluster::start(&binary, root.path(), 3, options);
     if cluster
         .wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
         .await
@@ -134,7 +141,7 @@ pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
         bail!("the spawned cluster elected no leader within 20 s");
     }
     let agent = start_agent(root.path(), &cluster, &args)?;
-    let conn = Connector::new(cluster.addrs())?;
+    let conn = Connector::new(cluster.addrs(), cluster.transport())?;
     let ch = conn.channel().await?;
     wait_ready(
         &ch,

@@ -183,15 +183,16 @@ async fn drive(
 
 async fn berth_client(
     addrs: Vec<String>,
+    transport: berth_client::Transport,
     client: usize,
     args: Arc<StoreArgs>,
     until: Instant,
 ) -> ClientResult {
     let connected = if args.pinned {
         let addr = &addrs[client % addrs.len()];
-        rpc::kv(addr).await.map(BerthClient::Pinned)
+        rpc::kv(&transport, addr).await.map(BerthClient::Pinned)
     } else {
-        match Connector::new(addrs) {
+        match Connector::new(addrs, transport) {
             Ok(conn) if conn.channel().await.is_ok() => Some(BerthClient::Following(conn)),
             _ => None,
         }
@@ -266,7 +267,8 @@ async fn collect(
     report
 }
 
-pub async fn run(args: StoreArgs, addrs: &[String]) -> anyhow::Result<()> {
+pub async fn run(args: StoreArgs, target: &crate::verbs::Ctx) -> anyhow::Result<()> {
+    let addrs = &target.addrs[..];
     if args.clients == 0 || addrs.is_empty() {
         bail!("--clients must be at least 1 and --server must name a controller");
     }
@@ -279,7 +281,15 @@ pub async fn run(args: StoreArgs, addrs: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let until = started + args.duration;
     let handles = (0..args.clients)
-        .map(|c| tokio::spawn(berth_client(addrs.to_vec(), c, args.clone(), until)))
+        .map(|c| {
+            tokio::spawn(berth_client(
+                addrs.to_vec(),
+                target.transport.clone(),
+                c,
+                args.clone(),
+                until,
+            ))
+        })
         .collect();
     reports.push(collect("berth", handles, started).await);
 

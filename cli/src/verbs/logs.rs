@@ -9,6 +9,8 @@ use anyhow::Result;
 use berth::objects::ClientKind;
 use berth_api::pb;
 use clap::Args;
+use std::sync::Arc;
+
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
@@ -104,9 +106,34 @@ pub async fn run(ctx: &Ctx, args: LogsArgs) -> Result<()> {
     let stream = tokio::net::TcpStream::connect((ip.as_str(), port))
         .await
         .with_context(|| format!("reach the agent of node {} at {ip}:{port}", spec.node_name))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
+    let (mut sender, conn) = match &ctx.transport {
+        berth_client::Transport::Insecure => {
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            (sender, tokio::spawn(conn))
+        }
+        berth_client::Transport::Tls(config) => {
+            // The agent shows its node certificate, naming its address,
+            // and takes ours; it speaks HTTP/1.1.
+            let mut config = (**config).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = rustls::pki_types::ServerName::try_from(ip.clone())
+                .with_context(|| format!("{ip} is not a name TLS can verify"))?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, stream)
+                .await
+                .with_context(|| {
+                    format!(
+                        "TLS with the agent of node {} at {ip}:{port}",
+                        spec.node_name
+                    )
+                })?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+            (sender, tokio::spawn(conn))
+        }
+    };
+    let _connection = conn;
     let req = hyper::Request::get(path)
         .header("host", format!("{ip}:{port}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())?;

@@ -31,19 +31,20 @@ pub use node::drain;
 #[derive(Clone)]
 pub struct Ctx {
     pub addrs: Vec<String>,
+    pub transport: berth_client::Transport,
 }
 
 impl Ctx {
     /// A channel to the first controller that answers.
     pub async fn channel(&self) -> Result<Channel> {
-        Ok(client::connect(&self.addrs).await?.1)
+        Ok(client::connect(&self.addrs, &self.transport).await?.1)
     }
 
     /// A channel to the leader, for writes: any controller would forward
     /// them, but going straight there saves a hop. Falls back to the first
     /// controller that answers when the leader is unknown or unreachable.
     pub async fn leader_channel(&self) -> Result<Channel> {
-        let (addr, ch) = client::connect(&self.addrs).await?;
+        let (addr, ch) = client::connect(&self.addrs, &self.transport).await?;
         let mut req = tonic::Request::new(berth_proto::cluster::StatusRequest {});
         req.set_timeout(Duration::from_secs(2));
         let status = berth_proto::cluster::cluster_client::ClusterClient::new(ch.clone())
@@ -58,10 +59,12 @@ impl Ctx {
                 .map(|m| m.addr)
         });
         match leader_addr {
-            Some(l) if l != addr => match client::connect(std::slice::from_ref(&l)).await {
-                Ok((_, leader)) => Ok(leader),
-                Err(_) => Ok(ch),
-            },
+            Some(l) if l != addr => {
+                match client::connect(std::slice::from_ref(&l), &self.transport).await {
+                    Ok((_, leader)) => Ok(leader),
+                    Err(_) => Ok(ch),
+                }
+            }
             _ => Ok(ch),
         }
     }

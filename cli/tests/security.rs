@@ -1,0 +1,397 @@
+//! A secure cluster from the outside: who is refused, how joining works,
+//! what survives the loss of the controller that made the CA, and
+//! certificates renewed while everything keeps running.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use berth::objects::ClientKind;
+use berth_api::pb;
+use berth_client::Transport;
+use berth_proto::cluster as cpb;
+use berth_proto::cluster::cluster_client::ClusterClient;
+use berth_proto::kv as kpb;
+use berth_proto::kv::kv_client::KvClient;
+use berth_proto::raft::raft_client::RaftClient;
+use berth_testkit::eventually;
+use berth_testkit::objects::get_req;
+use berth_testkit::rpc;
+use berth_testkit::Agent;
+use berth_testkit::Cluster;
+use berth_testkit::ClusterOptions;
+use berth_testkit::ServerFlags;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(30);
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn cluster_of(root: &Path, n: u64, flags: ServerFlags) -> Cluster {
+    let cluster = Cluster::start(
+        &berth_testkit::berth_binary(),
+        root,
+        n,
+        ClusterOptions::for_tests(flags),
+    );
+    let ids: Vec<u64> = (1..=n).collect();
+    cluster
+        .wait_for_leader(&ids, T)
+        .await
+        .expect("the cluster elects a leader");
+    cluster
+}
+
+/// The cluster's CA, as its admin credentials hold it.
+fn ca_pem(cluster: &Cluster) -> String {
+    berth_client::credentials::load(&cluster.admin_conf(), None)
+        .unwrap()
+        .ca_pem
+}
+
+async fn channel(transport: &Transport, addr: &str) -> Result<Channel, String> {
+    berth_client::connect::connect(&[addr.to_string()], transport)
+        .await
+        .map(|(_, ch)| ch)
+        .map_err(|e| e.to_string())
+}
+
+/// Codes of a public, a Raft, a KV and a membership call made as the
+/// holder of `transport`.
+async fn codes(transport: &Transport, addr: &str) -> Vec<Option<Code>> {
+    let ch = channel(transport, addr).await.expect("a TLS connection");
+    let code = |r: Result<(), tonic::Status>| r.err().map(|s| s.code());
+    let list = pb::Namespace::list(ch.clone(), Default::default()).await;
+    let raft = RaftClient::new(ch.clone())
+        .vote(berth_proto::raft::RaftMessage::default())
+        .await;
+    let kv = KvClient::new(ch.clone())
+        .range(kpb::RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    let remove = ClusterClient::new(ch)
+        .remove_member(cpb::RemoveMemberRequest { id: 99 })
+        .await;
+    vec![
+        code(list.map(drop)),
+        code(raft.map(drop)),
+        code(kv.map(drop)),
+        code(remove.map(drop)),
+    ]
+}
+
+fn user_transport(cluster: &Cluster, root: &Path, name: &str, groups: &[&str]) -> Transport {
+    let mut cmd = cluster.cli();
+    cmd.args(["user", "create", name]);
+    for g in groups {
+        cmd.args(["--group", g]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "user create: {}", stderr(&out));
+    let path = root.join(format!("{name}.conf"));
+    std::fs::write(&path, &out.stdout).unwrap();
+    berth_client::credentials::load(&path, None)
+        .expect("the new user's credentials load")
+        .transport
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_get_what_their_identity_allows_and_strangers_nothing() {
+    let _serial = berth_testkit::serial().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = cluster_of(root.path(), 1, ServerFlags::default()).await;
+    let addr = cluster.addr(1);
+    let denied = Some(Code::PermissionDenied);
+
+    // Plain TCP is not spoken at all.
+    let plain = channel(&Transport::Insecure, &addr).await;
+    if let Ok(ch) = plain {
+        let r = pb::Namespace::list(ch, Default::default()).await;
+        assert!(r.is_err(), "a plaintext call was answered");
+    }
+    // TLS without a certificate: only joining is open.
+    let anonymous = Transport::Tls(berth_tls::client_config(&ca_pem(&cluster), None).unwrap());
+    let unauthenticated = Some(Code::Unauthenticated);
+    assert_eq!(codes(&anonymous, &addr).await, vec![unauthenticated; 4]);
+    let message = pb::Namespace::list(
+        channel(&anonymous, &addr).await.unwrap(),
+        Default::default(),
+    )
+    .await
+    .unwrap_err()
+    .message()
+    .to_string();
+    assert!(message.contains("needs a client certificate"), "{message}");
+
+    // An administrator (system:masters) may change membership but is no
+    // controller: Raft and the raw store are refused.
+    let admin = codes(&cluster.transport(), &addr).await;
+    assert_eq!(admin[0], None);
+    assert_eq!(&admin[1..3], &[denied, denied]);
+    assert_ne!(admin[3], denied, "cluster-admin may remove members");
+    // A plain user reads the API, and nothing internal.
+    let alice = user_transport(&cluster, root.path(), "alice", &["dev"]);
+    assert_eq!(codes(&alice, &addr).await[1..], [denied, denied, denied]);
+    let mut cmd = std::process::Command::new(cluster.binary());
+    cmd.arg("--config")
+        .arg(root.path().join("alice.conf"))
+        .args(["--server", &addr, "token", "create", "--role", "agent"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("forbidden: alice cannot call"),
+        "{}",
+        stderr(&out)
+    );
+    // A user cannot take a controller's or node's name.
+    let out = cluster
+        .cli()
+        .args(["user", "create", "system:node:n1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("reserved name"), "{}", stderr(&out));
+
+    // Another cluster's credentials are refused at the handshake.
+    let other_root = tempfile::tempdir().unwrap();
+    let other = cluster_of(other_root.path(), 1, ServerFlags::default()).await;
+    let err = channel(&other.transport(), &addr).await.unwrap_err();
+    assert!(err.contains("refused TLS"), "{err}");
+    let out = std::process::Command::new(cluster.binary())
+        .arg("--config")
+        .arg(other.admin_conf())
+        .args(["--server", &addr, "get", "namespaces"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("another cluster"), "{}", stderr(&out));
+}
+
+async fn node_ready(cluster: &Cluster, name: &str) {
+    let ch = cluster.channel().await;
+    eventually(&format!("node {name} is Ready"), T, || {
+        let ch = ch.clone();
+        async move {
+            pb::Node::get(ch, get_req("", name))
+                .await
+                .is_ok_and(|n| berth_api::resources::node_is_ready(&n))
+        }
+    })
+    .await;
+}
+
+fn agent_with_token(cluster: &Cluster, root: &Path, name: &str, token: &str) -> Agent {
+    let mut flags = Agent::flags(cluster, root, name);
+    flags.token = Some(token.into());
+    Agent::start_with(cluster, root, flags, None).unwrap()
+}
+
+fn agent_log(root: &Path, name: &str) -> String {
+    std::fs::read_to_string(root.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_join_with_a_live_token_only() {
+    let _serial = berth_testkit::serial().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = cluster_of(root.path(), 1, ServerFlags::default()).await;
+
+    let good = cluster.join_token("agent");
+    assert!(good.starts_with("BERTH1-"), "{good}");
+    let _n1 = agent_with_token(&cluster, root.path(), "n1", &good);
+    node_ready(&cluster, "n1").await;
+    let conf = std::fs::read_to_string(root.path().join("n1/agent.conf")).unwrap();
+    assert!(conf.contains("system:node:n1"), "{conf}");
+    // Its log server takes only clients with a certificate of the cluster.
+    let node = pb::Node::get(cluster.channel().await, get_req("", "n1"))
+        .await
+        .unwrap();
+    let port = node
+        .status
+        .and_then(|s| s.daemon_endpoints)
+        .and_then(|d| d.kubelet_endpoint)
+        .unwrap()
+        .port;
+    let logs = format!("127.0.0.1:{port}");
+    assert!(tls_handshake(&ca_pem(&cluster), &logs, None).await.is_err());
+    let admin = berth_client::credentials::load(&cluster.admin_conf(), None).unwrap();
+    assert!(tls_handshake(&ca_pem(&cluster), &logs, Some(admin.slot))
+        .await
+        .is_ok());
+    let plain = berth_testkit::rpc::metric(&logs, "berth_agent_pods").await;
+    assert_eq!(plain, 0.0, "the log port answered plain HTTP");
+
+    // Refused: an expired token, a revoked one, a controller token, and a
+    // token whose CA hash is another cluster's.
+    let out = cluster
+        .cli()
+        .args(["token", "create", "--role", "agent", "--ttl", "1s"])
+        .output()
+        .unwrap();
+    let expired = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let revoked = cluster.join_token("agent");
+    let id = revoked
+        .split('-')
+        .nth(2)
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap();
+    let out = cluster
+        .cli()
+        .args(["token", "revoke", id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = cluster.cli().args(["token", "list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(!listed.contains(id), "{listed}");
+    let controller = cluster.join_token("controller");
+    let ours = good.split('-').nth(1).unwrap();
+    let foreign = good.replace(ours, &"0".repeat(64));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cases = [
+        ("expired", expired.as_str(), "expired"),
+        ("revoked", revoked.as_str(), "unknown or was revoked"),
+        ("wrongrole", controller.as_str(), "is for role controller"),
+        ("foreign", foreign.as_str(), "the token pins"),
+    ];
+    for (name, token, why) in cases {
+        let mut agent = agent_with_token(&cluster, root.path(), name, token);
+        eventually(&format!("agent {name} gives up"), T, || {
+            let exited = !agent.process.is_running();
+            async move { exited }
+        })
+        .await;
+        let log = agent_log(root.path(), name);
+        assert!(log.contains(why), "{name}: {log}");
+        assert!(!root.path().join(name).join("agent.conf").exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_outlives_the_controller_that_made_its_ca() {
+    let _serial = berth_testkit::serial().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = cluster_of(root.path(), 1, ServerFlags::default()).await;
+    cluster.add_joining(2, 1);
+    cluster.add_joining(3, 1);
+    eventually("three voters", Duration::from_secs(60), || async {
+        let status = rpc::status(&cluster.transport(), &cluster.addr(1)).await;
+        status.is_some_and(|s| s.members.iter().filter(|m| m.voter).count() == 3)
+    })
+    .await;
+    // The joiners got the CA: they issue too.
+    for id in [2, 3] {
+        assert!(cluster.data_dir(id).join("tls/ca.key").exists());
+    }
+    cluster.kill(1);
+    cluster.wipe(1);
+    cluster
+        .wait_for_leader(&[2, 3], T)
+        .await
+        .expect("the other two elect a leader");
+    let _n1 = Agent::start(&cluster, root.path(), "n1");
+    node_ready(&cluster, "n1").await;
+}
+
+/// A TLS handshake and one read with `addr`, presenting `cert` if given:
+/// a server that requires a client certificate refuses at the read.
+async fn tls_handshake(
+    ca_pem: &str,
+    addr: &str,
+    cert: Option<std::sync::Arc<berth_tls::CertSlot>>,
+) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_rustls::rustls;
+    let mut config = (*berth_tls::client_config(ca_pem, cert).unwrap()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"GET /containerLogs/default/none/c HTTP/1.1\r\nHost: n1\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = [0u8; 12];
+    tls.read_exact(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The serving certificate's expiry, as a client sees it.
+async fn served_not_after(ca_pem: &str, addr: &str) -> std::time::SystemTime {
+    use tokio_rustls::rustls;
+    let config = berth_tls::client_config(ca_pem, None).unwrap();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let tcp = tokio::net::TcpStream::connect((host, port.parse::<u16>().unwrap()))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64_lines(&der)
+    );
+    berth_pki::not_after(&pem).unwrap()
+}
+
+fn base64_lines(der: &[u8]) -> String {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    text.as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_are_renewed_without_a_restart() {
+    let _serial = berth_testkit::serial().await;
+    let root = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(12);
+    let flags = ServerFlags {
+        cert_ttl: Some(ttl),
+        ..Default::default()
+    };
+    let cluster = cluster_of(root.path(), 1, flags).await;
+    let ca = ca_pem(&cluster);
+    let addr = cluster.addr(1);
+    let first = served_not_after(&ca, &addr).await;
+    let _n1 = Agent::start(&cluster, root.path(), "n1");
+    node_ready(&cluster, "n1").await;
+    let conf = root.path().join("n1/agent.conf");
+    let joined = std::fs::read_to_string(&conf).unwrap();
+
+    // Past the first certificates' expiry: the controller serves a newer
+    // one, the agent has written its renewed one, and both still work.
+    tokio::time::sleep(ttl + Duration::from_secs(3)).await;
+    let now_served = served_not_after(&ca, &addr).await;
+    assert!(now_served > first, "{now_served:?} is not after {first:?}");
+    assert_ne!(std::fs::read_to_string(&conf).unwrap(), joined);
+    let renewals = rpc::metric(
+        &cluster.metrics_addr(1),
+        "berth_controller_certificate_renewals_total",
+    )
+    .await;
+    assert!(renewals >= 1.0, "{renewals}");
+    node_ready(&cluster, "n1").await;
+    let ch = cluster.channel().await;
+    pb::Namespace::list(ch, Default::default()).await.unwrap();
+}

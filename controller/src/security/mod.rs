@@ -1,0 +1,358 @@
+//! The controller's half of the cluster's security: it obtains the CA
+//! before it serves (makes it when it creates the cluster, else gets it
+//! from a controller that proves the shared bootstrap secret or matches a
+//! join token), issues itself a certificate for the addresses it listens
+//! on and renews it in place, writes `admin.conf`, serves certificates and
+//! tokens (`service`), and refuses callers what their identity may not do
+//! (`authz`).
+
+pub mod authz;
+pub mod service;
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::SystemTime;
+
+use berth_pki::Ca;
+use berth_pki::Credentials;
+use berth_pki::Identity;
+use berth_pki::Issued;
+use berth_proto::security::Role;
+use berth_retry::Backoff;
+use berth_tls::join::Secret;
+use berth_tls::Acceptor;
+use berth_tls::CertSlot;
+use berth_tls::Transport;
+
+use crate::config::ServerConfig;
+
+/// Controllers' and nodes' certificates live this long unless told (as
+/// Docker Swarm's).
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The admin credentials every controller writes.
+const ADMIN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const ADMIN_USER: &str = "admin";
+pub const MASTERS_GROUP: &str = "system:masters";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] berth_pki::PkiError),
+    #[error(transparent)]
+    Tls(#[from] berth_tls::TlsError),
+    #[error(transparent)]
+    Join(#[from] berth_tls::join::JoinError),
+    #[error("{0}")]
+    Flags(String),
+}
+
+/// What serving and reaching peers take from the cluster's PKI.
+pub struct Security {
+    pub acceptor: Acceptor,
+    pub transport: Transport,
+    /// None when `--insecure`.
+    pub authority: Option<Arc<Authority>>,
+}
+
+/// The CA this controller holds and the certificate it presents.
+pub struct Authority {
+    pub ca: Ca,
+    pub slot: Arc<CertSlot>,
+    pub cert_ttl: Duration,
+    /// `--token` of a `--peers` bootstrap: what joining controllers prove.
+    pub bootstrap_secret: Option<String>,
+    id: u64,
+    addresses: Vec<String>,
+}
+
+impl Authority {
+    fn issue_own(&self) -> Result<Issued, berth_pki::PkiError> {
+        self.ca.issue(
+            &Identity::Controller(self.id),
+            &self.addresses,
+            self.cert_ttl,
+        )
+    }
+
+    /// Renews this controller's certificate when a third of its life is
+    /// left, for as long as the process runs; open connections keep the
+    /// old one, new handshakes get the new one.
+    pub async fn renew_forever(self: Arc<Self>) {
+        loop {
+            let wait = berth_tls::renew_after(self.slot.not_after());
+            tokio::time::sleep(wait).await;
+            match self.issue_own().map(|issued| self.slot.replace(&issued)) {
+                Ok(Ok(())) => {
+                    metrics::counter!("berth_controller_certificate_renewals_total").increment(1);
+                    tracing::info!("renewed this controller's certificate");
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "could not load a renewed certificate"),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not renew this controller's certificate")
+                }
+            }
+            if let Ok(left) = self.slot.not_after().duration_since(SystemTime::now()) {
+                metrics::gauge!("berth_controller_certificate_expiry_seconds")
+                    .set(left.as_secs_f64());
+            }
+        }
+    }
+}
+
+fn tls_dir(config: &ServerConfig) -> PathBuf {
+    config.data_dir.join("tls")
+}
+
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SecurityError {
+    let path = path.display().to_string();
+    move |source| SecurityError::Io { what, path, source }
+}
+
+/// Writes `contents` readable by the owner only, replacing `path` whole.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), SecurityError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_error("write", &tmp))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_error("replace", path))
+}
+
+fn load_ca(dir: &Path) -> Result<Option<Ca>, SecurityError> {
+    let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    if !cert.exists() {
+        return Ok(None);
+    }
+    let cert_pem = std::fs::read_to_string(&cert).map_err(io_error("read", &cert))?;
+    let key_pem = std::fs::read_to_string(&key).map_err(io_error("read", &key))?;
+    Ok(Some(Ca::from_pem(&cert_pem, &key_pem)?))
+}
+
+fn save_ca(dir: &Path, ca: &Ca) -> Result<(), SecurityError> {
+    berth_raft::identity::create_private_dir(dir).map_err(io_error("create", dir))?;
+    write_private(&dir.join("ca.key"), &ca.key_pem())?;
+    write_private(&dir.join("ca.crt"), ca.cert_pem())
+}
+
+/// The names in this controller's certificate: the host it advertises,
+/// the address it listens on, loopback (local clients), and `--tls-san`.
+fn cert_addresses(config: &ServerConfig) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut add = |name: String| {
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    };
+    add(host_of(&config.advertise));
+    if !config.listen.ip().is_unspecified() {
+        add(config.listen.ip().to_string());
+    }
+    add("127.0.0.1".into());
+    add("localhost".into());
+    config.tls_sans.iter().cloned().for_each(add);
+    names
+}
+
+/// HOST of HOST:PORT (brackets of an IPv6 host removed).
+fn host_of(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
+}
+
+/// Every address a client of this cluster may try, this controller's
+/// first.
+pub fn cluster_addrs(config: &ServerConfig) -> Vec<String> {
+    let mut addrs = vec![config.advertise.clone()];
+    let others = config.peers.iter().map(|(_, a)| a.clone());
+    for addr in others.chain(config.join.iter().cloned()) {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    addrs
+}
+
+/// Gets this controller its CA and certificate (or, `--insecure`, none).
+pub async fn prepare(config: &ServerConfig) -> Result<Security, SecurityError> {
+    if config.insecure {
+        tracing::warn!("--insecure: this controller speaks plain TCP and lets ANY caller do ANYTHING; for benchmarks against peers without TLS only");
+        return Ok(Security {
+            acceptor: Acceptor::Insecure,
+            transport: Transport::Insecure,
+            authority: None,
+        });
+    }
+    let dir = tls_dir(config);
+    let ca = match load_ca(&dir)? {
+        Some(ca) => ca,
+        None => {
+            let ca = obtain_ca(config).await?;
+            save_ca(&dir, &ca)?;
+            ca
+        }
+    };
+    let authority = Arc::new(Authority {
+        slot: CertSlot::new(&ca.issue(
+            &Identity::Controller(config.id),
+            &cert_addresses(config),
+            config.cert_ttl,
+        )?)?,
+        ca,
+        cert_ttl: config.cert_ttl,
+        bootstrap_secret: config.token.clone(),
+        id: config.id,
+        addresses: cert_addresses(config),
+    });
+    write_admin_credentials(config, &authority.ca)?;
+    let ca_pem = authority.ca.cert_pem();
+    let security = Security {
+        acceptor: Acceptor::Tls(berth_tls::server_config(ca_pem, authority.slot.clone())?),
+        transport: Transport::Tls(berth_tls::client_config(
+            ca_pem,
+            Some(authority.slot.clone()),
+        )?),
+        authority: Some(authority.clone()),
+    };
+    tokio::spawn(authority.renew_forever());
+    Ok(security)
+}
+
+/// `DIR/admin.conf`: a cluster-admin's credentials (group
+/// system:masters), rewritten at every start.
+fn write_admin_credentials(config: &ServerConfig, ca: &Ca) -> Result<(), SecurityError> {
+    let admin = Identity::User {
+        name: ADMIN_USER.into(),
+        groups: vec![MASTERS_GROUP.into()],
+    };
+    let issued = ca.issue(&admin, &[], ADMIN_TTL)?;
+    let creds = Credentials::new(
+        "berth",
+        &cluster_addrs(config),
+        ca.cert_pem(),
+        ADMIN_USER,
+        &issued,
+    );
+    write_private(&config.data_dir.join("admin.conf"), &creds.to_yaml())
+}
+
+/// The CA of a controller that has none yet: made here when this one
+/// creates the cluster, else fetched from a controller that proves what
+/// this one was given.
+async fn obtain_ca(config: &ServerConfig) -> Result<Ca, SecurityError> {
+    let secret = match &config.token {
+        Some(text) => Some(Secret::parse(text)?),
+        None => None,
+    };
+    if let Some(target) = &config.join {
+        let secret = secret.ok_or_else(|| {
+            SecurityError::Flags(
+                "--join needs --token: ask the cluster for one with `berth token create --role controller`".into(),
+            )
+        })?;
+        return fetch_ca(config, std::slice::from_ref(target), &secret, false).await;
+    }
+    let others: Vec<String> = config
+        .peers
+        .iter()
+        .filter(|(id, _)| *id != config.id)
+        .map(|(_, a)| a.clone())
+        .collect();
+    if config.peers.is_empty() {
+        return Err(SecurityError::Flags(
+            "a controller with neither --peers nor --join would wait to be added, but it could not prove itself to the cluster: give it --join ADDR --token TOKEN (`berth token create --role controller`), or --peers to create a cluster".into(),
+        ));
+    }
+    if others.is_empty() {
+        tracing::info!("making the cluster's CA");
+        return Ok(Ca::generate(&config.id.to_string())?);
+    }
+    let secret = secret.ok_or_else(|| {
+        SecurityError::Flags(
+            "--peers with more than one controller needs --token SECRET, the same on each, so that they can trust each other's CA (make one with `openssl rand -hex 16`)".into(),
+        )
+    })?;
+    let creator = config.peers.iter().map(|(id, _)| *id).min() == Some(config.id);
+    fetch_ca(config, &others, &secret, creator).await
+}
+
+/// Asks `addrs` in turn for the CA and this controller's place in it,
+/// until one answers. The creator asks once: if no peer serves a cluster
+/// yet, it makes the CA.
+async fn fetch_ca(
+    config: &ServerConfig,
+    addrs: &[String],
+    secret: &Secret,
+    creator: bool,
+) -> Result<Ca, SecurityError> {
+    let mut pause = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
+    loop {
+        for addr in addrs {
+            match berth_tls::join::join(
+                addr,
+                secret,
+                Role::Controller,
+                &config.id.to_string(),
+                &cert_addresses(config),
+            )
+            .await
+            {
+                Ok(joined) => {
+                    let key = joined.ca_key_pem.ok_or_else(|| {
+                        SecurityError::Flags(format!(
+                            "{addr} did not hand over the CA key: the token is not a controller token (`berth token create --role controller`)"
+                        ))
+                    })?;
+                    tracing::info!(%addr, "got the cluster's CA");
+                    return Ok(Ca::from_pem(&joined.ca_pem, &key)?);
+                }
+                Err(berth_tls::join::JoinError::Unreachable { addr, why }) => {
+                    tracing::debug!(%addr, %why, "no CA from this peer yet");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if creator {
+            tracing::info!("no peer serves a cluster yet: making the cluster's CA");
+            return Ok(Ca::generate(&config.id.to_string())?);
+        }
+        tracing::info!(peers = ?addrs, "waiting for a controller to hand over the cluster's CA");
+        pause.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_comes_when_a_third_of_the_life_is_left() {
+        let ttl = Duration::from_secs(90);
+        let wait = berth_tls::renew_after(SystemTime::now() + ttl);
+        assert!(
+            wait > Duration::from_secs(58) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        let wait = berth_tls::renew_after(SystemTime::now());
+        assert_eq!(wait, Duration::from_millis(100));
+        assert_eq!(host_of("[::1]:7001"), "::1");
+        assert_eq!(host_of("ctl-1.example:7001"), "ctl-1.example");
+    }
+}
