@@ -375,7 +375,7 @@ pub async fn run(
             &args.data_dir,
             &plans[0].node.name,
             &address,
-            args.token.as_deref(),
+            args.token.as_deref().filter(|t| !t.trim().is_empty()),
             &given,
         )
         .await?;

@@ -136,7 +136,10 @@ async fn renew_forever(
                 retry.reset();
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not renew the node's certificate; retrying");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not renew the node's certificate; retrying"
+                );
                 retry.wait().await;
             }
         }

@@ -190,7 +190,7 @@ impl ServerArgs {
             node,
             network: NetworkConfig::new(self.cluster_cidr, self.node_cidr_size, self.service_cidr)?,
             insecure,
-            token: self.token,
+            token: self.token.filter(|t| !t.trim().is_empty()),
             cert_ttl: self.cert_ttl,
             tls_sans: self.tls_san,
         })

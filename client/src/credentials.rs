@@ -14,17 +14,17 @@ use berth_tls::Transport;
 pub enum CredentialsError {
     #[error("no credentials: pass --config FILE, set $BERTH_CONFIG, or write ~/.berth/config (`berth dev` does; a controller writes DIR/admin.conf; `berth user create` makes one), or --insecure for a cluster run --insecure")]
     Missing,
-    #[error("cannot read credentials {path}: {source}")]
+    #[error("cannot read credentials {path}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Invalid {
         path: String,
         source: berth_pki::PkiError,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Tls {
         path: String,
         source: berth_tls::TlsError,
