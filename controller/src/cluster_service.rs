@@ -12,6 +12,7 @@ use berth_raft::types::TypeConfig;
 use berth_raft::Store;
 use futures::stream::BoxStream;
 use openraft::async_runtime::WatchReceiver;
+use openraft::errors::ChangeMembershipError;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 use openraft::metrics::RaftServerMetrics;
@@ -177,6 +178,13 @@ fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Status
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
             Status::unavailable("leadership moved during the change; retry")
         }
+        // Two controllers joining at once: the second waits its turn
+        // (joiners retry ABORTED).
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            c @ ChangeMembershipError::InProgress(_),
+        )) => Status::aborted(format!(
+            "another membership change is in progress ({c}); retry"
+        )),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             Status::failed_precondition(format!("membership change refused: {c}"))
         }
