@@ -196,56 +196,39 @@ fn main() -> ExitCode {
     };
     let insecure = cli.insecure;
     let server_flag = cli.server.as_deref().map(parse_addrs);
-    // Processes bring their own identities; client commands need one, and
-    // benchmarks of a running cluster (not of one they spawn).
-    let needs_credentials = !matches!(
-        cli.command,
-        Command::Server(_) | Command::Agent(_) | Command::Dev(_) | Command::Bench(_)
-    );
-    let reached = match cli.command {
-        Command::Bench(_) => Some(reach(&cli)),
-        _ if needs_credentials => match reach(&cli) {
-            Ok(ctx) => Some(Ok(ctx)),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        },
-        _ => None,
+    // Processes bring their own identities; every other command reaches a
+    // cluster with credentials (or --insecure), and a benchmark uses them
+    // unless it spawns its cluster.
+    let target = match cli.command {
+        Command::Server(_) | Command::Agent(_) | Command::Dev(_) | Command::AgentShim { .. } => {
+            None
+        }
+        _ => Some(reach(&cli)),
     };
-    let (client_ctx, bench_target) = match reached {
-        Some(Ok(ctx)) if needs_credentials => (Some(ctx), None),
-        other => (None, other),
-    };
-    let bench_target = || bench_target.expect("bench has a target");
-    let ctx = || {
-        client_ctx
-            .clone()
-            .expect("client commands have credentials")
-    };
+    let ctx = move || target.expect("client commands have a target");
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server_cmd::run(args, insecure).await,
-            Command::Scheduler(args) => scheduler_cmd::run(args, &ctx()).await,
+            Command::Scheduler(args) => scheduler_cmd::run(args, &ctx()?).await,
             Command::Agent(args) => agent_cmd::run(args, server_flag, insecure).await,
             Command::AgentShim { .. } => unreachable!("handled before the runtime starts"),
             Command::Dev(args) => dev_cmd::run(args).await,
-            Command::Cluster(cmd) => cluster_cmd::run(cmd, &ctx()).await,
-            Command::Token(cmd) => security_cmd::token(cmd, &ctx()).await,
-            Command::User(cmd) => security_cmd::user(cmd, &ctx()).await,
-            Command::Bench(cmd) => bench::run(cmd, bench_target(), insecure).await,
-            Command::Apply(args) => verbs::apply(&ctx(), args).await,
-            Command::Get(args) => verbs::get(&ctx(), args).await,
+            Command::Cluster(cmd) => cluster_cmd::run(cmd, &ctx()?).await,
+            Command::Token(cmd) => security_cmd::token(cmd, &ctx()?).await,
+            Command::User(cmd) => security_cmd::user(cmd, &ctx()?).await,
+            Command::Bench(cmd) => bench::run(cmd, ctx(), insecure).await,
+            Command::Apply(args) => verbs::apply(&ctx()?, args).await,
+            Command::Get(args) => verbs::get(&ctx()?, args).await,
             Command::Describe { kind, name, ns } => {
-                verbs::describe(&ctx(), &kind, &name, &ns).await
+                verbs::describe(&ctx()?, &kind, &name, &ns).await
             }
-            Command::Delete(args) => verbs::delete(&ctx(), args).await,
-            Command::Scale(args) => verbs::scale(&ctx(), args).await,
-            Command::Cordon { node } => verbs::cordon(&ctx(), &node, true).await,
-            Command::Uncordon { node } => verbs::cordon(&ctx(), &node, false).await,
-            Command::Drain { node } => verbs::drain(&ctx(), &node).await,
-            Command::Logs(args) => verbs::logs::run(&ctx(), args).await,
-            Command::Rollout(cmd) => verbs::rollout::run(&ctx(), cmd).await,
+            Command::Delete(args) => verbs::delete(&ctx()?, args).await,
+            Command::Scale(args) => verbs::scale(&ctx()?, args).await,
+            Command::Cordon { node } => verbs::cordon(&ctx()?, &node, true).await,
+            Command::Uncordon { node } => verbs::cordon(&ctx()?, &node, false).await,
+            Command::Drain { node } => verbs::drain(&ctx()?, &node).await,
+            Command::Logs(args) => verbs::logs::run(&ctx()?, args).await,
+            Command::Rollout(cmd) => verbs::rollout::run(&ctx()?, cmd).await,
         }
     });
     match result {

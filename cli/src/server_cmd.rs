@@ -224,7 +224,7 @@ pub fn clients(
     scheduler: Option<berth_scheduler::SchedulerConfig>,
     reconcile: Option<berth_reconcilers::ReconcileConfig>,
 ) -> berth_controller::server::StartClients {
-    let (config, addrs) = (config.clone(), own_addrs_first(config));
+    let (config, addrs) = (config.clone(), config.addrs_self_first());
     Box::new(move |transport| {
         let conn = match Connector::new(addrs, transport) {
             Ok(conn) => conn,
@@ -242,20 +242,6 @@ pub fn clients(
             spawn_reconcilers(&config, conn, reconcile);
         }
     })
-}
-
-/// This controller first (its watches are served locally), then the
-/// peers in case it fails.
-fn own_addrs_first(config: &ServerConfig) -> Vec<String> {
-    let mut addrs = vec![config.advertise.clone()];
-    addrs.extend(
-        config
-            .peers
-            .iter()
-            .map(|(_, a)| a.clone())
-            .filter(|a| *a != config.advertise),
-    );
-    addrs
 }
 
 /// The controller's reconcilers (node lifecycle, deployments, garbage

@@ -54,7 +54,8 @@ pub async fn connect(
     for addr in addrs {
         match transport.connect(endpoint(transport, addr)?).await {
             Ok(ch) => return Ok((addr.clone(), ch)),
-            Err(e) => refused = refused.or(tls_refusal(&e)),
+            // A TLS failure would meet the next try again: say which.
+            Err(e) => refused = refused.or(berth_tls::tls_failure(&e)),
         }
     }
     Err(match refused {
@@ -66,13 +67,6 @@ pub async fn connect(
             tried: addrs.join(", "),
         },
     })
-}
-
-/// A TLS failure behind a connection error, which another try would
-/// meet again: the server is not of the cluster the credentials trust,
-/// or speaks no TLS.
-fn tls_refusal(error: &tonic::transport::Error) -> Option<String> {
-    berth_tls::tls_failure(error)
 }
 
 pub async fn cluster(

@@ -29,3 +29,18 @@ pub struct ServerConfig {
     /// Extra names for this controller's certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
 }
+
+impl ServerConfig {
+    /// This controller first (its watches are served locally), then its
+    /// `--peers`.
+    pub fn addrs_self_first(&self) -> Vec<String> {
+        let mut addrs = vec![self.advertise.clone()];
+        addrs.extend(
+            self.peers
+                .iter()
+                .map(|(_, a)| a.clone())
+                .filter(|a| *a != self.advertise),
+        );
+        addrs
+    }
+}

@@ -58,7 +58,7 @@ impl JoinToken {
     /// Whether this token's secret is the one whose hash was kept; takes
     /// the same time whatever the secret.
     pub fn proves(&self, kept: &Fingerprint) -> bool {
-        same_bytes(&self.secret_hash().0, &kept.0)
+        same_secret_bytes(&self.secret_hash().0, &kept.0)
     }
 }
 
@@ -66,12 +66,7 @@ impl JoinToken {
 /// they differ.
 pub fn same_secret(a: &str, b: &str) -> bool {
     let hash = |s: &str| -> [u8; 32] { sha2::Sha256::digest(s.as_bytes()).into() };
-    same_bytes(&hash(a), &hash(b))
-}
-
-/// Compares every byte, wherever the first difference is.
-fn same_bytes(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    same_secret_bytes(a, b)
+    same_secret_bytes(&hash(a), &hash(b))
 }
 
 /// Whether `a` and `b` are equal, comparing every byte wherever the first

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -61,6 +62,10 @@ pub struct Cluster {
     options: ClusterOptions,
     /// `--token` of its `--peers` bootstrap.
     secret: String,
+    /// The admin's and a controller's transports, made once: every
+    /// controller's CA is the cluster's, so they outlive a wiped controller.
+    admin: OnceLock<Transport>,
+    controller: OnceLock<Transport>,
     pub controllers: BTreeMap<u64, Controller>,
 }
 
@@ -77,6 +82,8 @@ impl Cluster {
             root: root.to_path_buf(),
             options,
             secret: format!("test-{}", uuid::Uuid::new_v4().simple()),
+            admin: OnceLock::new(),
+            controller: OnceLock::new(),
             controllers: BTreeMap::new(),
         };
         let secret = (!cluster.is_insecure()).then(|| cluster.secret.clone());
@@ -248,7 +255,12 @@ impl Cluster {
         if self.is_insecure() {
             return Transport::Insecure;
         }
-        crate::tls::admin_transport(self.credentials_dir()).expect("the admin credentials load")
+        self.admin
+            .get_or_init(|| {
+                crate::tls::admin_transport(self.credentials_dir())
+                    .expect("the admin credentials load")
+            })
+            .clone()
     }
 
     /// How a controller reaches it: for the internal services (raw KV,
@@ -257,7 +269,12 @@ impl Cluster {
         if self.is_insecure() {
             return Transport::Insecure;
         }
-        crate::tls::controller_transport(self.credentials_dir()).expect("a controller identity")
+        self.controller
+            .get_or_init(|| {
+                crate::tls::controller_transport(self.credentials_dir())
+                    .expect("a controller identity")
+            })
+            .clone()
     }
 
     /// A join token for `role` (agent or controller), from the CLI.

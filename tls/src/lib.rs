@@ -107,17 +107,7 @@ pub fn server_config(
     ca_pem: &str,
     slot: Arc<CertSlot>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(slot);
-    config.alpn_protocols = alpn();
-    Ok(Arc::new(config))
+    serving(ca_pem, slot, false, alpn())
 }
 
 /// An agent's log server: its node certificate from `slot`, HTTP/1.1, and
@@ -127,15 +117,30 @@ pub fn https_server_config(
     ca_pem: &str,
     slot: Arc<CertSlot>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    serving(ca_pem, slot, true, vec![b"http/1.1".to_vec()])
+}
+
+/// A server presenting `slot` that checks client certificates against
+/// `ca_pem`, and refuses clients without one when `certificate_required`.
+fn serving(
+    ca_pem: &str,
+    slot: Arc<CertSlot>,
+    certificate_required: bool,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider());
+    let verifier = match certificate_required {
+        true => verifier,
+        false => verifier.allow_unauthenticated(),
+    }
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(slot);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }
 

@@ -180,12 +180,9 @@ fn host_of(addr: &str) -> String {
 /// Every address a client of this cluster may try, this controller's
 /// first.
 pub fn cluster_addrs(config: &ServerConfig) -> Vec<String> {
-    let mut addrs = vec![config.advertise.clone()];
-    let others = config.peers.iter().map(|(_, a)| a.clone());
-    for addr in others.chain(config.join.iter().cloned()) {
-        if !addrs.contains(&addr) {
-            addrs.push(addr);
-        }
+    let mut addrs = config.addrs_self_first();
+    if let Some(join) = config.join.as_ref().filter(|j| !addrs.contains(j)) {
+        addrs.push(join.clone());
     }
     addrs
 }
@@ -209,17 +206,19 @@ pub async fn prepare(config: &ServerConfig) -> Result<Security, SecurityError> {
             ca
         }
     };
+    let addresses = cert_addresses(config);
+    let own = ca.issue(
+        &Identity::Controller(config.id),
+        &addresses,
+        config.cert_ttl,
+    )?;
     let authority = Arc::new(Authority {
-        slot: CertSlot::new(&ca.issue(
-            &Identity::Controller(config.id),
-            &cert_addresses(config),
-            config.cert_ttl,
-        )?)?,
+        slot: CertSlot::new(&own)?,
         ca,
         cert_ttl: config.cert_ttl,
         bootstrap_secret: config.token.clone(),
         id: config.id,
-        addresses: cert_addresses(config),
+        addresses,
     });
     write_admin_credentials(config, &authority.ca)?;
     let ca_pem = authority.ca.cert_pem();
