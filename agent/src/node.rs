@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use std::time::SystemTime;
 
+use berth_api::names::node_lease_name;
 use berth_api::names::SYSTEM_NAMESPACE;
 use berth_api::pb;
 use berth_api::quantity::Quantity;
@@ -20,10 +21,6 @@ use tonic::Code;
 use tonic::Status;
 
 use crate::runtime::rfc3339;
-
-pub fn lease_name(node: &str) -> String {
-    format!("node-{node}")
-}
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -282,7 +279,7 @@ async fn renew(
     config: &NodeConfig,
     known: Option<pb::Lease>,
 ) -> Result<pb::Lease, Status> {
-    let name = lease_name(&config.name);
+    let name = node_lease_name(&config.name);
     let current = match known {
         Some(l) => Some(l),
         None => {

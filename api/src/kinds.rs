@@ -8,6 +8,7 @@ use crate::pb;
 use crate::validation as v;
 use crate::validation::Errors;
 use crate::validation::Invalid;
+use crate::validation::NameRule;
 
 /// The kinds Berth serves: code that does something per kind matches on
 /// this, exhaustively, so that a new kind cannot be forgotten.
@@ -21,6 +22,10 @@ pub enum Kind {
     Endpoints,
     ConfigMap,
     Lease,
+    Role,
+    ClusterRole,
+    RoleBinding,
+    ClusterRoleBinding,
 }
 
 /// Names of a kind, for the CLI and for errors.
@@ -43,6 +48,10 @@ pub const KINDS: &[KindInfo] = &[
     <pb::Endpoints as Object>::INFO,
     <pb::ConfigMap as Object>::INFO,
     <pb::Lease as Object>::INFO,
+    <pb::Role as Object>::INFO,
+    <pb::ClusterRole as Object>::INFO,
+    <pb::RoleBinding as Object>::INFO,
+    <pb::ClusterRoleBinding as Object>::INFO,
 ];
 
 impl KindInfo {
@@ -59,6 +68,14 @@ impl KindInfo {
     /// ownerReference or a manifest's `kind`.
     pub fn of_kind(kind: &str) -> Option<&'static KindInfo> {
         KINDS.iter().find(|k| k.kind == kind)
+    }
+
+    /// The API group: the part of apiVersion before the `/`, "" for the
+    /// core kinds.
+    pub fn api_group(&self) -> &'static str {
+        self.api_version
+            .rsplit_once('/')
+            .map_or("", |(group, _)| group)
     }
 
     pub fn names() -> String {
@@ -111,8 +128,9 @@ pub trait Object:
     prost::Message + Default + Clone + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static
 {
     const INFO: KindInfo;
-    /// Namespaces and services are named by DNS labels, the rest by subdomains.
-    const NAME_IS_LABEL: bool = false;
+    /// Namespaces and services are named by DNS labels, RBAC's kinds by
+    /// path segments, the rest by subdomains.
+    const NAME_RULE: NameRule = NameRule::Subdomain;
 
     fn meta(&self) -> Option<&pb::ObjectMeta>;
     fn meta_mut(&mut self) -> &mut pb::ObjectMeta;
@@ -153,7 +171,7 @@ pub trait Object:
             &mut errs,
             self.meta(),
             Self::INFO.namespaced,
-            Self::NAME_IS_LABEL,
+            Self::NAME_RULE,
         );
         self.check(&mut errs);
         errs.finish()
@@ -201,7 +219,7 @@ impl Object for pb::Namespace {
         short: &["ns", "namespace"],
         namespaced: false,
     };
-    const NAME_IS_LABEL: bool = true;
+    const NAME_RULE: NameRule = NameRule::Label;
     common!();
     with_status!();
     fn apply_defaults(&mut self) {
@@ -312,7 +330,7 @@ impl Object for pb::Service {
         short: &["svc", "service"],
         namespaced: true,
     };
-    const NAME_IS_LABEL: bool = true;
+    const NAME_RULE: NameRule = NameRule::Label;
     common!();
     with_status!();
     fn apply_defaults(&mut self) {
@@ -462,6 +480,97 @@ impl Object for pb::Lease {
     }
 }
 
+/// RBAC's rules and bindings, encoded for spec comparison.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Rules {
+    #[prost(message, repeated, tag = "1")]
+    rules: Vec<pb::PolicyRule>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Grant {
+    #[prost(message, repeated, tag = "1")]
+    subjects: Vec<pb::Subject>,
+    #[prost(message, optional, tag = "2")]
+    role_ref: Option<pb::RoleRef>,
+}
+
+const RBAC_VERSION: &str = "rbac.authorization.k8s.io/v1";
+
+macro_rules! rbac_role {
+    ($kind:ident, $plural:literal, $short:expr, $namespaced:literal) => {
+        impl Object for pb::$kind {
+            const INFO: KindInfo = KindInfo {
+                id: Kind::$kind,
+                kind: stringify!($kind),
+                api_version: RBAC_VERSION,
+                plural: $plural,
+                short: $short,
+                namespaced: $namespaced,
+            };
+            const NAME_RULE: NameRule = NameRule::PathSegment;
+            common!();
+            without_status!();
+            fn spec_bytes(&self) -> Vec<u8> {
+                prost::Message::encode_to_vec(&Rules {
+                    rules: self.rules.clone(),
+                })
+            }
+            fn check(&self, errs: &mut Errors) {
+                v::check_policy_rules(errs, &self.rules);
+            }
+        }
+    };
+}
+
+macro_rules! rbac_binding {
+    ($kind:ident, $plural:literal, $short:expr, $namespaced:literal) => {
+        impl Object for pb::$kind {
+            const INFO: KindInfo = KindInfo {
+                id: Kind::$kind,
+                kind: stringify!($kind),
+                api_version: RBAC_VERSION,
+                plural: $plural,
+                short: $short,
+                namespaced: $namespaced,
+            };
+            const NAME_RULE: NameRule = NameRule::PathSegment;
+            common!();
+            without_status!();
+            fn spec_bytes(&self) -> Vec<u8> {
+                prost::Message::encode_to_vec(&Grant {
+                    subjects: self.subjects.clone(),
+                    role_ref: self.role_ref.clone(),
+                })
+            }
+            fn apply_defaults(&mut self) {
+                v::default_subjects(&mut self.subjects);
+            }
+            fn check(&self, errs: &mut Errors) {
+                v::check_binding(errs, $namespaced, &self.subjects, self.role_ref.as_ref());
+            }
+            fn check_update(&self, stored: &Self) -> Result<(), String> {
+                if self.role_ref != stored.role_ref {
+                    return Err(
+                        "roleRef cannot change: delete the binding and create it again".into(),
+                    );
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+rbac_role!(Role, "roles", &["role"], true);
+rbac_role!(ClusterRole, "clusterroles", &["clusterrole"], false);
+rbac_binding!(RoleBinding, "rolebindings", &["rolebinding"], true);
+rbac_binding!(
+    ClusterRoleBinding,
+    "clusterrolebindings",
+    &["clusterrolebinding"],
+    false
+);
+
 /// An object of any kind, as read from a manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyObject {
@@ -473,6 +582,10 @@ pub enum AnyObject {
     Endpoints(pb::Endpoints),
     ConfigMap(pb::ConfigMap),
     Lease(pb::Lease),
+    Role(pb::Role),
+    ClusterRole(pb::ClusterRole),
+    RoleBinding(pb::RoleBinding),
+    ClusterRoleBinding(pb::ClusterRoleBinding),
 }
 
 /// Runs `$body` with `$o` bound to the typed object inside an `AnyObject`.
@@ -488,6 +601,10 @@ macro_rules! with_object {
             $crate::AnyObject::Endpoints($o) => $body,
             $crate::AnyObject::ConfigMap($o) => $body,
             $crate::AnyObject::Lease($o) => $body,
+            $crate::AnyObject::Role($o) => $body,
+            $crate::AnyObject::ClusterRole($o) => $body,
+            $crate::AnyObject::RoleBinding($o) => $body,
+            $crate::AnyObject::ClusterRoleBinding($o) => $body,
         }
     };
 }

@@ -225,6 +225,10 @@ fn decode_value(
         Kind::Endpoints => AnyObject::Endpoints(typed(value, info, located)?),
         Kind::ConfigMap => AnyObject::ConfigMap(typed(value, info, located)?),
         Kind::Lease => AnyObject::Lease(typed(value, info, located)?),
+        Kind::Role => AnyObject::Role(typed(value, info, located)?),
+        Kind::ClusterRole => AnyObject::ClusterRole(typed(value, info, located)?),
+        Kind::RoleBinding => AnyObject::RoleBinding(typed(value, info, located)?),
+        Kind::ClusterRoleBinding => AnyObject::ClusterRoleBinding(typed(value, info, located)?),
     };
     out.push(object);
     Ok(())
@@ -382,5 +386,71 @@ spec:
         assert_eq!(cm.data["k"], "v");
         let e = parse("{\"apiVersion\": \"v1\",\n \"kind\": \"ConfigMap\",\n \"metadata\": {\"name\": \"a\"},\n \"datta\": {}}").unwrap_err();
         assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn rbac_manifests_from_the_kubernetes_documentation_apply_and_are_checked() {
+        let text = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {namespace: default, name: pod-reader}
+rules:
+- apiGroups: [""] # "" indicates the core API group
+  resources: ["pods"]
+  verbs: ["get", "watch", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: read-secrets-global}
+subjects:
+- kind: Group
+  name: manager
+  apiGroup: rbac.authorization.k8s.io
+roleRef:
+  kind: ClusterRole
+  name: secret-reader
+  apiGroup: rbac.authorization.k8s.io
+"#;
+        let mut objects = parse(text).unwrap();
+        for o in &mut objects {
+            crate::with_object!(o, o => {
+                o.apply_defaults();
+                o.validate().unwrap();
+            });
+        }
+        let AnyObject::Role(role) = &objects[0] else {
+            panic!()
+        };
+        assert_eq!(role.rules[0].verbs, ["get", "watch", "list"]);
+
+        // What Berth cannot do is refused by name.
+        let e = parse("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: m}\naggregationRule: {}\n").unwrap_err();
+        assert!(e.message.contains("aggregationRule"), "{e}");
+
+        let bad = parse(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: b}\nsubjects: [{kind: ServiceAccount, name: ci}, {kind: Robot, name: r}]\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: x}\n",
+        )
+        .unwrap();
+        let AnyObject::ClusterRoleBinding(mut b) = bad[0].clone() else {
+            panic!()
+        };
+        b.apply_defaults();
+        let e = b.validate().unwrap_err().to_string();
+        for expected in [
+            "roleRef.kind: a ClusterRoleBinding grants a ClusterRole",
+            "subjects[0].namespace: is required",
+            "subjects[1].kind: \"Robot\" must be User, Group or ServiceAccount",
+        ] {
+            assert!(e.contains(expected), "{expected} in {e}");
+        }
+        let empty = parse("apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: r}\nrules: [{resources: [pods]}]\n").unwrap();
+        let AnyObject::Role(r) = &empty[0] else {
+            panic!()
+        };
+        let e = r.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("rules[0].verbs") && e.contains("rules[0].apiGroups"),
+            "{e}"
+        );
     }
 }

@@ -7,6 +7,11 @@
 pub const SYSTEM_NAMESPACE: &str = "berth-system";
 /// Where namespaced objects go when a request names no namespace.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// The lease a node's agent renews, in SYSTEM_NAMESPACE.
+pub fn node_lease_name(node: &str) -> String {
+    format!("node-{node}")
+}
+
 /// Namespaces created at startup that cannot be deleted.
 pub const BUILTIN_NAMESPACES: &[&str] = &[DEFAULT_NAMESPACE, SYSTEM_NAMESPACE];
 

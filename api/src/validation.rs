@@ -66,13 +66,38 @@ const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
 const NAME_RULE_SUBDOMAIN: &str = "must be lowercase letters, digits, '-' and '.', start and end with a letter or digit, at most 253 characters (e.g. my-app.v1)";
 const NAME_RULE_LABEL: &str = "must be lowercase letters, digits and '-', start and end with a letter or digit, at most 63 characters (e.g. my-app)";
 
-pub fn check_name(errs: &mut Errors, field: &str, name: &str, label_only: bool) {
+const NAME_RULE_PATH_SEGMENT: &str = "must be printable ASCII without spaces, '/' or '%', not \".\" or \"..\", at most 253 characters (e.g. system:node-reader)";
+
+/// How a kind's objects may be named, as Kubernetes' validation for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// A DNS-1123 subdomain: most kinds.
+    Subdomain,
+    /// A DNS-1123 label: namespaces, services and container names.
+    Label,
+    /// A path segment: RBAC's kinds (`system:node`).
+    PathSegment,
+}
+
+fn is_path_segment(name: &str) -> bool {
+    name != "."
+        && name != ".."
+        && name.len() <= DNS_SUBDOMAIN_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'%')
+}
+
+pub fn check_name(errs: &mut Errors, field: &str, name: &str, rule: NameRule) {
+    let (valid, explained) = match rule {
+        NameRule::Subdomain => (is_dns_subdomain(name), NAME_RULE_SUBDOMAIN),
+        NameRule::Label => (is_dns_label(name), NAME_RULE_LABEL),
+        NameRule::PathSegment => (is_path_segment(name), NAME_RULE_PATH_SEGMENT),
+    };
     if name.is_empty() {
         errs.add(field, "is required");
-    } else if label_only && !is_dns_label(name) {
-        errs.add(field, format!("{name:?} {NAME_RULE_LABEL}"));
-    } else if !label_only && !is_dns_subdomain(name) {
-        errs.add(field, format!("{name:?} {NAME_RULE_SUBDOMAIN}"));
+    } else if !valid {
+        errs.add(field, format!("{name:?} {explained}"));
     }
 }
 
@@ -97,13 +122,13 @@ pub fn check_metadata(
     errs: &mut Errors,
     meta: Option<&pb::ObjectMeta>,
     namespaced: bool,
-    label_name: bool,
+    name_rule: NameRule,
 ) {
     let Some(meta) = meta else {
         errs.add("metadata.name", "is required");
         return;
     };
-    check_name(errs, "metadata.name", &meta.name, label_name);
+    check_name(errs, "metadata.name", &meta.name, name_rule);
     if namespaced {
         if !meta.namespace.is_empty() && !is_dns_label(&meta.namespace) {
             errs.add(
@@ -318,7 +343,7 @@ fn check_probe(errs: &mut Errors, field: &str, p: &pb::Probe) {
 }
 
 fn check_container(errs: &mut Errors, field: &str, c: &pb::Container) {
-    check_name(errs, &format!("{field}.name"), &c.name, true);
+    check_name(errs, &format!("{field}.name"), &c.name, NameRule::Label);
     if c.image.is_empty() && c.command.is_empty() {
         errs.add(
             field,
@@ -724,6 +749,124 @@ pub fn check_endpoints(errs: &mut Errors, ep: &pb::Endpoints) {
         }
         for (j, p) in s.ports.iter().enumerate() {
             check_port(errs, &format!("subsets[{i}].ports[{j}].port"), p.port);
+        }
+    }
+}
+
+/// The API group of RBAC's kinds, and of User and Group subjects.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+pub fn check_policy_rules(errs: &mut Errors, rules: &[pb::PolicyRule]) {
+    for (i, r) in rules.iter().enumerate() {
+        let field = |f: &str| format!("rules[{i}].{f}");
+        if r.verbs.is_empty() {
+            errs.add(field("verbs"), "needs at least one verb (get, list, watch, create, update, patch, delete, or \"*\")");
+        }
+        if r.api_groups.is_empty() {
+            errs.add(field("apiGroups"), "needs at least one API group (\"\" is the core group of pods, nodes and services; \"*\" is every group)");
+        }
+        if r.resources.is_empty() {
+            errs.add(
+                field("resources"),
+                "needs at least one resource (e.g. pods, deployments, pods/status, or \"*\")",
+            );
+        }
+        let lists = [
+            ("verbs", &r.verbs),
+            ("resources", &r.resources),
+            ("resourceNames", &r.resource_names),
+        ];
+        for (name, list) in lists {
+            for (j, item) in list.iter().enumerate() {
+                if item.is_empty() || item.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    errs.add(
+                        format!("rules[{i}].{name}[{j}]"),
+                        format!("{item:?} must be non-empty, without spaces"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Kubernetes' defaults: a User or Group subject is in RBAC's API group.
+pub fn default_subjects(subjects: &mut [pb::Subject]) {
+    for s in subjects {
+        if s.api_group.is_empty() && matches!(s.kind.as_str(), "User" | "Group") {
+            s.api_group = RBAC_GROUP.into();
+        }
+    }
+}
+
+pub fn check_binding(
+    errs: &mut Errors,
+    namespaced: bool,
+    subjects: &[pb::Subject],
+    role_ref: Option<&pb::RoleRef>,
+) {
+    match role_ref {
+        None => errs.add(
+            "roleRef",
+            "is required (apiGroup: rbac.authorization.k8s.io, kind: ClusterRole or Role, name)",
+        ),
+        Some(r) => {
+            if r.api_group != RBAC_GROUP {
+                errs.add("roleRef.apiGroup", format!("must be {RBAC_GROUP:?}"));
+            }
+            match r.kind.as_str() {
+                "ClusterRole" => {}
+                "Role" if namespaced => {}
+                "Role" => errs.add(
+                    "roleRef.kind",
+                    "a ClusterRoleBinding grants a ClusterRole, not a Role",
+                ),
+                other => errs.add(
+                    "roleRef.kind",
+                    format!("{other:?} must be ClusterRole or Role"),
+                ),
+            }
+            check_name(errs, "roleRef.name", &r.name, NameRule::PathSegment);
+        }
+    }
+    for (i, s) in subjects.iter().enumerate() {
+        let field = |f: &str| format!("subjects[{i}].{f}");
+        match s.kind.as_str() {
+            "User" | "Group" => {
+                if s.api_group != RBAC_GROUP {
+                    errs.add(
+                        field("apiGroup"),
+                        format!("a {} subject is in {RBAC_GROUP:?}", s.kind),
+                    );
+                }
+                if s.name.is_empty() {
+                    errs.add(field("name"), "is required");
+                }
+                if !s.namespace.is_empty() {
+                    errs.add(
+                        field("namespace"),
+                        format!("must be empty for a {} subject", s.kind),
+                    );
+                }
+            }
+            "ServiceAccount" => {
+                if !s.api_group.is_empty() {
+                    errs.add(
+                        field("apiGroup"),
+                        "a ServiceAccount subject is in the core group \"\"",
+                    );
+                }
+                check_name(errs, &field("name"), &s.name, NameRule::Subdomain);
+                if s.namespace.is_empty() && !namespaced {
+                    errs.add(
+                        field("namespace"),
+                        "is required for a ServiceAccount in a ClusterRoleBinding",
+                    );
+                }
+            }
+            other => errs.add(
+                field("kind"),
+                format!("{other:?} must be User, Group or ServiceAccount"),
+            ),
         }
     }
 }

@@ -81,6 +81,8 @@ impl From<String> for RunError {
 
 const NODE_GRACE: Duration = Duration::from_secs(3);
 const POD_EVICTION: Duration = Duration::from_secs(6);
+/// Nodes each sim agent runs.
+const SIM_NODES_PER_AGENT: u32 = 2;
 /// Checker 6's bound.
 const RECOVERY: Duration = Duration::from_secs(30);
 
@@ -135,7 +137,7 @@ pub fn cluster(cfg: &Config, fabric: &Fabric) -> Cluster {
             let flags = match cfg.runtime {
                 Runtime::Sim => AgentFlags {
                     runtime: AgentRuntime::Sim,
-                    sim_nodes: Some((format!("a{j}-"), 2)),
+                    sim_nodes: Some((format!("a{j}-"), SIM_NODES_PER_AGENT)),
                     sim_start_delay: Some(Duration::from_millis(300)),
                     ..common
                 },
@@ -233,16 +235,26 @@ async fn drive(cfg: &Config, cluster: &mut Cluster) -> Result<Outcome, RunError>
     let servers = cluster.addrs();
     for (j, a) in cluster.agents.iter_mut().enumerate() {
         let agent_dir = cfg.work_dir.join(format!("agent-{j}"));
-        berth_testkit::tls::write_agent_conf(
-            &dir,
-            &agent_dir,
-            &format!("a{j}"),
-            &a.member.ip,
-            &servers,
-        )?;
+        // Each node its own identity, as a joining agent would get.
+        let confs = match cfg.runtime {
+            Runtime::Sim => (0..SIM_NODES_PER_AGENT)
+                .map(|i| {
+                    let node = format!("a{j}-{i}");
+                    (agent_dir.join(format!("agent-{node}.conf")), node)
+                })
+                .collect(),
+            Runtime::Process => vec![(agent_dir.join("agent.conf"), format!("a{j}"))],
+        };
+        for (path, node) in confs {
+            berth_testkit::tls::write_agent_conf(&dir, &path, &node, &a.member.ip, &servers)?;
+        }
         a.start().map_err(|e| format!("start {}: {e}", a.name))?;
     }
-    let wanted = cfg.agents * if cfg.runtime == Runtime::Sim { 2 } else { 1 };
+    let wanted = cfg.agents
+        * match cfg.runtime {
+            Runtime::Sim => SIM_NODES_PER_AGENT as usize,
+            Runtime::Process => 1,
+        };
     wait_for(
         Duration::from_secs(60),
         "the agents' nodes to be Ready and the deployment to run",

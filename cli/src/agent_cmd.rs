@@ -164,9 +164,13 @@ pub fn process_runtime(name: &str, data_dir: &Path) -> anyhow::Result<Arc<dyn Ru
     Ok(Arc::new(rt))
 }
 
-/// One agent to run: its node settings, runtime and pod index.
+/// One agent to run: its node settings, runtime, pod index, and how it
+/// reaches the cluster.
 pub struct AgentPlan {
     pub node: NodeConfig,
+    /// Plain TCP until `identities` gives the node its own credentials
+    /// (an `--insecure` agent keeps it).
+    pub transport: berth_client::Transport,
     pub sync: berth_agent::SyncConfig,
     pub runtime: Arc<dyn Runtime>,
     pub index: PodIndex,
@@ -188,7 +192,7 @@ impl AgentPlan {
 pub async fn serve_logs(
     listen: SocketAddr,
     agents: Vec<AgentLogs>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<(Arc<rustls::ServerConfig>, berth_agent::http::LogAccess)>,
 ) -> anyhow::Result<u16> {
     let listener = TcpListener::bind(listen)
         .await
@@ -214,26 +218,62 @@ async fn serve_metrics(listen: SocketAddr) -> anyhow::Result<()> {
 
 /// Starts `plans` against `addrs`; they run until the process ends or
 /// their tasks are aborted.
+/// How many nodes of a sim agent join the cluster at once.
+const CONCURRENT_JOINS: usize = 16;
+
+/// Gives each planned node its own identity (joining with `token` where it
+/// has none yet); returns the first node's credentials, whose certificate
+/// the log server presents.
+pub async fn identities(
+    data_dir: &Path,
+    plans: &mut [AgentPlan],
+    address: &str,
+    token: Option<&str>,
+    servers: &[String],
+) -> anyhow::Result<crate::node_tls::NodeCredentials> {
+    use futures::StreamExt;
+    let one_of_many = plans.len() > 1;
+    let joins = plans.iter().map(|p| {
+        let path = crate::node_tls::conf_path(data_dir, &p.node.name, one_of_many);
+        crate::node_tls::node_credentials(path, &p.node.name, address, token, servers)
+    });
+    let mut all: Vec<_> = futures::stream::iter(joins)
+        .buffered(CONCURRENT_JOINS)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    for (plan, creds) in plans.iter_mut().zip(&all) {
+        plan.transport = creds.transport.clone();
+    }
+    Ok(all.swap_remove(0))
+}
+
+/// The log server's TLS and access checks, made with node `creds`.
+pub fn log_tls(
+    creds: &crate::node_tls::NodeCredentials,
+    servers: &[String],
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, berth_agent::http::LogAccess)> {
+    let config = berth_tls::https_server_config(&creds.ca_pem, creds.slot.clone())?;
+    let conn = Connector::new(servers.to_vec(), creds.transport.clone())?;
+    Ok((config, berth_agent::http::LogAccess::new(conn)))
+}
+
+/// Runs each planned agent, over a connection of its own identity.
 pub fn spawn_agents(
     addrs: &[String],
-    transport: berth_client::Transport,
     plans: Vec<AgentPlan>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let conn = Connector::new(addrs.to_vec(), transport)?;
     berth_agent::describe_metrics();
-    Ok(plans
+    plans
         .into_iter()
         .map(|p| {
-            tokio::spawn(berth_agent::run(
-                conn.clone(),
-                p.node,
-                p.sync,
-                p.runtime,
-                p.index,
-                p.network,
-            ))
+            let conn = Connector::new(addrs.to_vec(), p.transport)?;
+            Ok(tokio::spawn(berth_agent::run(
+                conn, p.node, p.sync, p.runtime, p.index, p.network,
+            )))
         })
-        .collect())
+        .collect()
 }
 
 pub fn node_config(
@@ -360,31 +400,22 @@ pub async fn run(
         sync.backoff_max = args.crash_backoff_max.max(args.crash_backoff);
         plans.push(AgentPlan {
             node,
+            transport: berth_client::Transport::Insecure,
             sync,
             runtime,
             index: PodIndex::default(),
             network: network.clone(),
         });
     }
-    let (addrs, transport, tls) = if insecure {
+    let (addrs, tls) = if insecure {
         tracing::warn!("--insecure: this agent speaks plain TCP to controllers run --insecure, and serves logs to anyone");
-        (given, berth_client::Transport::Insecure, None)
+        (given, None)
     } else {
-        // A sim process with --count shares the first node's identity.
-        let creds = crate::node_tls::node_credentials(
-            &args.data_dir,
-            &plans[0].node.name,
-            &address,
-            args.token.as_deref().filter(|t| !t.trim().is_empty()),
-            &given,
-        )
-        .await?;
-        let tls = berth_tls::https_server_config(&creds.ca_pem, creds.slot.clone())?;
-        (
-            server_flag.unwrap_or(creds.servers),
-            creds.transport,
-            Some(tls),
-        )
+        let token = args.token.as_deref().filter(|t| !t.trim().is_empty());
+        let creds = identities(&args.data_dir, &mut plans, &address, token, &given).await?;
+        let servers = server_flag.unwrap_or(creds.servers.clone());
+        let tls = log_tls(&creds, &servers)?;
+        (servers, Some(tls))
     };
     let listen = match args.listen {
         Some(l) => l,
@@ -401,7 +432,7 @@ pub async fn run(
         serve_metrics(listen).await?;
     }
     tracing::info!(agents = plans.len(), %address, http_port = port, servers = %addrs.join(","), "agent starting");
-    let _agents = spawn_agents(&addrs, transport, plans)?;
+    let _agents = spawn_agents(&addrs, plans)?;
     crate::signals::shutdown().await;
     // Workloads outlive the agent on purpose: the next agent adopts them.
     tracing::info!("agent stopping; its containers keep running");

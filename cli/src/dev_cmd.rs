@@ -142,6 +142,7 @@ async fn start_agents(
         let sync = berth_agent::sync_config(&node);
         plans.push(agent_cmd::AgentPlan {
             node,
+            transport: berth_client::Transport::Insecure,
             sync,
             runtime,
             index: Default::default(),
@@ -151,23 +152,27 @@ async fn start_agents(
     if plans.is_empty() {
         return Ok(DevAgents::default());
     }
-    // The dev agents share the first one's node identity.
-    let creds = dev_node_credentials(ctx, &data_dir.join("agent-1"), &plans[0].node.name).await?;
+    // Each dev agent is a node of its own, with its own identity.
+    let mut creds = None;
+    for (i, plan) in plans.iter_mut().enumerate() {
+        let dir = data_dir.join(format!("agent-{}", i + 1));
+        let mine = dev_node_credentials(ctx, &dir, &plan.node.name).await?;
+        plan.transport = mine.transport.clone();
+        creds.get_or_insert(mine);
+    }
+    let creds = creds.expect("there are dev agents");
     let listen = SocketAddr::from(([127, 0, 0, 1], 0));
     let port = agent_cmd::serve_logs(
         listen,
         plans.iter().map(agent_cmd::AgentPlan::logs).collect(),
-        Some(berth_tls::https_server_config(
-            &creds.ca_pem,
-            creds.slot.clone(),
-        )?),
+        Some(agent_cmd::log_tls(&creds, &creds.servers)?),
     )
     .await?;
     for p in &mut plans {
         p.node.http_port = Some(port);
     }
     let runtimes = plans.iter().map(|p| p.runtime.clone()).collect();
-    let tasks = agent_cmd::spawn_agents(&creds.servers, creds.transport, plans)?;
+    let tasks = agent_cmd::spawn_agents(&creds.servers, plans)?;
     Ok(DevAgents {
         runtimes,
         tasks,
@@ -236,11 +241,12 @@ async fn dev_node_credentials(
     dir: &std::path::Path,
     name: &str,
 ) -> anyhow::Result<crate::node_tls::NodeCredentials> {
-    let token = match dir.join("agent.conf").exists() {
+    let path = crate::node_tls::conf_path(dir, name, false);
+    let token = match path.exists() {
         true => None,
         false => Some(agent_token(ctx).await?),
     };
-    crate::node_tls::node_credentials(dir, name, "127.0.0.1", token.as_deref(), &ctx.addrs).await
+    crate::node_tls::node_credentials(path, name, "127.0.0.1", token.as_deref(), &ctx.addrs).await
 }
 
 async fn agent_token(ctx: &crate::verbs::Ctx) -> anyhow::Result<String> {

@@ -6,6 +6,7 @@ use clap::Parser;
 use clap::Subcommand;
 
 mod agent_cmd;
+mod auth_cmd;
 mod bench;
 mod cluster_cmd;
 mod dev_cmd;
@@ -103,6 +104,9 @@ enum Command {
     /// Users' credentials.
     #[command(subcommand)]
     User(security_cmd::UserCommand),
+    /// Ask what RBAC allows.
+    #[command(subcommand)]
+    Auth(auth_cmd::AuthCommand),
     /// Create or update the objects in manifests (YAML or JSON).
     Apply(verbs::apply::ApplyArgs),
     /// List objects, or show one.
@@ -207,7 +211,15 @@ fn main() -> ExitCode {
     };
     let ctx = move || target.expect("client commands have a target");
     let result = runtime.block_on(async move {
-        match cli.command {
+        let done = match cli.command {
+            Command::Auth(cmd) => {
+                let allowed = auth_cmd::run(cmd, &ctx()?).await?;
+                return Ok(if allowed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
             Command::Server(args) => server_cmd::run(args, insecure).await,
             Command::Scheduler(args) => scheduler_cmd::run(args, &ctx()?).await,
             Command::Agent(args) => agent_cmd::run(args, server_flag, insecure).await,
@@ -229,10 +241,11 @@ fn main() -> ExitCode {
             Command::Drain { node } => verbs::drain(&ctx()?, &node).await,
             Command::Logs(args) => verbs::logs::run(&ctx()?, args).await,
             Command::Rollout(cmd) => verbs::rollout::run(&ctx()?, cmd).await,
-        }
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

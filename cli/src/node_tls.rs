@@ -1,6 +1,8 @@
 //! An agent's identity: `DIR/agent.conf`, the credentials of
 //! `system:node:NAME`, made at its first start by joining with `--token`
-//! and renewed in place (the file too) before they expire.
+//! and renewed in place (the file too) before they expire. A sim agent
+//! with `--count` holds one identity per node (`DIR/agent-NAME.conf`), as
+//! the node authorizer lets each node act only for itself.
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -25,20 +27,24 @@ pub struct NodeCredentials {
     pub ca_pem: String,
 }
 
-fn conf_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("agent.conf")
+/// Where node `name`'s credentials live: `DIR/agent.conf` for an agent of
+/// one node, `DIR/agent-NAME.conf` for each node of a sim agent.
+pub fn conf_path(data_dir: &Path, name: &str, one_of_many: bool) -> PathBuf {
+    match one_of_many {
+        false => data_dir.join("agent.conf"),
+        true => data_dir.join(format!("agent-{name}.conf")),
+    }
 }
 
-/// Loads `DIR/agent.conf`, or joins the cluster at `servers` with `token`
-/// to make it; then keeps its certificate renewed.
+/// Loads the credentials at `path`, or joins the cluster at `servers` with
+/// `token` to make them; then keeps the certificate renewed.
 pub async fn node_credentials(
-    data_dir: &Path,
+    path: PathBuf,
     name: &str,
     address: &str,
     token: Option<&str>,
     servers: &[String],
 ) -> anyhow::Result<NodeCredentials> {
-    let path = conf_path(data_dir);
     if !path.exists() {
         let Some(token) = token else {
             bail!("this agent has no credentials yet ({} is missing): start it once with --token TOKEN from `berth token create --role agent`", path.display());

@@ -15,6 +15,7 @@ use berth::objects::ClientKind;
 use berth_api::pb;
 use berth_api::Object;
 use berth_testkit::eventually;
+use berth_testkit::objects;
 use berth_testkit::objects::container;
 use berth_testkit::objects::deployment;
 use berth_testkit::objects::get_req;
@@ -355,6 +356,52 @@ async fn memory_limits_end_in_oom_kills_and_crashes_back_off() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "boom\n");
+
+    // Logs are for those the cluster allows `get pods/log` on the pod:
+    // through a controller, and straight from the agent too.
+    let creds = tempfile::tempdir().unwrap();
+    let (stranger, stranger_transport) = cluster.user(creds.path(), "stranger", &[]);
+    let out = cluster
+        .cli_as(&stranger)
+        .args(["logs", "crasher"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("forbidden: stranger cannot get pods/log in namespace default"),
+        "{err}"
+    );
+    let (status, text) = agent_logs(ch, &stranger_transport, "crasher").await;
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(
+        text.trim(),
+        "forbidden: stranger cannot get pods/log in namespace default"
+    );
+    let (reader, reader_transport) = cluster.user(creds.path(), "reader", &["readers"]);
+    let binding = objects::role_binding(
+        "default",
+        "readers-view",
+        objects::group("readers"),
+        "ClusterRole",
+        "view",
+    );
+    pb::RoleBinding::create(ch.clone(), binding).await.unwrap();
+    let out = cluster
+        .cli_as(&reader)
+        .args(["logs", "crasher"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "boom\n");
+    assert_eq!(
+        agent_logs(ch, &reader_transport, "crasher").await,
+        (200, "boom\n".into())
+    );
     drop(agent);
 }
 
@@ -466,4 +513,41 @@ async fn a_lost_node_goes_not_ready_and_its_pods_move() {
     // The lost node's processes still run (its agent is gone, not its
     // host); dropping `lost` kills them.
     drop(lost);
+}
+
+/// GETs the logs of pod `name`'s container `main` straight from its
+/// node's agent, as the holder of `transport`: the status and the body.
+async fn agent_logs(
+    ch: &Channel,
+    transport: &berth_client::Transport,
+    name: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let pod = pb::Pod::get(ch.clone(), get_req("default", name))
+        .await
+        .unwrap();
+    let node = pb::Node::get(ch.clone(), get_req("", pod.node_name()))
+        .await
+        .unwrap();
+    let status = node.status.unwrap();
+    let ip = status
+        .addresses
+        .iter()
+        .find(|a| a.r#type == "InternalIP")
+        .unwrap()
+        .address
+        .clone();
+    let port = status
+        .daemon_endpoints
+        .unwrap()
+        .kubelet_endpoint
+        .unwrap()
+        .port as u16;
+    let path = format!("/containerLogs/default/{name}/main");
+    let resp = berth_tls::http1::get(transport, &ip, port, &path)
+        .await
+        .unwrap();
+    let code = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (code, String::from_utf8_lossy(&body).into_owned())
 }

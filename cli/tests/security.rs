@@ -85,21 +85,6 @@ async fn codes(transport: &Transport, addr: &str) -> Vec<Option<Code>> {
     ]
 }
 
-fn user_transport(cluster: &Cluster, root: &Path, name: &str, groups: &[&str]) -> Transport {
-    let mut cmd = cluster.cli();
-    cmd.args(["user", "create", name]);
-    for g in groups {
-        cmd.args(["--group", g]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "user create: {}", stderr(&out));
-    let path = root.join(format!("{name}.conf"));
-    std::fs::write(&path, &out.stdout).unwrap();
-    berth_client::credentials::load(&path, None)
-        .expect("the new user's credentials load")
-        .transport
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn callers_get_what_their_identity_allows_and_strangers_nothing() {
     let _serial = berth_testkit::serial().await;
@@ -135,13 +120,13 @@ async fn callers_get_what_their_identity_allows_and_strangers_nothing() {
     assert_eq!(&admin[1..3], &[denied, denied]);
     assert_ne!(admin[3], denied, "cluster-admin may remove members");
     // A plain user reads the API, and nothing internal.
-    let alice = user_transport(&cluster, root.path(), "alice", &["dev"]);
+    let (alice_conf, alice) = cluster.user(root.path(), "alice", &["dev"]);
     assert_eq!(codes(&alice, &addr).await[1..], [denied, denied, denied]);
-    let mut cmd = std::process::Command::new(cluster.binary());
-    cmd.arg("--config")
-        .arg(root.path().join("alice.conf"))
-        .args(["--server", &addr, "token", "create", "--role", "agent"]);
-    let out = cmd.output().unwrap();
+    let out = cluster
+        .cli_as(&alice_conf)
+        .args(["token", "create", "--role", "agent"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("forbidden: alice cannot call"),

@@ -96,6 +96,14 @@ client_kind!(Service, services_client, ServicesClient);
 client_kind!(Endpoints, endpoints_service_client, EndpointsServiceClient);
 client_kind!(ConfigMap, config_maps_client, ConfigMapsClient);
 client_kind!(Lease, leases_client, LeasesClient);
+client_kind!(Role, roles_client, RolesClient);
+client_kind!(ClusterRole, cluster_roles_client, ClusterRolesClient);
+client_kind!(RoleBinding, role_bindings_client, RoleBindingsClient);
+client_kind!(
+    ClusterRoleBinding,
+    cluster_role_bindings_client,
+    ClusterRoleBindingsClient
+);
 
 /// Runs `$body` with `$K` bound to the pb type of the kind `$info` (a
 /// `KindInfo`) describes; exhaustive, so a new kind must be added here.
@@ -133,6 +141,22 @@ macro_rules! for_kind {
             }
             berth_api::kinds::Kind::Lease => {
                 type $K = berth_api::pb::Lease;
+                $body
+            }
+            berth_api::kinds::Kind::Role => {
+                type $K = berth_api::pb::Role;
+                $body
+            }
+            berth_api::kinds::Kind::ClusterRole => {
+                type $K = berth_api::pb::ClusterRole;
+                $body
+            }
+            berth_api::kinds::Kind::RoleBinding => {
+                type $K = berth_api::pb::RoleBinding;
+                $body
+            }
+            berth_api::kinds::Kind::ClusterRoleBinding => {
+                type $K = berth_api::pb::ClusterRoleBinding;
                 $body
             }
         }

@@ -108,23 +108,41 @@ pub async fn run(
         Some((j, t, u)) => (Some(j), Some(t), Some(u)),
         None => (None, None, None),
     };
+    let policy = security
+        .authority
+        .is_some()
+        .then(|| security::policy::PolicyCache::start(store.clone()));
+    let authz = security::authorizer::Authorizer::new(policy);
+    let serving = api::Serving {
+        store: store.clone(),
+        ipam,
+        authz: authz.clone(),
+        agents: security.transport.clone(),
+    };
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .layer(security::authz::AuthzLayer)
+        .layer(security::authz::AuthzLayer {
+            authz: authz.clone(),
+        })
         .add_optional_service(join)
         .add_optional_service(tokens)
         .add_optional_service(users)
+        .add_service(security::access::AccessService::server(authz.clone()))
         .add_service(node.raft_service().into_server())
         .add_service(ClusterService::new(store.clone()).into_server())
         .add_service(KvService::new(store.clone()).into_server())
-        .add_service(api::NamespaceService::server(store.clone(), &ipam))
-        .add_service(api::NodeService::server(store.clone(), &ipam))
-        .add_service(api::PodService::server(store.clone(), &ipam))
-        .add_service(api::DeploymentService::server(store.clone(), &ipam))
-        .add_service(api::ServiceService::server(store.clone(), &ipam))
-        .add_service(api::EndpointsService::server(store.clone(), &ipam))
-        .add_service(api::ConfigMapService::server(store.clone(), &ipam))
-        .add_service(api::LeaseService::server(store.clone(), &ipam))
+        .add_service(api::NamespaceService::server(&serving))
+        .add_service(api::NodeService::server(&serving))
+        .add_service(api::PodService::server(&serving))
+        .add_service(api::DeploymentService::server(&serving))
+        .add_service(api::ServiceService::server(&serving))
+        .add_service(api::EndpointsService::server(&serving))
+        .add_service(api::ConfigMapService::server(&serving))
+        .add_service(api::LeaseService::server(&serving))
+        .add_service(api::RoleService::server(&serving))
+        .add_service(api::ClusterRoleService::server(&serving))
+        .add_service(api::RoleBindingService::server(&serving))
+        .add_service(api::ClusterRoleBindingService::server(&serving))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -141,6 +159,7 @@ pub async fn run(
                 let store = store.clone();
                 tokio::spawn(async move {
                     api::ensure_builtin_namespaces(store.clone()).await;
+                    api::ensure_builtin_rbac(store.clone()).await;
                     api::finish_namespace_deletions(store).await;
                 });
                 (&mut shutdown).await;

@@ -29,6 +29,7 @@ pub use credentials::Credentials;
 pub use credentials::Resolved;
 pub use identity::peer_identity;
 pub use identity::Identity;
+pub use identity::NODES_GROUP;
 pub use token::bootstrap_proof;
 pub use token::same_secret;
 pub use token::same_secret_bytes;

@@ -292,6 +292,39 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Credentials for a new user `name` in `groups` (`berth user
+    /// create`), written to `dir/NAME.conf`: the file, and how its holder
+    /// reaches the cluster.
+    pub fn user(&self, dir: &Path, name: &str, groups: &[&str]) -> (PathBuf, Transport) {
+        let mut cmd = self.cli();
+        cmd.args(["user", "create", name]);
+        for g in groups {
+            cmd.args(["--group", g]);
+        }
+        let out = cmd.output().expect("run berth user create");
+        assert!(
+            out.status.success(),
+            "berth user create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(&path, &out.stdout).expect("write the user's credentials");
+        let transport = berth_client::credentials::load(&path, None)
+            .expect("the new user's credentials load")
+            .transport;
+        (path, transport)
+    }
+
+    /// A `berth` CLI command as the holder of the credentials `conf`.
+    pub fn cli_as(&self, conf: &Path) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--server")
+            .arg(self.addrs().join(","))
+            .arg("--config")
+            .arg(conf);
+        cmd
+    }
+
     /// A channel to whichever controller answers first.
     pub async fn channel(&self) -> Channel {
         berth_client::connect::connect(&self.addrs(), &self.transport())

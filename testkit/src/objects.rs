@@ -445,3 +445,71 @@ pub fn is_ready(p: &pb::Pod) -> bool {
 pub fn pod_ip(p: &pb::Pod) -> &str {
     p.status.as_ref().map_or("", |s| s.pod_ip.as_str())
 }
+
+/// A User subject of an RBAC binding.
+pub fn user(name: &str) -> pb::Subject {
+    subject("User", name)
+}
+
+/// A Group subject of an RBAC binding.
+pub fn group(name: &str) -> pb::Subject {
+    subject("Group", name)
+}
+
+fn subject(kind: &str, name: &str) -> pb::Subject {
+    pb::Subject {
+        kind: kind.into(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn role_ref(kind: &str, name: &str) -> Option<pb::RoleRef> {
+    Some(pb::RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: kind.into(),
+        name: name.into(),
+    })
+}
+
+/// RoleBinding `name` in `namespace` of `subject` to the `kind` (Role or
+/// ClusterRole) `role`.
+pub fn role_binding(
+    namespace: &str,
+    name: &str,
+    subject: pb::Subject,
+    kind: &str,
+    role: &str,
+) -> pb::RoleBinding {
+    pb::RoleBinding {
+        metadata: meta(name, namespace),
+        subjects: vec![subject],
+        role_ref: role_ref(kind, role),
+        ..Default::default()
+    }
+}
+
+/// ClusterRoleBinding `name` of `subject` to ClusterRole `role`.
+pub fn cluster_role_binding(
+    name: &str,
+    subject: pb::Subject,
+    role: &str,
+) -> pb::ClusterRoleBinding {
+    pb::ClusterRoleBinding {
+        metadata: meta(name, ""),
+        subjects: vec![subject],
+        role_ref: role_ref("ClusterRole", role),
+        ..Default::default()
+    }
+}
+
+/// One rule: `verbs` on `resources` of the core group.
+pub fn core_rule(verbs: &[&str], resources: &[&str]) -> pb::PolicyRule {
+    let strings = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+    pb::PolicyRule {
+        verbs: strings(verbs),
+        api_groups: vec![String::new()],
+        resources: strings(resources),
+        ..Default::default()
+    }
+}

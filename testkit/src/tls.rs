@@ -48,10 +48,11 @@ pub fn controller_transport(controller_dir: &Path) -> Result<Transport, String> 
     Ok(Transport::Tls(config))
 }
 
-/// Writes `agent_dir/agent.conf` for node `node`, as a join would.
+/// Writes the credentials of node `node` to `path` (`DIR/agent.conf`, or
+/// `DIR/agent-NAME.conf` for each node of a sim agent), as a join would.
 pub fn write_agent_conf(
     controller_dir: &Path,
-    agent_dir: &Path,
+    path: &Path,
     node: &str,
     address: &str,
     servers: &[String],
@@ -62,6 +63,8 @@ pub fn write_agent_conf(
         .issue(&identity, &[address.to_string()], DAY)
         .map_err(|e| e.to_string())?;
     let creds = Credentials::new("berth", servers, ca.cert_pem(), &identity.name(), &issued);
-    std::fs::create_dir_all(agent_dir).map_err(|e| e.to_string())?;
-    std::fs::write(agent_dir.join("agent.conf"), creds.to_yaml()).map_err(|e| e.to_string())
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(path, creds.to_yaml()).map_err(|e| e.to_string())
 }

@@ -2,7 +2,8 @@
 //! made from the cluster's PKI (`berth-pki`), a certificate slot that
 //! renewal swaps without a restart, the accepting side (TLS handshakes off
 //! the accept loop, the peer's identity read once per connection) and the
-//! connecting side (a tonic connector), and `--insecure`'s plain TCP.
+//! connecting side (a tonic connector, and one HTTP/1.1 GET to an agent's
+//! log port), and `--insecure`'s plain TCP.
 //!
 //! Every connection verifies its peer against the cluster's CA alone; the
 //! web's roots are never trusted. The one exception is the first question a
@@ -18,6 +19,7 @@
 #![allow(deprecated)]
 
 mod client;
+pub mod http1;
 pub mod join;
 mod keys;
 mod server;

@@ -317,3 +317,82 @@ impl Row for pb::Lease {
         vec![self.name().to_string(), or_none(holder), created(self)]
     }
 }
+
+impl Row for pb::Role {
+    fn headers(_wide: bool) -> Vec<&'static str> {
+        vec!["NAME", "CREATED AT"]
+    }
+
+    fn row(&self, _wide: bool) -> Vec<String> {
+        vec![self.name().to_string(), creation_timestamp(self)]
+    }
+}
+
+impl Row for pb::ClusterRole {
+    fn headers(_wide: bool) -> Vec<&'static str> {
+        vec!["NAME", "CREATED AT"]
+    }
+
+    fn row(&self, _wide: bool) -> Vec<String> {
+        vec![self.name().to_string(), creation_timestamp(self)]
+    }
+}
+
+impl Row for pb::RoleBinding {
+    fn headers(wide: bool) -> Vec<&'static str> {
+        binding_headers(wide)
+    }
+
+    fn row(&self, wide: bool) -> Vec<String> {
+        binding_row(self, self.role_ref.as_ref(), &self.subjects, wide)
+    }
+}
+
+impl Row for pb::ClusterRoleBinding {
+    fn headers(wide: bool) -> Vec<&'static str> {
+        binding_headers(wide)
+    }
+
+    fn row(&self, wide: bool) -> Vec<String> {
+        binding_row(self, self.role_ref.as_ref(), &self.subjects, wide)
+    }
+}
+
+fn creation_timestamp(o: &impl Object) -> String {
+    o.meta()
+        .map_or(String::new(), |m| m.creation_timestamp.clone())
+}
+
+fn binding_headers(wide: bool) -> Vec<&'static str> {
+    let mut h = vec!["NAME", "ROLE", "AGE"];
+    if wide {
+        h.extend(["USERS", "GROUPS", "SERVICEACCOUNTS"]);
+    }
+    h
+}
+
+/// kubectl's columns for a binding: ROLE is KIND/NAME.
+fn binding_row(
+    o: &impl Object,
+    role_ref: Option<&pb::RoleRef>,
+    subjects: &[pb::Subject],
+    wide: bool,
+) -> Vec<String> {
+    let role = role_ref.map_or(String::new(), |r| format!("{}/{}", r.kind, r.name));
+    let mut row = vec![o.name().to_string(), role, created(o)];
+    if wide {
+        let of = |kind: &str| {
+            let names: Vec<String> = subjects
+                .iter()
+                .filter(|s| s.kind == kind)
+                .map(|s| match kind {
+                    "ServiceAccount" => format!("{}/{}", s.namespace, s.name),
+                    _ => s.name.clone(),
+                })
+                .collect();
+            names.join(", ")
+        };
+        row.extend([of("User"), of("Group"), of("ServiceAccount")]);
+    }
+    row
+}

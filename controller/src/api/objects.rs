@@ -32,6 +32,7 @@ use tonic::Status;
 use crate::ipam;
 use crate::ipam::Claim;
 use crate::ipam::Ipam;
+use berth_tls::Transport;
 
 /// Read-modify-write rounds before an update without a precondition gives
 /// up under contention.
@@ -48,6 +49,9 @@ pub struct Api<K> {
     pub store: Store,
     /// Assigns pod CIDRs (nodes) and ClusterIPs (services).
     ipam: Option<Ipam>,
+    /// How this controller reaches agents (pods' logs); None in the API
+    /// the controller uses for itself.
+    pub agents: Option<Transport>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -56,6 +60,7 @@ impl<K> Clone for Api<K> {
         Self {
             store: self.store.clone(),
             ipam: self.ipam.clone(),
+            agents: self.agents.clone(),
             kind: PhantomData,
         }
     }
@@ -151,20 +156,23 @@ impl<K: Object> Api<K> {
         Self {
             store,
             ipam: None,
+            agents: None,
             kind: PhantomData,
         }
     }
 
-    /// An API whose creates and updates assign addresses.
-    pub fn with_ipam(store: Store, ipam: Ipam) -> Self {
+    /// The API as served: creates and updates assign addresses, and the
+    /// agents are reached with `agents`.
+    pub fn serving(store: Store, ipam: Ipam, agents: Transport) -> Self {
         Self {
             store,
             ipam: Some(ipam),
+            agents: Some(agents),
             kind: PhantomData,
         }
     }
 
-    fn namespace_of(&self, requested: &str) -> String {
+    pub(super) fn namespace_of(&self, requested: &str) -> String {
         if K::INFO.namespaced && requested.is_empty() {
             "default".to_string()
         } else if K::INFO.namespaced {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use berth_api::limits::MAX_REQUEST_BYTES;
 use berth_api::limits::MAX_RESPONSE_BYTES;
 use berth_api::pb;
+use berth_api::Object;
 use berth_raft::Store;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -15,8 +16,20 @@ use tonic::Response;
 use tonic::Status;
 use tracing::Instrument;
 
+use super::guard::Guard;
 use super::objects::Api;
 use crate::ipam::Ipam;
+use crate::security::authorizer::Authorizer;
+use crate::security::authorizer::Caller;
+
+/// What every service of the API is made with.
+pub struct Serving {
+    pub store: Store,
+    pub ipam: Ipam,
+    pub authz: Authorizer,
+    /// How this controller reaches agents.
+    pub agents: berth_tls::Transport,
+}
 
 /// Runs one call, counting it by kind, verb and outcome.
 async fn observe<T>(
@@ -47,11 +60,18 @@ macro_rules! object_service {
         $kind:ident, $list:ident, $event:ident,
         [$($status:ident)?], [$($delete:ident)?], { $($extra:tt)* }
     ) => {
-        pub struct $svc(pub Api<pb::$kind>);
+        pub struct $svc {
+            api: Api<pb::$kind>,
+            guard: Guard<pb::$kind>,
+        }
 
         impl $svc {
-            pub fn server(store: Store, ipam: &Ipam) -> pb::$server_mod::$server<Self> {
-                pb::$server_mod::$server::new(Self(Api::with_ipam(store, ipam.clone())))
+            pub fn server(ctx: &Serving) -> pb::$server_mod::$server<Self> {
+                let api = Api::serving(ctx.store.clone(), ctx.ipam.clone(), ctx.agents.clone());
+                pb::$server_mod::$server::new(Self {
+                    guard: Guard::new(ctx.authz.clone(), api.clone()),
+                    api,
+                })
                     .max_decoding_message_size(MAX_REQUEST_BYTES)
                     .max_encoding_message_size(MAX_RESPONSE_BYTES)
             }
@@ -60,34 +80,67 @@ macro_rules! object_service {
         #[tonic::async_trait]
         impl pb::$server_mod::$trait for $svc {
             async fn create(&self, r: Request<pb::$kind>) -> Result<Response<pb::$kind>, Status> {
-                observe(stringify!($kind), "create", self.0.create(r.into_inner())).await
+                let call = async {
+                    let caller = Caller::of(&r)?;
+                    let obj = r.into_inner();
+                    self.guard.create(&caller, &obj).await?;
+                    self.api.create(obj).await
+                };
+                observe(stringify!($kind), "create", call).await
             }
 
             async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::$kind>, Status> {
-                observe(stringify!($kind), "get", self.0.get(r.into_inner())).await
+                let call = async {
+                    let caller = Caller::of(&r)?;
+                    let req = r.into_inner();
+                    self.guard.one(&caller, "get", "", &req.namespace, &req.name).await?;
+                    self.api.get(req).await
+                };
+                observe(stringify!($kind), "get", call).await
             }
 
             async fn list(&self, r: Request<pb::ListRequest>) -> Result<Response<pb::$list>, Status> {
                 let call = async {
-                    let (items, metadata) = self.0.list(r.into_inner()).await?;
+                    let caller = Caller::of(&r)?;
+                    let req = r.into_inner();
+                    self.guard.many(&caller, "list", &req.namespace, &req.field_selector).await?;
+                    let (items, metadata) = self.api.list(req).await?;
                     Ok(pb::$list { metadata: Some(metadata), items })
                 };
                 observe(stringify!($kind), "list", call).await
             }
 
             async fn update(&self, r: Request<pb::$kind>) -> Result<Response<pb::$kind>, Status> {
-                observe(stringify!($kind), "update", self.0.update(r.into_inner(), false)).await
+                let call = async {
+                    let caller = Caller::of(&r)?;
+                    let obj = r.into_inner();
+                    self.guard.update(&caller, &obj).await?;
+                    self.api.update(obj, false).await
+                };
+                observe(stringify!($kind), "update", call).await
             }
 
             $(
             async fn update_status(&self, r: Request<pb::$kind>) -> Result<Response<pb::$kind>, Status> {
-                observe(stringify!($kind), stringify!($status), self.0.update(r.into_inner(), true)).await
+                let call = async {
+                    let caller = Caller::of(&r)?;
+                    let obj = r.into_inner();
+                    self.guard.one(&caller, "update", "status", obj.namespace(), obj.name()).await?;
+                    self.api.update(obj, true).await
+                };
+                observe(stringify!($kind), stringify!($status), call).await
             }
             )?
 
             $(
             async fn delete(&self, r: Request<pb::DeleteRequest>) -> Result<Response<pb::$kind>, Status> {
-                observe(stringify!($kind), stringify!($delete), self.0.delete(r.into_inner())).await
+                let call = async {
+                    let caller = Caller::of(&r)?;
+                    let req = r.into_inner();
+                    self.guard.one(&caller, "delete", "", &req.namespace, &req.name).await?;
+                    self.api.delete(req).await
+                };
+                observe(stringify!($kind), stringify!($delete), call).await
             }
             )?
 
@@ -95,7 +148,10 @@ macro_rules! object_service {
 
             async fn watch(&self, r: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
                 let call = async {
-                    let events = self.0.watch(r.into_inner())?;
+                    let caller = Caller::of(&r)?;
+                    let req = r.into_inner();
+                    self.guard.many(&caller, "watch", &req.namespace, &req.field_selector).await?;
+                    let events = self.api.watch(req)?;
                     Ok(events
                         .map(|e| e.map(|(r#type, object)| pb::$event { r#type, object: Some(object) }))
                         .boxed())
@@ -123,12 +179,15 @@ object_service!(
             &self,
             r: Request<pb::DeleteRequest>,
         ) -> Result<Response<pb::Namespace>, Status> {
-            observe(
-                "Namespace",
-                "delete",
-                self.0.delete_namespace(r.into_inner()),
-            )
-            .await
+            let call = async {
+                let caller = Caller::of(&r)?;
+                let req = r.into_inner();
+                self.guard
+                    .one(&caller, "delete", "", &req.namespace, &req.name)
+                    .await?;
+                self.api.delete_namespace(req).await
+            };
+            observe("Namespace", "delete", call).await
         }
     }
 );
@@ -156,21 +215,57 @@ object_service!(
     [delete],
     {
         async fn bind(&self, r: Request<pb::BindRequest>) -> Result<Response<pb::Pod>, Status> {
-            observe("Pod", "bind", self.0.bind(r.into_inner())).await
+            let call = async {
+                let caller = Caller::of(&r)?;
+                let req = r.into_inner();
+                self.guard.bind(&caller, [req.namespace.as_str()]).await?;
+                self.api.bind(req).await
+            };
+            observe("Pod", "bind", call).await
         }
 
         async fn bind_batch(
             &self,
             r: Request<pb::BindBatchRequest>,
         ) -> Result<Response<pb::BindBatchResponse>, Status> {
-            observe("Pod", "bind_batch", self.0.bind_batch(r.into_inner())).await
+            let call = async {
+                let caller = Caller::of(&r)?;
+                let req = r.into_inner();
+                let namespaces = req.binds.iter().map(|b| b.namespace.as_str());
+                self.guard.bind(&caller, namespaces).await?;
+                self.api.bind_batch(req).await
+            };
+            observe("Pod", "bind_batch", call).await
         }
 
         async fn create_batch(
             &self,
             r: Request<pb::CreatePodsRequest>,
         ) -> Result<Response<pb::CreatePodsResponse>, Status> {
-            observe("Pod", "create_batch", self.0.create_batch(r.into_inner())).await
+            let call = async {
+                let caller = Caller::of(&r)?;
+                let req = r.into_inner();
+                self.guard.create_all(&caller, &req.items).await?;
+                self.api.create_batch(req).await
+            };
+            observe("Pod", "create_batch", call).await
+        }
+
+        type LogsStream = BoxStream<'static, Result<pb::LogChunk, Status>>;
+
+        async fn logs(
+            &self,
+            r: Request<pb::LogsRequest>,
+        ) -> Result<Response<Self::LogsStream>, Status> {
+            let call = async {
+                let caller = Caller::of(&r)?;
+                let req = r.into_inner();
+                self.guard
+                    .one(&caller, "get", "log", &req.namespace, &req.name)
+                    .await?;
+                self.api.logs(req).await
+            };
+            observe("Pod", "logs", call).await
         }
     }
 );
@@ -255,3 +350,51 @@ pub fn describe_metrics() {
         "Time to answer a public API call (to open a watch), by kind and verb"
     );
 }
+object_service!(
+    RoleService,
+    roles_server,
+    Roles,
+    RolesServer,
+    Role,
+    RoleList,
+    RoleEvent,
+    [],
+    [delete],
+    {}
+);
+object_service!(
+    ClusterRoleService,
+    cluster_roles_server,
+    ClusterRoles,
+    ClusterRolesServer,
+    ClusterRole,
+    ClusterRoleList,
+    ClusterRoleEvent,
+    [],
+    [delete],
+    {}
+);
+object_service!(
+    RoleBindingService,
+    role_bindings_server,
+    RoleBindings,
+    RoleBindingsServer,
+    RoleBinding,
+    RoleBindingList,
+    RoleBindingEvent,
+    [],
+    [delete],
+    {}
+);
+object_service!(
+    ClusterRoleBindingService,
+    cluster_role_bindings_server,
+    ClusterRoleBindings,
+    ClusterRoleBindingsServer,
+    ClusterRoleBinding,
+    ClusterRoleBindingList,
+    ClusterRoleBindingEvent,
+    [],
+    [delete],
+    {}
+);

@@ -248,20 +248,39 @@ fn refusal_code(reason: BindRefusal) -> tonic::Code {
 pub async fn ensure_builtin_namespaces(store: berth_raft::Store) {
     let api = Api::<pb::Namespace>::new(store);
     for name in BUILTIN_NAMESPACES {
-        let mut delay = berth_retry::Backoff::new(
-            std::time::Duration::from_millis(200),
-            std::time::Duration::from_secs(5),
-        );
-        loop {
-            let mut ns = pb::Namespace::default();
-            ns.meta_mut().name = name.to_string();
-            match api.create(ns).await {
-                Ok(_) => break,
-                Err(s) if Reason::of(&s) == Some(Reason::AlreadyExists) => break,
-                Err(s) => {
-                    tracing::debug!(namespace = name, error = %s.message(), "built-in namespace not created yet; retrying");
-                    delay.wait().await;
-                }
+        let mut ns = pb::Namespace::default();
+        ns.meta_mut().name = name.to_string();
+        create_until_done(&api, ns).await;
+    }
+}
+
+/// Creates Kubernetes' default ClusterRoles and ClusterRoleBindings that
+/// are missing (one a user changed is left as it is).
+pub async fn ensure_builtin_rbac(store: berth_raft::Store) {
+    let roles = Api::<pb::ClusterRole>::new(store.clone());
+    for role in berth_rbac::builtin::cluster_roles() {
+        create_until_done(&roles, role).await;
+    }
+    let bindings = Api::<pb::ClusterRoleBinding>::new(store);
+    for binding in berth_rbac::builtin::cluster_role_bindings() {
+        create_until_done(&bindings, binding).await;
+    }
+}
+
+/// Creates `obj` unless it exists, retrying while the cluster cannot take
+/// writes.
+async fn create_until_done<K: Object>(api: &Api<K>, obj: K) {
+    let mut delay = berth_retry::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+    );
+    loop {
+        match api.create(obj.clone()).await {
+            Ok(_) => return,
+            Err(s) if Reason::of(&s) == Some(Reason::AlreadyExists) => return,
+            Err(s) => {
+                tracing::debug!(kind = K::INFO.kind, name = obj.name(), error = %s.message(), "built-in object not created yet; retrying");
+                delay.wait().await;
             }
         }
     }

@@ -5,9 +5,10 @@
 //!   yet); anything else is UNAUTHENTICATED.
 //! - Raft and the raw KV store: controllers only.
 //! - Membership changes, join tokens and users' certificates: controllers
-//!   and cluster administrators (group `system:masters`).
-//! - The rest: any identity of the cluster. (Per-kind rules, RBAC and the
-//!   node authorizer, come next and sit behind this.)
+//!   and cluster administrators (RBAC's `cluster-admin`: every verb on
+//!   every resource, as group `system:masters` has).
+//! - The rest: any identity of the cluster; the object API then asks RBAC
+//!   per verb, resource and namespace (`authorizer`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,10 +16,13 @@ use std::task::Context;
 use std::task::Poll;
 
 use berth_pki::Identity;
+use berth_rbac::Attributes;
+use berth_rbac::Decision;
 use berth_tls::Peer;
 use tonic::Status;
 
-use super::MASTERS_GROUP;
+use super::authorizer::Authorizer;
+use super::authorizer::Caller;
 
 /// What a method needs of its caller.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,18 +47,18 @@ fn needs(path: &str) -> Needs {
     }
 }
 
-/// Whether the caller on `peer` may call `path`; the status to answer if
-/// not.
-pub fn check(path: &str, peer: Option<&Peer>) -> Result<(), Status> {
+/// What the caller on `peer` may not do of `path`, before RBAC: the status
+/// to answer, or what it must hold.
+fn check(path: &str, peer: Option<&Peer>) -> Result<Needs, Status> {
     let Some(peer) = peer else {
         return Err(Status::internal("the connection has no peer information"));
     };
     if !peer.secure {
-        return Ok(());
+        return Ok(Needs::Nothing);
     }
     let needs = needs(path);
     if needs == Needs::Nothing {
-        return Ok(());
+        return Ok(needs);
     }
     let Some(identity) = peer.identity.as_deref() else {
         metrics::counter!("berth_controller_unauthenticated_calls_total").increment(1);
@@ -62,42 +66,78 @@ pub fn check(path: &str, peer: Option<&Peer>) -> Result<(), Status> {
             "{path} needs a client certificate of this cluster: use credentials from `berth user create` (`--config FILE`, $BERTH_CONFIG or ~/.berth/config), or a controller's DIR/admin.conf"
         )));
     };
-    let allowed = match needs {
-        Needs::Nothing | Needs::Identity => true,
-        Needs::Controller => matches!(identity, Identity::Controller(_)),
-        Needs::Admin => {
-            matches!(identity, Identity::Controller(_))
-                || identity.groups().iter().any(|g| g == MASTERS_GROUP)
-        }
-    };
-    if allowed {
-        return Ok(());
+    match (needs, identity) {
+        (_, Identity::Controller(_)) => Ok(Needs::Nothing),
+        (Needs::Controller, _) => Err(refused(identity, path, "controllers")),
+        (needs, _) => Ok(needs),
     }
-    metrics::counter!("berth_controller_forbidden_calls_total").increment(1);
-    let who = match needs {
-        Needs::Controller => "controllers",
-        _ => "controllers and cluster administrators (group system:masters)",
-    };
-    Err(Status::permission_denied(format!(
-        "forbidden: {identity} cannot call {path}, which is for {who}"
-    )))
 }
 
-/// The tower layer that applies `check` to every request.
-#[derive(Clone, Copy, Default)]
-pub struct AuthzLayer;
+fn refused(identity: &Identity, path: &str, who: &str) -> Status {
+    metrics::counter!("berth_controller_forbidden_calls_total").increment(1);
+    Status::permission_denied(format!(
+        "forbidden: {identity} cannot call {path}, which is for {who}"
+    ))
+}
+
+/// Every verb on every resource everywhere: what `cluster-admin` holds.
+fn everything() -> Attributes {
+    Attributes {
+        verb: "*".into(),
+        api_group: "*".into(),
+        resource: "*".into(),
+        ..Default::default()
+    }
+}
+
+/// Whether the caller on `peer` may call `path`.
+async fn authorize(path: &str, peer: Option<&Peer>, authz: &Authorizer) -> Result<(), Status> {
+    if check(path, peer)? != Needs::Admin {
+        return Ok(());
+    }
+    let Some(identity) = peer.and_then(|p| p.identity.as_deref()) else {
+        return Ok(());
+    };
+    let caller = match identity {
+        Identity::Node(name) => Caller::Node(name.clone()),
+        Identity::User { name, groups } => Caller::User(berth_rbac::User {
+            name: name.clone(),
+            groups: groups.clone(),
+        }),
+        Identity::Controller(_) => return Ok(()),
+    };
+    let user = caller.rbac_user().expect("nodes and users are RBAC users");
+    match authz.decide(&user, &everything()).await? {
+        Decision::Allowed(_) => Ok(()),
+        Decision::Denied => Err(refused(
+            identity,
+            path,
+            "controllers and cluster administrators (ClusterRole cluster-admin, as group system:masters has)",
+        )),
+    }
+}
+
+/// The tower layer that applies `authorize` to every request.
+#[derive(Clone)]
+pub struct AuthzLayer {
+    pub authz: Authorizer,
+}
 
 impl<S> tower::Layer<S> for AuthzLayer {
     type Service = Authz<S>;
 
     fn layer(&self, inner: S) -> Authz<S> {
-        Authz { inner }
+        Authz {
+            inner,
+            authz: self.authz.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Authz<S> {
     inner: S,
+    authz: Authorizer,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -118,16 +158,26 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match check(req.uri().path(), req.extensions().get::<Peer>()) {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
-        }
+        // The clone that was made ready serves this request (tower's rule);
+        // the fresh clone is left for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let authz = self.authz.clone();
+        Box::pin(async move {
+            let peer = req.extensions().get::<Peer>();
+            match authorize(req.uri().path(), peer, &authz).await {
+                Ok(()) => inner.call(req).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use berth_rbac::Policy;
 
     use super::*;
 
@@ -168,7 +218,11 @@ mod tests {
         assert_eq!(code(join, &anonymous), None);
         let controller = peer(Some(Identity::Controller(1)));
         for path in [raft, kv, add, status, pods, tokens, join, renew] {
-            assert_eq!(code(path, &controller), None, "{path}");
+            assert_eq!(
+                check(path, Some(&controller)).unwrap(),
+                Needs::Nothing,
+                "{path}"
+            );
         }
         let admin = peer(Some(user(&["system:masters"])));
         let node = peer(Some(Identity::Node("n1".into())));
@@ -177,14 +231,11 @@ mod tests {
             for path in [raft, kv] {
                 assert_eq!(code(path, p), Some(tonic::Code::PermissionDenied), "{path}");
             }
-            assert_eq!(code(pods, p), None);
-            assert_eq!(code(status, p), None);
-        }
-        assert_eq!(code(add, &admin), None);
-        assert_eq!(code(tokens, &admin), None);
-        for p in [&node, &plain] {
-            assert_eq!(code(add, p), Some(tonic::Code::PermissionDenied));
-            assert_eq!(code(tokens, p), Some(tonic::Code::PermissionDenied));
+            assert_eq!(check(pods, Some(p)).unwrap(), Needs::Identity);
+            assert_eq!(check(status, Some(p)).unwrap(), Needs::Identity);
+            // Membership and tokens are RBAC's to decide: cluster-admin.
+            assert_eq!(check(add, Some(p)).unwrap(), Needs::Admin);
+            assert_eq!(check(tokens, Some(p)).unwrap(), Needs::Admin);
         }
         let message = check(kv, Some(&plain)).unwrap_err().message().to_string();
         assert!(
@@ -197,6 +248,42 @@ mod tests {
             identity: None,
             secure: false,
         };
-        assert_eq!(code(raft, &insecure), None);
+        assert_eq!(check(raft, Some(&insecure)).unwrap(), Needs::Nothing);
+    }
+
+    #[test]
+    fn cluster_admin_alone_holds_everything() {
+        let roles = berth_rbac::builtin::cluster_roles();
+        let binding = |role: &str| pb_binding(role);
+        for (role, allowed) in [("cluster-admin", true), ("admin", false), ("edit", false)] {
+            let policy = Policy::new(&[], &roles, &[], &[binding(role)]);
+            let alice = berth_rbac::User {
+                name: "alice".into(),
+                groups: vec![],
+            };
+            let decision = policy.authorize(&alice, &everything());
+            assert_eq!(matches!(decision, Decision::Allowed(_)), allowed, "{role}");
+        }
+    }
+
+    fn pb_binding(role: &str) -> berth_api::pb::ClusterRoleBinding {
+        use berth_api::pb;
+        pb::ClusterRoleBinding {
+            metadata: Some(pb::ObjectMeta {
+                name: "b".into(),
+                ..Default::default()
+            }),
+            subjects: vec![pb::Subject {
+                kind: "User".into(),
+                name: "alice".into(),
+                ..Default::default()
+            }],
+            role_ref: Some(pb::RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: role.into(),
+            }),
+            ..Default::default()
+        }
     }
 }

@@ -3,10 +3,15 @@
 //! from a controller that proves the shared bootstrap secret or matches a
 //! join token), issues itself a certificate for the addresses it listens
 //! on and renews it in place, writes `admin.conf`, serves certificates and
-//! tokens (`service`), and refuses callers what their identity may not do
-//! (`authz`).
+//! tokens (`service`), refuses callers what their identity may not do
+//! (`authz`), and decides each call of the object API with RBAC
+//! (`authorizer`, from a `policy` kept current from the store), which
+//! `access` also answers for `berth auth can-i`.
 
+pub mod access;
+pub mod authorizer;
 pub mod authz;
+pub mod policy;
 pub mod service;
 
 use std::path::Path;
@@ -34,7 +39,7 @@ pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The admin credentials every controller writes.
 const ADMIN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const ADMIN_USER: &str = "admin";
-pub const MASTERS_GROUP: &str = "system:masters";
+pub use berth_rbac::MASTERS_GROUP;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {

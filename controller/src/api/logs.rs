@@ -1,0 +1,138 @@
+//! `Pods.Logs`: a container's output, read from the agent of the pod's node
+//! as the Kubernetes API server proxies to the kubelet, so that a user
+//! needs `get pods/log`, not the nodes (which `view` and `edit` cannot
+//! read) nor a way to the node's address.
+
+use berth_api::pb;
+use berth_api::Object;
+use berth_api::Reason;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use http_body_util::BodyStream;
+use tonic::Status;
+
+use super::objects::Api;
+
+/// Where a node's agent serves logs: its InternalIP and the port it
+/// publishes as `status.daemonEndpoints.kubeletEndpoint.Port`.
+fn agent_endpoint(node: &pb::Node) -> Option<(String, u16)> {
+    let status = node.status.as_ref()?;
+    let port = status
+        .daemon_endpoints
+        .as_ref()?
+        .kubelet_endpoint
+        .as_ref()?
+        .port;
+    let ip = status
+        .addresses
+        .iter()
+        .find(|a| a.r#type == "InternalIP")?
+        .address
+        .clone();
+    Some((ip, u16::try_from(port).ok().filter(|p| *p != 0)?))
+}
+
+/// The container a logs request is about: the one named, or the pod's
+/// only one.
+fn container_of(pod: &pb::Pod, asked: &str) -> Result<String, Status> {
+    let what = format!("pod {}/{}", pod.namespace(), pod.name());
+    let names: Vec<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .map(|c| c.name.as_str())
+        .collect();
+    match (asked, names.as_slice()) {
+        (c, _) if names.contains(&c) => Ok(c.to_string()),
+        ("", [one]) => Ok(one.to_string()),
+        ("", _) => Err(Reason::Invalid.status(format!(
+            "{what} has containers {}: choose one with -c",
+            names.join(", ")
+        ))),
+        (c, _) => Err(Reason::Invalid.status(format!(
+            "{what} has no container {c:?}: it has {}",
+            names.join(", ")
+        ))),
+    }
+}
+
+impl Api<pb::Pod> {
+    pub async fn logs(
+        &self,
+        req: pb::LogsRequest,
+    ) -> Result<BoxStream<'static, Result<pb::LogChunk, Status>>, Status> {
+        let namespace = self.namespace_of(&req.namespace);
+        let get = |namespace: &str, name: &str| pb::GetRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+            serializable: false,
+        };
+        let pod = self.get(get(&namespace, &req.name)).await?;
+        let container = container_of(&pod, &req.container)?;
+        let node_name = pod.node_name().to_string();
+        if node_name.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "pod {namespace}/{} is not placed on a node yet, so it has no output",
+                req.name
+            )));
+        }
+        let node = Api::<pb::Node>::new(self.store.clone())
+            .get(get("", &node_name))
+            .await?;
+        let (ip, port) = agent_endpoint(&node).ok_or_else(|| {
+            Status::unavailable(format!(
+                "node {node_name} publishes no agent endpoint (is its agent running?)"
+            ))
+        })?;
+        let flags: Vec<&str> = [
+            req.follow.then_some("follow=true"),
+            req.previous.then_some("previous=true"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let path = format!(
+            "/containerLogs/{namespace}/{}/{container}?{}",
+            req.name,
+            flags.join("&")
+        );
+        let transport = self
+            .agents
+            .as_ref()
+            .ok_or_else(|| Status::internal("this API does not reach agents"))?;
+        let resp = berth_tls::http1::get(transport, &ip, port, &path)
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("cannot reach the agent of node {node_name}: {e}"))
+            })?;
+        let code = resp.status();
+        if !code.is_success() {
+            let text = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+                .unwrap_or_default();
+            return Err(match code.as_u16() {
+                404 => Status::not_found(text),
+                403 => Status::permission_denied(text),
+                _ => Status::unavailable(format!("the agent of node {node_name}: {text}")),
+            });
+        }
+        Ok(BodyStream::new(resp.into_body())
+            .filter_map(|frame| async move {
+                match frame {
+                    Ok(frame) => frame.into_data().ok().map(|data| {
+                        Ok(pb::LogChunk {
+                            data: data.to_vec(),
+                        })
+                    }),
+                    Err(e) => Some(Err(Status::unavailable(format!(
+                        "the agent stopped sending: {e}"
+                    )))),
+                }
+            })
+            .boxed())
+    }
+}
