@@ -18,7 +18,8 @@ pub const BOOTSTRAP_LABEL: (&str, &str) = ("kubernetes.io/bootstrapping", "rbac-
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
 
-fn rule(verbs: &[&str], group: &str, resources: &[&str]) -> pb::PolicyRule {
+/// `verbs` on `resources` of `group`, whatever their names.
+pub(crate) fn rule(verbs: &[&str], group: &str, resources: &[&str]) -> pb::PolicyRule {
     let strings = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
     pb::PolicyRule {
         verbs: strings(verbs),

@@ -196,6 +196,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builtin::rule;
 
     fn meta(namespace: &str, name: &str) -> Option<pb::ObjectMeta> {
         Some(pb::ObjectMeta {
@@ -203,16 +204,6 @@ mod tests {
             namespace: namespace.into(),
             ..Default::default()
         })
-    }
-
-    fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
-        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
-        PolicyRule {
-            verbs: v(verbs),
-            api_groups: v(groups),
-            resources: v(resources),
-            resource_names: Vec::new(),
-        }
     }
 
     fn subject(kind: &str, name: &str, namespace: &str) -> pb::Subject {
@@ -251,12 +242,12 @@ mod tests {
     fn policy() -> Policy {
         let reader = pb::ClusterRole {
             metadata: meta("", "pod-reader"),
-            rules: vec![rule(&["get", "list"], &[""], &["pods"])],
+            rules: vec![rule(&["get", "list"], "", &["pods"])],
             ..Default::default()
         };
         let writer = pb::Role {
             metadata: meta("shop", "cm-writer"),
-            rules: vec![rule(&["create", "update"], &[""], &["configmaps"])],
+            rules: vec![rule(&["create", "update"], "", &["configmaps"])],
             ..Default::default()
         };
         let everywhere = pb::ClusterRoleBinding {
@@ -325,13 +316,13 @@ mod tests {
     fn missing_names_each_grant_the_author_lacks() {
         let p = policy();
         let alice = user("alice", &[]);
-        let asked = [rule(&["create", "delete"], &[""], &["configmaps"])];
+        let asked = [rule(&["create", "delete"], "", &["configmaps"])];
         assert_eq!(
             p.missing(&alice, "shop", &asked),
-            vec![rule(&["delete"], &[""], &["configmaps"])]
+            vec![rule(&["delete"], "", &["configmaps"])]
         );
         assert_eq!(p.missing(&alice, "default", &asked).len(), 2);
-        let wildcard = [rule(&["*"], &[""], &["configmaps"])];
+        let wildcard = [rule(&["*"], "", &["configmaps"])];
         assert_eq!(p.missing(&alice, "shop", &wildcard), wildcard.to_vec());
         let masters = user("root", &["system:masters"]);
         assert!(p.missing(&masters, "", &wildcard).is_empty());

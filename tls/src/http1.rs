@@ -44,14 +44,8 @@ pub async fn get(
         addr: addr.clone(),
         source,
     };
-    let (mut sender, conn) = match transport {
-        Transport::Insecure => {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let (sender, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(http)?;
-            (sender, tokio::spawn(async move { conn.await.is_ok() }))
-        }
+    let mut sender = match transport {
+        Transport::Insecure => handshake(stream).await.map_err(http)?,
         Transport::Tls(config) => {
             let mut config = (**config).clone();
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -64,18 +58,29 @@ pub async fn get(
                     addr: addr.clone(),
                     source,
                 })?;
-            let io = hyper_util::rt::TokioIo::new(tls);
-            let (sender, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(http)?;
-            (sender, tokio::spawn(async move { conn.await.is_ok() }))
+            handshake(tls).await.map_err(http)?
         }
     };
-    // The connection task ends when the body has been read (or dropped).
-    drop(conn);
     let req = hyper::Request::get(path)
         .header("host", &addr)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .expect("a GET of a path is a valid request");
     sender.send_request(req).await.map_err(http)
+}
+
+/// Speaks HTTP/1.1 on `io`; the connection runs in a task of its own,
+/// which ends when the response's body has been read or dropped.
+async fn handshake<T>(
+    io: T,
+) -> Result<
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    hyper::Error,
+>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
 }

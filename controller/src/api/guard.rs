@@ -18,6 +18,7 @@ use berth_rbac::Decision;
 use tonic::Status;
 
 use crate::security::authorizer::attributes;
+use crate::security::authorizer::scope;
 use crate::security::authorizer::Authorizer;
 use crate::security::authorizer::Caller;
 
@@ -121,8 +122,12 @@ impl<K: Object> Guard<K> {
     ) -> Result<(), Status> {
         let ns = if K::INFO.namespaced { namespace } else { "" };
         let request = attributes(&K::INFO, verb, "", ns, "");
-        // A selector that does not parse is refused by the verb itself.
-        let selector = FieldSelector::parse(field_selector, K::INFO.id == Kind::Pod).ok();
+        // Only the node authorizer reads the selector; one that does not
+        // parse is refused by the verb itself.
+        let selector = match caller {
+            Caller::Node(_) => FieldSelector::parse(field_selector, K::INFO.id == Kind::Pod).ok(),
+            _ => None,
+        };
         let facts = NodeFacts {
             pod_node: None,
             selected_node: selector.as_ref().and_then(FieldSelector::node_name),
@@ -199,7 +204,7 @@ impl<K: Object> Guard<K> {
         let Some(user) = caller.rbac_user() else {
             return Ok(());
         };
-        let Some(granted) = Grant::of(obj as &dyn Any, ns) else {
+        let Some(granted) = Grant::of(obj as &dyn Any) else {
             return Ok(());
         };
         let Some(built) = self.authz.policy().await? else {
@@ -209,15 +214,13 @@ impl<K: Object> Guard<K> {
         // Kubernetes' way around the check: `escalate` on the role being
         // written, or `bind` on the role a binding refers to.
         let (verb, info, name) = granted.bypass;
-        let bypass = attributes(info, verb, "", granted.role_namespace, name);
+        let bypass = attributes(info, verb, "", ns, name);
         if policy.authorize(&user, &bypass) != Decision::Denied {
             return Ok(());
         }
         let rules = match granted.rules {
             Rules::Listed(rules) => rules.to_vec(),
-            Rules::Referenced(role_ref) => policy
-                .rules_of_ref(role_ref, granted.role_namespace)
-                .to_vec(),
+            Rules::Referenced(role_ref) => policy.rules_of_ref(role_ref, ns).to_vec(),
         };
         let missing = policy.missing(&user, ns, &rules);
         if missing.is_empty() {
@@ -225,14 +228,10 @@ impl<K: Object> Guard<K> {
         }
         let described: BTreeSet<String> = missing.iter().map(describe_rule).collect();
         metrics::counter!("berth_controller_forbidden_calls_total").increment(1);
-        let place = if ns.is_empty() {
-            "at the cluster scope".to_string()
-        } else {
-            format!("in namespace {ns}")
-        };
         Err(Status::permission_denied(format!(
-            "forbidden: {} cannot grant what it does not hold {place}: {} (it needs these itself, or the {verb} verb on {} {name:?})",
+            "forbidden: {} cannot grant what it does not hold {}: {} (it needs these itself, or the {verb} verb on {} {name:?})",
             user.name,
+            scope(ns),
             described.into_iter().collect::<Vec<_>>().join(", "),
             info.plural,
         )))
@@ -258,39 +257,26 @@ enum Rules<'a> {
     Referenced(&'a pb::RoleRef),
 }
 
-/// What an RBAC object grants, and the permission that lets its author
-/// grant it anyway.
+/// What an RBAC object grants, and the permission (verb, kind, name) that
+/// lets its author grant it anyway.
 struct Grant<'a> {
     rules: Rules<'a>,
-    /// Where a referenced Role lives (a RoleBinding's namespace).
-    role_namespace: &'a str,
     bypass: (&'static str, &'static berth_api::KindInfo, &'a str),
 }
 
 impl<'a> Grant<'a> {
-    fn of(obj: &'a dyn Any, ns: &'a str) -> Option<Self> {
-        let role_info = |kind: &str| {
-            if kind == "Role" {
-                &<pb::Role as Object>::INFO
-            } else {
-                &<pb::ClusterRole as Object>::INFO
+    fn of(obj: &'a dyn Any) -> Option<Self> {
+        fn role<'r, R: Object>(role: &'r R, rules: &'r [pb::PolicyRule]) -> Grant<'r> {
+            Grant {
+                rules: Rules::Listed(rules),
+                bypass: ("escalate", &R::INFO, role.name()),
             }
-        };
+        }
         if let Some(r) = obj.downcast_ref::<pb::Role>() {
-            let name = r.metadata.as_ref().map_or("", |m| m.name.as_str());
-            return Some(Grant {
-                rules: Rules::Listed(&r.rules),
-                role_namespace: ns,
-                bypass: ("escalate", &<pb::Role as Object>::INFO, name),
-            });
+            return Some(role(r, &r.rules));
         }
         if let Some(r) = obj.downcast_ref::<pb::ClusterRole>() {
-            let name = r.metadata.as_ref().map_or("", |m| m.name.as_str());
-            return Some(Grant {
-                rules: Rules::Listed(&r.rules),
-                role_namespace: ns,
-                bypass: ("escalate", &<pb::ClusterRole as Object>::INFO, name),
-            });
+            return Some(role(r, &r.rules));
         }
         let role_ref = obj
             .downcast_ref::<pb::RoleBinding>()
@@ -299,10 +285,13 @@ impl<'a> Grant<'a> {
                 obj.downcast_ref::<pb::ClusterRoleBinding>()
                     .and_then(|b| b.role_ref.as_ref())
             })?;
+        let info = match role_ref.kind.as_str() {
+            "Role" => &<pb::Role as Object>::INFO,
+            _ => &<pb::ClusterRole as Object>::INFO,
+        };
         Some(Grant {
             rules: Rules::Referenced(role_ref),
-            role_namespace: ns,
-            bypass: ("bind", role_info(&role_ref.kind), &role_ref.name),
+            bypass: ("bind", info, &role_ref.name),
         })
     }
 }

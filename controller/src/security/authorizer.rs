@@ -46,12 +46,7 @@ impl Caller {
             None => Err(Status::unauthenticated(
                 "this call needs a client certificate of this cluster",
             )),
-            Some(Identity::Controller(id)) => Ok(Caller::Controller(*id)),
-            Some(Identity::Node(name)) => Ok(Caller::Node(name.clone())),
-            Some(Identity::User { name, groups }) => Ok(Caller::User(User {
-                name: name.clone(),
-                groups: groups.clone(),
-            })),
+            Some(identity) => Ok(Caller::from(identity)),
         }
     }
 
@@ -60,12 +55,38 @@ impl Caller {
     pub fn rbac_user(&self) -> Option<User> {
         match self {
             Caller::Anyone | Caller::Controller(_) => None,
-            Caller::Node(name) => Some(User {
-                name: Identity::Node(name.clone()).name(),
-                groups: Identity::Node(name.clone()).groups(),
-            }),
+            Caller::Node(name) => {
+                let node = Identity::Node(name.clone());
+                Some(User {
+                    name: node.name(),
+                    groups: node.groups(),
+                })
+            }
             Caller::User(user) => Some(user.clone()),
         }
+    }
+}
+
+impl From<&Identity> for Caller {
+    fn from(identity: &Identity) -> Self {
+        match identity {
+            Identity::Controller(id) => Caller::Controller(*id),
+            Identity::Node(name) => Caller::Node(name.clone()),
+            Identity::User { name, groups } => Caller::User(User {
+                name: name.clone(),
+                groups: groups.clone(),
+            }),
+        }
+    }
+}
+
+/// "in namespace NS", or "at the cluster scope" for none: where a request
+/// is, as Kubernetes' denials say it.
+pub fn scope(namespace: &str) -> String {
+    if namespace.is_empty() {
+        "at the cluster scope".to_string()
+    } else {
+        format!("in namespace {namespace}")
     }
 }
 
@@ -167,14 +188,10 @@ pub fn forbidden(user: &str, request: &Attributes) -> Status {
 
 /// "forbidden: USER cannot VERB RESOURCE in namespace NS".
 pub fn denial(user: &str, request: &Attributes) -> String {
-    let place = if request.namespace.is_empty() {
-        "at the cluster scope".to_string()
-    } else {
-        format!("in namespace {}", request.namespace)
-    };
     format!(
-        "forbidden: {user} cannot {} {} {place}",
+        "forbidden: {user} cannot {} {} {}",
         request.verb,
-        request.resource_path()
+        request.resource_path(),
+        scope(&request.namespace)
     )
 }

@@ -98,15 +98,9 @@ async fn authorize(path: &str, peer: Option<&Peer>, authz: &Authorizer) -> Resul
     let Some(identity) = peer.and_then(|p| p.identity.as_deref()) else {
         return Ok(());
     };
-    let caller = match identity {
-        Identity::Node(name) => Caller::Node(name.clone()),
-        Identity::User { name, groups } => Caller::User(berth_rbac::User {
-            name: name.clone(),
-            groups: groups.clone(),
-        }),
-        Identity::Controller(_) => return Ok(()),
+    let Some(user) = Caller::from(identity).rbac_user() else {
+        return Ok(());
     };
-    let user = caller.rbac_user().expect("nodes and users are RBAC users");
     match authz.decide(&user, &everything()).await? {
         Decision::Allowed(_) => Ok(()),
         Decision::Denied => Err(refused(
