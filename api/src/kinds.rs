@@ -21,6 +21,7 @@ pub enum Kind {
     Service,
     Endpoints,
     ConfigMap,
+    Secret,
     Lease,
     Role,
     ClusterRole,
@@ -47,6 +48,7 @@ pub const KINDS: &[KindInfo] = &[
     <pb::Service as Object>::INFO,
     <pb::Endpoints as Object>::INFO,
     <pb::ConfigMap as Object>::INFO,
+    <pb::Secret as Object>::INFO,
     <pb::Lease as Object>::INFO,
     <pb::Role as Object>::INFO,
     <pb::ClusterRole as Object>::INFO,
@@ -131,6 +133,9 @@ pub trait Object:
     /// Namespaces and services are named by DNS labels, RBAC's kinds by
     /// path segments, the rest by subdomains.
     const NAME_RULE: NameRule = NameRule::Subdomain;
+    /// Whether the API server encrypts stored values of this kind (its
+    /// keyring seals them before they are proposed).
+    const ENCRYPTED_AT_REST: bool = false;
 
     fn meta(&self) -> Option<&pb::ObjectMeta>;
     fn meta_mut(&mut self) -> &mut pb::ObjectMeta;
@@ -434,6 +439,78 @@ impl Object for pb::ConfigMap {
     fn check(&self, errs: &mut Errors) {
         v::check_config_map(errs, self);
     }
+    fn check_update(&self, stored: &Self) -> Result<(), String> {
+        immutable_kept(
+            stored.immutable,
+            self.immutable,
+            self.spec_bytes() == stored.spec_bytes(),
+        )
+    }
+}
+
+/// `immutable: true` freezes the data and itself, as in Kubernetes: a
+/// change means a new object (which is what lets consumers stop watching).
+fn immutable_kept(stored: Option<bool>, next: Option<bool>, same_data: bool) -> Result<(), String> {
+    if stored != Some(true) {
+        return Ok(());
+    }
+    if next != Some(true) {
+        return Err(
+            "immutable cannot be unset once true: delete the object and create it again".into(),
+        );
+    }
+    if !same_data {
+        return Err(
+            "data is immutable while `immutable` is set: delete the object and create it again"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// A Secret's content, encoded for spec comparison.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SecretData {
+    #[prost(btree_map = "string, string", tag = "1")]
+    data: std::collections::BTreeMap<String, String>,
+}
+
+impl Object for pb::Secret {
+    const INFO: KindInfo = KindInfo {
+        id: Kind::Secret,
+        kind: "Secret",
+        api_version: "v1",
+        plural: "secrets",
+        short: &["secret"],
+        namespaced: true,
+    };
+    const ENCRYPTED_AT_REST: bool = true;
+    common!();
+    without_status!();
+    fn spec_bytes(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&SecretData {
+            data: self.data.clone(),
+        })
+    }
+    fn apply_defaults(&mut self) {
+        v::default_secret(self);
+    }
+    fn check(&self, errs: &mut Errors) {
+        v::check_secret(errs, self);
+    }
+    fn check_update(&self, stored: &Self) -> Result<(), String> {
+        if self.r#type != stored.r#type {
+            return Err(format!(
+                "type is {:?} and cannot change: delete the Secret and create it again",
+                stored.r#type
+            ));
+        }
+        immutable_kept(
+            stored.immutable,
+            self.immutable,
+            self.spec_bytes() == stored.spec_bytes(),
+        )
+    }
 }
 
 impl Object for pb::Lease {
@@ -581,6 +658,7 @@ pub enum AnyObject {
     Service(pb::Service),
     Endpoints(pb::Endpoints),
     ConfigMap(pb::ConfigMap),
+    Secret(pb::Secret),
     Lease(pb::Lease),
     Role(pb::Role),
     ClusterRole(pb::ClusterRole),
@@ -600,6 +678,7 @@ macro_rules! with_object {
             $crate::AnyObject::Service($o) => $body,
             $crate::AnyObject::Endpoints($o) => $body,
             $crate::AnyObject::ConfigMap($o) => $body,
+            $crate::AnyObject::Secret($o) => $body,
             $crate::AnyObject::Lease($o) => $body,
             $crate::AnyObject::Role($o) => $body,
             $crate::AnyObject::ClusterRole($o) => $body,

@@ -224,6 +224,7 @@ fn decode_value(
         Kind::Service => AnyObject::Service(typed(value, info, located)?),
         Kind::Endpoints => AnyObject::Endpoints(typed(value, info, located)?),
         Kind::ConfigMap => AnyObject::ConfigMap(typed(value, info, located)?),
+        Kind::Secret => AnyObject::Secret(typed(value, info, located)?),
         Kind::Lease => AnyObject::Lease(typed(value, info, located)?),
         Kind::Role => AnyObject::Role(typed(value, info, located)?),
         Kind::ClusterRole => AnyObject::ClusterRole(typed(value, info, located)?),
@@ -366,7 +367,8 @@ spec:
             "{e}"
         );
         assert_eq!(e.line, Some(5), "{e}");
-        let e = parse("apiVersion: v1\nkind: Secret\nmetadata: {name: a}\n").unwrap_err();
+        let e = parse("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: a}\n")
+            .unwrap_err();
         assert!(e.message.contains("unknown kind"), "{e}");
         let e = parse("apiVersion: v1\nkind: Pod\nmetadata: {name: a\n").unwrap_err();
         assert!(
@@ -452,5 +454,100 @@ roleRef:
             e.contains("rules[0].verbs") && e.contains("rules[0].apiGroups"),
             "{e}"
         );
+    }
+
+    fn secret(text: &str) -> crate::pb::Secret {
+        let objects = parse(text).unwrap();
+        let AnyObject::Secret(mut s) = objects[0].clone() else {
+            panic!()
+        };
+        s.apply_defaults();
+        s
+    }
+
+    #[test]
+    fn secrets_are_kubernetes_own_with_string_data_encoded_and_types_checked() {
+        // From the Kubernetes documentation's "Managing Secrets using
+        // Configuration File".
+        let s = secret(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: mysecret\ntype: Opaque\ndata:\n  username: YWRtaW4=\n  password: MWYyZDFlMmU2N2Rm\nstringData:\n  username: administrator\n",
+        );
+        s.validate().unwrap();
+        assert!(s.string_data.is_empty(), "stringData is never stored");
+        assert_eq!(
+            s.data["username"], "YWRtaW5pc3RyYXRvcg==",
+            "stringData wins"
+        );
+        assert_eq!(s.data["password"], "MWYyZDFlMmU2N2Rm");
+        let plain = secret("apiVersion: v1\nkind: Secret\nmetadata: {name: p}\n");
+        assert_eq!(plain.r#type, "Opaque");
+
+        let tls = secret("apiVersion: v1\nkind: Secret\nmetadata: {name: t}\ntype: kubernetes.io/tls\nstringData: {tls.crt: x}\n");
+        let e = tls.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("data[\"tls.key\"]: required for a Secret of type kubernetes.io/tls"),
+            "{e}"
+        );
+        let docker = secret("apiVersion: v1\nkind: Secret\nmetadata: {name: d}\ntype: kubernetes.io/dockerconfigjson\nstringData: {.dockerconfigjson: '{not json'}\n");
+        let e = docker.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("data[\".dockerconfigjson\"]: is not JSON"),
+            "{e}"
+        );
+        let basic = secret("apiVersion: v1\nkind: Secret\nmetadata: {name: b}\ntype: kubernetes.io/basic-auth\nstringData: {password: x}\n");
+        basic.validate().unwrap();
+        let sa = secret("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ntype: kubernetes.io/service-account-token\n");
+        let e = sa.validate().unwrap_err().to_string();
+        assert!(e.contains("Berth issues no service-account tokens"), "{e}");
+        let bad = secret("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\ndata: {'..': YQ==, k: not-base64!}\n");
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("data[\"..\"]") && e.contains("data[\"k\"]: is not valid base64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_immutable_secret_or_config_map_keeps_its_data_and_a_secret_its_type() {
+        let stored = secret("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nimmutable: true\nstringData: {k: v}\n");
+        let mut next = stored.clone();
+        next.data.insert("k".into(), "dzI=".into());
+        assert!(next
+            .check_update(&stored)
+            .unwrap_err()
+            .contains("data is immutable"));
+        next = stored.clone();
+        next.immutable = Some(false);
+        assert!(next
+            .check_update(&stored)
+            .unwrap_err()
+            .contains("cannot be unset"));
+        next = stored.clone();
+        next.meta_mut().labels.insert("a".into(), "b".into());
+        next.check_update(&stored).unwrap();
+        next.r#type = "kubernetes.io/tls".into();
+        assert!(next
+            .check_update(&stored)
+            .unwrap_err()
+            .contains("type is \"Opaque\""));
+
+        let AnyObject::ConfigMap(cm) = parse(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\nimmutable: true\ndata: {k: v}\n",
+        )
+        .unwrap()[0]
+            .clone()
+        else {
+            panic!()
+        };
+        let mut changed = cm.clone();
+        changed.data.insert("k".into(), "w".into());
+        assert!(changed
+            .check_update(&cm)
+            .unwrap_err()
+            .contains("data is immutable"));
+        let mut mutable = cm.clone();
+        mutable.immutable = None;
+        changed.immutable = None;
+        changed.check_update(&mutable).unwrap();
     }
 }

@@ -704,27 +704,117 @@ fn is_cidr(s: &str) -> bool {
     })
 }
 
+/// ConfigMap and Secret keys name files in a volume: letters, digits,
+/// '-', '_' and '.', but not `.` or `..`.
+fn check_data_key(errs: &mut Errors, field: &str, key: &str) {
+    let ok = !key.is_empty()
+        && key.len() <= DNS_SUBDOMAIN_MAX
+        && key != "."
+        && key != ".."
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        errs.add(
+            format!("{field}[{key:?}]"),
+            "a key is letters, digits, '-', '_' or '.' (at most 253, and not '.' or '..')",
+        );
+    }
+}
+
+fn decode_base64(value: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(value).ok()
+}
+
 pub fn check_config_map(errs: &mut Errors, cm: &pb::ConfigMap) {
-    let key_ok = |k: &str| {
-        !k.is_empty()
-            && k.len() <= DNS_SUBDOMAIN_MAX
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
-    for k in cm.data.keys().chain(cm.binary_data.keys()) {
-        if !key_ok(k) {
-            errs.add(
-                format!("data[{k:?}]"),
-                "a key is letters, digits, '-', '_' or '.'",
-            );
-        }
+    for k in cm.data.keys() {
+        check_data_key(errs, "data", k);
     }
     for (k, v) in &cm.binary_data {
+        check_data_key(errs, "binaryData", k);
         if cm.data.contains_key(k) {
             errs.add(format!("binaryData[{k:?}]"), "the key is also in data");
         }
-        if base64::engine::general_purpose::STANDARD.decode(v).is_err() {
+        if decode_base64(v).is_none() {
             errs.add(format!("binaryData[{k:?}]"), "is not valid base64");
+        }
+    }
+}
+
+pub const SECRET_OPAQUE: &str = "Opaque";
+
+/// stringData is written into data (winning over a data key of the same
+/// name, as in Kubernetes) and never kept; the type defaults to Opaque.
+pub fn default_secret(secret: &mut pb::Secret) {
+    for (k, v) in std::mem::take(&mut secret.string_data) {
+        secret
+            .data
+            .insert(k, base64::engine::general_purpose::STANDARD.encode(v));
+    }
+    if secret.r#type.is_empty() {
+        secret.r#type = SECRET_OPAQUE.into();
+    }
+}
+
+/// The keys each of Kubernetes' Secret types must hold (any one of them
+/// for basic-auth), and those whose value must be JSON.
+fn required_secret_keys(kind: &str) -> Option<(&'static [&'static str], bool)> {
+    Some(match kind {
+        "kubernetes.io/dockercfg" => (&[".dockercfg"], true),
+        "kubernetes.io/dockerconfigjson" => (&[".dockerconfigjson"], true),
+        "kubernetes.io/basic-auth" => (&["username", "password"], false),
+        "kubernetes.io/ssh-auth" => (&["ssh-privatekey"], false),
+        "kubernetes.io/tls" => (&["tls.crt", "tls.key"], false),
+        _ => return None,
+    })
+}
+
+pub fn check_secret(errs: &mut Errors, secret: &pb::Secret) {
+    for (k, v) in &secret.data {
+        check_data_key(errs, "data", k);
+        if decode_base64(v).is_none() {
+            errs.add(
+                format!("data[{k:?}]"),
+                "is not valid base64 (put plain text in stringData instead)",
+            );
+        }
+    }
+    let kind = secret.r#type.as_str();
+    match kind {
+        "kubernetes.io/service-account-token" => errs.add(
+            "type",
+            "kubernetes.io/service-account-token is not supported: Berth issues no service-account tokens; authenticate with certificates (`berth user create`) and use type Opaque for other data",
+        ),
+        "bootstrap.kubernetes.io/token" => errs.add(
+            "type",
+            "bootstrap.kubernetes.io/token is not supported: nodes join Berth with `berth token create --role agent`",
+        ),
+        _ => {}
+    }
+    let Some((keys, json)) = required_secret_keys(kind) else {
+        return;
+    };
+    if kind == "kubernetes.io/basic-auth" {
+        if !keys.iter().any(|k| secret.data.contains_key(*k)) {
+            errs.add(
+                "data",
+                format!("type {kind} needs a username or a password key"),
+            );
+        }
+        return;
+    }
+    for key in keys {
+        match secret.data.get(*key).map(|v| decode_base64(v)) {
+            None => errs.add(
+                format!("data[{key:?}]"),
+                format!("required for a Secret of type {kind}"),
+            ),
+            Some(Some(bytes))
+                if json && serde_json::from_slice::<serde_json::Value>(&bytes).is_err() =>
+            {
+                errs.add(format!("data[{key:?}]"), "is not JSON")
+            }
+            Some(_) => {}
         }
     }
 }

@@ -815,8 +815,8 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         &["malformed YAML", "line"],
     );
     apply(
-        "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n",
-        &["unknown kind \"Secret\"", "line 2"],
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: x}\n",
+        &["unknown kind \"PersistentVolumeClaim\"", "line 2"],
     );
     apply(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  labelz: {a: b}\n",

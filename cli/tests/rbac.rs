@@ -124,6 +124,11 @@ async fn each_builtin_role_allows_exactly_its_verbs() {
     let settings = pb::ConfigMap::create(admin.clone(), settings)
         .await
         .unwrap();
+    let password = objects::secret("password")
+        .namespace("team")
+        .string_data("password", "sesame")
+        .build();
+    let password = pb::Secret::create(admin.clone(), password).await.unwrap();
     let elsewhere = objects::configmap("elsewhere").build();
     let elsewhere = pb::ConfigMap::create(admin.clone(), elsewhere)
         .await
@@ -148,15 +153,16 @@ async fn each_builtin_role_allows_exactly_its_verbs() {
     let all = [true; 6];
     let none = [false; 6];
     let read = [true, true, true, false, false, false];
-    // (user, configmaps in team, configmaps in default, nodes)
+    // (user, configmaps in team, secrets in team, configmaps in default,
+    // nodes): view reads no Secrets.
     let expected = [
-        ("viewer", read, none, none),
-        ("editor", all, none, none),
-        ("nsadmin", all, none, none),
-        ("ops", all, all, all),
-        ("nobody", none, none, none),
+        ("viewer", read, none, none, none),
+        ("editor", all, all, none, none),
+        ("nsadmin", all, all, none, none),
+        ("ops", all, all, all, all),
+        ("nobody", none, none, none, none),
     ];
-    for (user, in_team, in_default, nodes) in expected {
+    for (user, in_team, secrets, in_default, nodes) in expected {
         let (_, transport) = cluster.user(root.path(), user, &[]);
         let ch = connect(&cluster, &transport).await;
         let fresh = |ns: &str| {
@@ -165,11 +171,19 @@ async fn each_builtin_role_allows_exactly_its_verbs() {
                 .build()
         };
         let fresh_node = objects::node(&format!("node-{user}")).build();
+        let fresh_secret = objects::secret(&format!("new-{user}"))
+            .namespace("team")
+            .build();
         let cases = [
             (
                 "configmaps in team",
                 attempt(&ch, "team", &settings, &fresh("team")).await,
                 in_team,
+            ),
+            (
+                "secrets in team",
+                attempt(&ch, "team", &password, &fresh_secret).await,
+                secrets,
             ),
             (
                 "configmaps in default",
@@ -191,6 +205,11 @@ async fn each_builtin_role_allows_exactly_its_verbs() {
             reviewed(&ch, cm, "default").await,
             in_default,
             "{user} reviews configmaps in default"
+        );
+        assert_eq!(
+            reviewed(&ch, &<pb::Secret as Object>::INFO, "team").await,
+            secrets,
+            "{user} reviews secrets in team"
         );
         let nodes_info = &<pb::Node as Object>::INFO;
         assert_eq!(
@@ -558,14 +577,26 @@ async fn a_node_may_act_only_for_itself() {
         pb::Pod::create(n1.clone(), pod_on("planted", "n1")).await,
     );
 
-    // Nothing else: no ConfigMap (none of its pods names one), no
-    // namespace, no RBAC, nothing internal.
+    // Nothing else: no ConfigMap or Secret (none of its pods names one),
+    // no namespace, no RBAC, nothing internal.
     pb::ConfigMap::create(admin.clone(), objects::configmap("settings").build())
         .await
         .unwrap();
     denied(
         "read a ConfigMap",
         pb::ConfigMap::get(n1.clone(), get_req("default", "settings")).await,
+    );
+    let secret = objects::secret("password").string_data("p", "sesame");
+    pb::Secret::create(admin.clone(), secret.build())
+        .await
+        .unwrap();
+    denied(
+        "read a Secret",
+        pb::Secret::get(n1.clone(), get_req("default", "password")).await,
+    );
+    denied(
+        "list Secrets",
+        pb::Secret::list(n1.clone(), Default::default()).await,
     );
     denied(
         "list namespaces",

@@ -275,12 +275,23 @@ async fn the_cluster_outlives_the_controller_that_made_its_ca() {
     for id in [2, 3] {
         assert!(cluster.data_dir(id).join("tls/ca.key").exists());
     }
+    let secret = berth_testkit::objects::secret("db").string_data("password", "sesame");
+    pb::Secret::create(cluster.channel_to(1).await, secret.build())
+        .await
+        .unwrap();
     cluster.kill(1);
     cluster.wipe(1);
     cluster
         .wait_for_leader(&[2, 3], T)
         .await
         .expect("the other two elect a leader");
+    // And the keyring: a Secret sealed by the first opens on the others.
+    for id in [2, 3] {
+        let db = pb::Secret::get(cluster.channel_to(id).await, get_req("default", "db"))
+            .await
+            .unwrap();
+        assert_eq!(db.data["password"], "c2VzYW1l");
+    }
     let _n1 = Agent::start(&cluster, root.path(), "n1");
     node_ready(&cluster, "n1").await;
 }

@@ -95,6 +95,7 @@ client_kind!(Deployment, deployments_client, DeploymentsClient);
 client_kind!(Service, services_client, ServicesClient);
 client_kind!(Endpoints, endpoints_service_client, EndpointsServiceClient);
 client_kind!(ConfigMap, config_maps_client, ConfigMapsClient);
+client_kind!(Secret, secrets_client, SecretsClient);
 client_kind!(Lease, leases_client, LeasesClient);
 client_kind!(Role, roles_client, RolesClient);
 client_kind!(ClusterRole, cluster_roles_client, ClusterRolesClient);
@@ -137,6 +138,10 @@ macro_rules! for_kind {
             }
             berth_api::kinds::Kind::ConfigMap => {
                 type $K = berth_api::pb::ConfigMap;
+                $body
+            }
+            berth_api::kinds::Kind::Secret => {
+                type $K = berth_api::pb::Secret;
                 $body
             }
             berth_api::kinds::Kind::Lease => {

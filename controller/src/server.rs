@@ -118,6 +118,7 @@ pub async fn run(
         ipam,
         authz: authz.clone(),
         agents: security.transport.clone(),
+        keyring: security.keyring(),
     };
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -138,6 +139,7 @@ pub async fn run(
         .add_service(api::ServiceService::server(&serving))
         .add_service(api::EndpointsService::server(&serving))
         .add_service(api::ConfigMapService::server(&serving))
+        .add_service(api::SecretService::server(&serving))
         .add_service(api::LeaseService::server(&serving))
         .add_service(api::RoleService::server(&serving))
         .add_service(api::ClusterRoleService::server(&serving))

@@ -1,6 +1,7 @@
 //! Berth's public key infrastructure: the cluster's certificate authority,
 //! the identities its certificates carry, join tokens that pin it, and
-//! credentials files in kubeconfig's shape.
+//! credentials files in kubeconfig's shape, and the keyring that encrypts
+//! Secrets at rest.
 //!
 //! As in Docker Swarm, the controller that creates a cluster makes its CA,
 //! and every controller, node and user holds a certificate from it. As in
@@ -16,6 +17,7 @@
 mod ca;
 mod credentials;
 mod identity;
+mod keyring;
 mod token;
 
 pub use ca::cert_der;
@@ -30,6 +32,9 @@ pub use credentials::Resolved;
 pub use identity::peer_identity;
 pub use identity::Identity;
 pub use identity::NODES_GROUP;
+pub use keyring::is_sealed;
+pub use keyring::Keyring;
+pub use keyring::SealError;
 pub use token::bootstrap_proof;
 pub use token::same_secret;
 pub use token::same_secret_bytes;

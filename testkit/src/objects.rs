@@ -395,6 +395,26 @@ impl ConfigMapBuilder {
 
 meta_setters!(ConfigMapBuilder, pb::ConfigMap);
 
+/// Secret `name` in `default`, of type Opaque, without data.
+pub fn secret(name: &str) -> SecretBuilder {
+    SecretBuilder(pb::Secret {
+        metadata: meta(name, "default"),
+        ..Default::default()
+    })
+}
+
+pub struct SecretBuilder(pb::Secret);
+
+impl SecretBuilder {
+    /// `value` in plain text, which the server encodes into data.
+    pub fn string_data(mut self, key: &str, value: &str) -> Self {
+        self.0.string_data.insert(key.into(), value.into());
+        self
+    }
+}
+
+meta_setters!(SecretBuilder, pb::Secret);
+
 /// Service `name` in `default` on port 80, selecting nothing.
 pub fn service(name: &str) -> ServiceBuilder {
     ServiceBuilder(pb::Service {

@@ -68,6 +68,8 @@ pub struct Joined {
     pub ca_pem: String,
     /// Controllers only: the CA's key, since every controller issues.
     pub ca_key_pem: Option<String>,
+    /// Controllers only: the keyring that seals Secrets, in its file form.
+    pub keyring: Option<String>,
     pub controllers: Vec<String>,
 }
 
@@ -182,6 +184,7 @@ pub async fn join(
         },
         ca_pem,
         ca_key_pem: (!answer.ca_key_pem.is_empty()).then_some(answer.ca_key_pem),
+        keyring: (!answer.keyring.is_empty()).then_some(answer.keyring),
         controllers: answer.controllers,
     })
 }

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use berth::for_kind;
 use berth::objects::ClientKind;
+use berth_api::kinds::Kind;
 use berth_api::pb;
 use berth_api::Object;
 
@@ -66,6 +67,9 @@ fn print_described<K: Object>(obj: &K) -> Result<()> {
     for key in ["apiVersion", "kind", "metadata"] {
         map.remove(key);
     }
+    if K::INFO.id == Kind::Secret {
+        hide_values(map);
+    }
     let conditions = map
         .get_mut("status")
         .and_then(|s| s.as_object_mut())
@@ -92,6 +96,22 @@ fn print_described<K: Object>(obj: &K) -> Result<()> {
     }
     println!("Events:             <none>");
     Ok(())
+}
+
+/// A Secret's values are not for the screen: their sizes, as kubectl
+/// shows them.
+fn hide_values(map: &mut serde_json::Map<String, serde_json::Value>) {
+    use base64::Engine;
+    let Some(serde_json::Value::Object(data)) = map.get_mut("data") else {
+        return;
+    };
+    for value in data.values_mut() {
+        let size = value
+            .as_str()
+            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+            .map_or(0, |bytes| bytes.len());
+        *value = serde_json::Value::String(format!("{size} bytes"));
+    }
 }
 
 fn capitalise(s: &str) -> String {

@@ -22,7 +22,8 @@ use super::RECONNECT_FOR;
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// pods, nodes, deployments, services, endpoints, configmaps, namespaces, leases
+    /// pods, nodes, deployments, services, endpoints, configmaps, secrets, namespaces,
+    /// leases, roles, clusterroles, rolebindings, clusterrolebindings
     /// (singular and short names work too).
     pub kind: String,
     pub name: Option<String>,

@@ -293,6 +293,21 @@ impl Row for pb::ConfigMap {
     }
 }
 
+impl Row for pb::Secret {
+    fn headers(_wide: bool) -> Vec<&'static str> {
+        vec!["NAME", "TYPE", "DATA", "AGE"]
+    }
+
+    fn row(&self, _wide: bool) -> Vec<String> {
+        vec![
+            self.name().to_string(),
+            self.r#type.clone(),
+            self.data.len().to_string(),
+            created(self),
+        ]
+    }
+}
+
 impl Row for pb::Namespace {
     fn headers(_wide: bool) -> Vec<&'static str> {
         vec!["NAME", "STATUS", "AGE"]

@@ -20,6 +20,7 @@ pub use services::NodeService;
 pub use services::PodService;
 pub use services::RoleBindingService;
 pub use services::RoleService;
+pub use services::SecretService;
 pub use services::ServiceService;
 pub use services::Serving;
 pub use special::ensure_builtin_namespaces;

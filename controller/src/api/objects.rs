@@ -1,9 +1,12 @@
 //! The verbs of every kind, once, over the replicated store: objects are
 //! protobuf-encoded under `/registry/<plural>/[<namespace>/]<name>`, and an
 //! object's resourceVersion is the store revision of its last change.
+//! Kinds encrypted at rest (Secrets) are sealed with the cluster's keyring
+//! here, before a write is proposed, and opened here on every read.
 
 use std::collections::HashSet;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::kinds::list_prefix;
@@ -17,6 +20,7 @@ use berth_api::selector::LabelSelector;
 use berth_api::time::now_rfc3339;
 use berth_api::Object;
 use berth_api::Reason;
+use berth_pki::Keyring;
 use berth_raft::KeyRange;
 use berth_raft::KeyValue;
 use berth_raft::Op;
@@ -52,6 +56,10 @@ pub struct Api<K> {
     /// How this controller reaches agents (pods' logs); None in the API
     /// the controller uses for itself.
     pub agents: Option<Transport>,
+    /// Seals and opens what kinds encrypted at rest store; None only for
+    /// an `--insecure` controller (and the API the controller uses for
+    /// itself, which reads no such kind).
+    keyring: Option<Arc<Keyring>>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -61,6 +69,7 @@ impl<K> Clone for Api<K> {
             store: self.store.clone(),
             ipam: self.ipam.clone(),
             agents: self.agents.clone(),
+            keyring: self.keyring.clone(),
             kind: PhantomData,
         }
     }
@@ -157,17 +166,25 @@ impl<K: Object> Api<K> {
             store,
             ipam: None,
             agents: None,
+            keyring: None,
             kind: PhantomData,
         }
     }
 
-    /// The API as served: creates and updates assign addresses, and the
-    /// agents are reached with `agents`.
-    pub fn serving(store: Store, ipam: Ipam, agents: Transport) -> Self {
+    /// The API as served: creates and updates assign addresses, the agents
+    /// are reached with `agents`, and values at rest are sealed with
+    /// `keyring`.
+    pub fn serving(
+        store: Store,
+        ipam: Ipam,
+        agents: Transport,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Self {
         Self {
             store,
             ipam: Some(ipam),
             agents: Some(agents),
+            keyring,
             kind: PhantomData,
         }
     }
@@ -187,19 +204,8 @@ impl<K: Object> Api<K> {
     }
 
     fn encode(&self, obj: &K) -> Result<Vec<u8>, Status> {
-        let mut stored = obj.clone();
-        // Derived on every read; storing them would only waste bytes.
-        stored.meta_mut().resource_version.clear();
-        stored.set_type_meta();
-        let bytes = stored.encode_to_vec();
-        if bytes.len() > MAX_OBJECT_BYTES {
-            return Err(Reason::TooLarge.status(format!(
-                "{} is {} bytes encoded; objects are limited to {MAX_OBJECT_BYTES} bytes (1 MiB): split it",
-                describe(K::INFO.kind, obj.namespace(), obj.name()),
-                bytes.len()
-            )));
-        }
-        Ok(bytes)
+        let key = self.key(obj.namespace(), obj.name());
+        stored_value(obj, &key, self.keyring.as_deref())
     }
 
     /// Writes `obj` under its key if the key is still at `rev`.
@@ -246,7 +252,10 @@ impl<K: Object> Api<K> {
             .range(KeyRange::key(key), 1, serializable)
             .await?;
         match result.kvs.first() {
-            Some(kv) => Ok(Some((decode::<K>(kv)?, kv.mod_revision))),
+            Some(kv) => Ok(Some((
+                decode::<K>(kv, self.keyring.as_deref())?,
+                kv.mod_revision,
+            ))),
             None => Ok(None),
         }
     }
@@ -436,7 +445,7 @@ impl<K: Object> Api<K> {
             let result = self.store.range(range, page, serializable).await?;
             revision.get_or_insert(result.revision);
             for kv in &result.kvs {
-                let Some(obj) = decode_or_skip::<K>(kv) else {
+                let Some(obj) = decode_or_skip::<K>(kv, self.keyring.as_deref()) else {
                     continue;
                 };
                 if !self.selected(&obj, &labels, &fields) {
@@ -709,7 +718,7 @@ fn typed_events<K: Object>(
                     Some(Ok(batch)) => {
                         st.seen = st.seen.max(batch.revision);
                         for e in batch.events {
-                            match typed_event::<K>(&e) {
+                            match typed_event::<K>(&e, st.api.keyring.as_deref()) {
                                 Some((t, obj)) if st.api.selected(&obj, &st.labels, &st.fields) => {
                                     st.pending.push_back((t, obj));
                                 }
@@ -729,15 +738,63 @@ fn typed_events<K: Object>(
     }))
 }
 
+/// The bytes stored for `obj` under `key`: its encoding without what every
+/// read derives, sealed if its kind is encrypted at rest.
+fn stored_value<K: Object>(
+    obj: &K,
+    key: &[u8],
+    keyring: Option<&Keyring>,
+) -> Result<Vec<u8>, Status> {
+    let mut stored = obj.clone();
+    // Derived on every read; storing them would only waste bytes.
+    stored.meta_mut().resource_version.clear();
+    stored.set_type_meta();
+    let bytes = stored.encode_to_vec();
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(Reason::TooLarge.status(format!(
+            "{} is {} bytes encoded; objects are limited to {MAX_OBJECT_BYTES} bytes (1 MiB): split it",
+            describe(K::INFO.kind, obj.namespace(), obj.name()),
+            bytes.len()
+        )));
+    }
+    match keyring {
+        Some(keyring) if K::ENCRYPTED_AT_REST => keyring.seal(key, &bytes).map_err(|e| {
+            Status::internal(format!(
+                "cannot encrypt {}: {e}",
+                K::INFO.kind.to_lowercase()
+            ))
+        }),
+        _ => Ok(bytes),
+    }
+}
+
 /// An object as the store holds it, with its type and resource version.
-fn decode<K: Object>(kv: &KeyValue) -> Result<K, Status> {
-    let mut obj = K::decode(kv.value.as_slice()).map_err(|e| {
-        Status::internal(format!(
-            "stored {} at {:?} cannot be decoded: {e}",
+fn decode<K: Object>(kv: &KeyValue, keyring: Option<&Keyring>) -> Result<K, Status> {
+    let at = || {
+        format!(
+            "stored {} at {:?}",
             K::INFO.kind,
             String::from_utf8_lossy(&kv.key)
-        ))
-    })?;
+        )
+    };
+    let opened;
+    let bytes = match keyring {
+        _ if !berth_pki::is_sealed(&kv.value) => kv.value.as_slice(),
+        Some(keyring) => {
+            opened = keyring
+                .open(&kv.key, &kv.value)
+                .map_err(|e| Status::internal(format!("{} cannot be decrypted: {e}", at())))?;
+            opened.as_slice()
+        }
+        None => {
+            return Err(Status::internal(format!(
+                "{} is encrypted and this controller has no keyring (it runs --insecure)",
+                at()
+            )))
+        }
+    };
+    let mut obj = K::decode(bytes)
+        .map_err(|e| Status::internal(format!("{} cannot be decoded: {e}", at())))?;
     obj.set_type_meta();
     obj.meta_mut().resource_version = kv.mod_revision.to_string();
     Ok(obj)
@@ -747,8 +804,8 @@ fn decode<K: Object>(kv: &KeyValue) -> Result<K, Status> {
 /// (written around the API, or restored from a broken backup) is logged,
 /// counted and left out, instead of failing every list and watch of its
 /// kind.
-fn decode_or_skip<K: Object>(kv: &KeyValue) -> Option<K> {
-    match decode(kv) {
+fn decode_or_skip<K: Object>(kv: &KeyValue, keyring: Option<&Keyring>) -> Option<K> {
+    match decode(kv, keyring) {
         Ok(obj) => Some(obj),
         Err(e) => {
             tracing::error!(kind = K::INFO.kind, error = %e.message(), "skipping a stored object");
@@ -759,8 +816,8 @@ fn decode_or_skip<K: Object>(kv: &KeyValue) -> Option<K> {
     }
 }
 
-fn typed_event<K: Object>(e: &berth_raft::Event) -> Option<(String, K)> {
-    let obj = decode_or_skip::<K>(&e.kv)?;
+fn typed_event<K: Object>(e: &berth_raft::Event, keyring: Option<&Keyring>) -> Option<(String, K)> {
+    let obj = decode_or_skip::<K>(&e.kv, keyring)?;
     let t = match e.kind {
         berth_raft::EventKind::Delete => "DELETED",
         berth_raft::EventKind::Put if e.kv.create_revision == e.kv.mod_revision => "ADDED",
@@ -787,8 +844,8 @@ mod tests {
 
     #[test]
     fn a_value_that_does_not_decode_is_left_out_and_a_good_one_kept() {
-        assert!(decode_or_skip::<pb::ConfigMap>(&stored(vec![0xff, 0xff, 0xff])).is_none());
-        let err = decode::<pb::ConfigMap>(&stored(vec![0xff])).unwrap_err();
+        assert!(decode_or_skip::<pb::ConfigMap>(&stored(vec![0xff, 0xff, 0xff]), None).is_none());
+        let err = decode::<pb::ConfigMap>(&stored(vec![0xff]), None).unwrap_err();
         assert!(
             err.message()
                 .contains("stored ConfigMap at \"/registry/configmaps/default/c\""),
@@ -796,7 +853,7 @@ mod tests {
         );
         let mut cm = pb::ConfigMap::default();
         cm.meta_mut().name = "c".into();
-        let back = decode_or_skip::<pb::ConfigMap>(&stored(cm.encode_to_vec())).unwrap();
+        let back = decode_or_skip::<pb::ConfigMap>(&stored(cm.encode_to_vec()), None).unwrap();
         assert_eq!(back.name(), "c");
         assert_eq!(back.meta().unwrap().resource_version, "7");
         assert_eq!(back.kind, "ConfigMap");
@@ -804,6 +861,43 @@ mod tests {
             kind: berth_raft::EventKind::Put,
             kv: stored(b"\x0a\xff".to_vec()),
         };
-        assert!(typed_event::<pb::ConfigMap>(&event).is_none());
+        assert!(typed_event::<pb::ConfigMap>(&event, None).is_none());
+    }
+
+    #[test]
+    fn a_secret_is_stored_sealed_to_its_key_and_read_back_whole() {
+        let keyring = Keyring::generate().unwrap();
+        let mut secret = pb::Secret::default();
+        secret.meta_mut().name = "s".into();
+        secret.meta_mut().namespace = "default".into();
+        secret.data.insert("password".into(), "c2VzYW1l".into());
+        let key = b"/registry/secrets/default/s";
+        let value = stored_value(&secret, key, Some(&keyring)).unwrap();
+        assert!(!value.windows(8).any(|w| w == b"c2VzYW1l"), "sealed");
+        let kv = |value: Vec<u8>| KeyValue {
+            key: key.to_vec(),
+            value,
+            create_revision: 3,
+            mod_revision: 4,
+            version: 1,
+        };
+        let back = decode::<pb::Secret>(&kv(value.clone()), Some(&keyring)).unwrap();
+        assert_eq!(back.data, secret.data);
+        assert_eq!(back.meta().unwrap().resource_version, "4");
+        // Without the keyring, or under another key, it is skipped, not
+        // read as garbage.
+        assert!(decode_or_skip::<pb::Secret>(&kv(value.clone()), None).is_none());
+        let moved = KeyValue {
+            key: b"/registry/secrets/other/s".to_vec(),
+            ..kv(value)
+        };
+        let err = decode::<pb::Secret>(&moved, Some(&keyring)).unwrap_err();
+        assert!(err.message().contains("cannot be decrypted"), "{err:?}");
+        // Other kinds are stored as they are, whatever the keyring.
+        let cm = stored_value(&pb::ConfigMap::default(), key, Some(&keyring)).unwrap();
+        assert!(!berth_pki::is_sealed(&cm));
+        // An --insecure controller stores Secrets unsealed.
+        let plain = stored_value(&secret, key, None).unwrap();
+        assert!(plain.windows(8).any(|w| w == b"c2VzYW1l"));
     }
 }

@@ -29,6 +29,8 @@ pub struct Serving {
     pub authz: Authorizer,
     /// How this controller reaches agents.
     pub agents: berth_tls::Transport,
+    /// Seals Secrets at rest; None only `--insecure`.
+    pub keyring: Option<std::sync::Arc<berth_pki::Keyring>>,
 }
 
 /// Runs one call, counting it by kind, verb and outcome.
@@ -67,7 +69,12 @@ macro_rules! object_service {
 
         impl $svc {
             pub fn server(ctx: &Serving) -> pb::$server_mod::$server<Self> {
-                let api = Api::serving(ctx.store.clone(), ctx.ipam.clone(), ctx.agents.clone());
+                let api = Api::serving(
+                    ctx.store.clone(),
+                    ctx.ipam.clone(),
+                    ctx.agents.clone(),
+                    ctx.keyring.clone(),
+                );
                 pb::$server_mod::$server::new(Self {
                     guard: Guard::new(ctx.authz.clone(), api.clone()),
                     api,
@@ -313,6 +320,18 @@ object_service!(
     ConfigMap,
     ConfigMapList,
     ConfigMapEvent,
+    [],
+    [delete],
+    {}
+);
+object_service!(
+    SecretService,
+    secrets_server,
+    Secrets,
+    SecretsServer,
+    Secret,
+    SecretList,
+    SecretEvent,
     [],
     [delete],
     {}

@@ -1,7 +1,7 @@
-//! The controller's half of the cluster's security: it obtains the CA
-//! before it serves (makes it when it creates the cluster, else gets it
-//! from a controller that proves the shared bootstrap secret or matches a
-//! join token), issues itself a certificate for the addresses it listens
+//! The controller's half of the cluster's security: it obtains the CA and
+//! the keyring that seals Secrets before it serves (makes them when it
+//! creates the cluster, else gets them from a controller that proves the
+//! shared bootstrap secret or matches a join token), issues itself a certificate for the addresses it listens
 //! on and renews it in place, writes `admin.conf`, serves certificates and
 //! tokens (`service`), refuses callers what their identity may not do
 //! (`authz`), and decides each call of the object API with RBAC
@@ -24,6 +24,7 @@ use berth_pki::Ca;
 use berth_pki::Credentials;
 use berth_pki::Identity;
 use berth_pki::Issued;
+use berth_pki::Keyring;
 use berth_proto::security::Role;
 use berth_retry::Backoff;
 use berth_tls::join::Secret;
@@ -55,6 +56,8 @@ pub enum SecurityError {
     Tls(#[from] berth_tls::TlsError),
     #[error(transparent)]
     Join(#[from] berth_tls::join::JoinError),
+    #[error(transparent)]
+    Keyring(#[from] berth_pki::SealError),
     #[error("{0}")]
     Flags(String),
 }
@@ -67,9 +70,18 @@ pub struct Security {
     pub authority: Option<Arc<Authority>>,
 }
 
+impl Security {
+    /// What seals Secrets at rest: None when `--insecure`.
+    pub fn keyring(&self) -> Option<Arc<Keyring>> {
+        self.authority.as_ref().map(|a| a.keyring.clone())
+    }
+}
+
 /// The CA this controller holds and the certificate it presents.
 pub struct Authority {
     pub ca: Ca,
+    /// Every controller holds it, as it holds the CA's key.
+    pub keyring: Arc<Keyring>,
     pub slot: Arc<CertSlot>,
     pub cert_ttl: Duration,
     /// `--token` of a `--peers` bootstrap: what joining controllers prove.
@@ -139,20 +151,64 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), SecurityError> {
     std::fs::rename(&tmp, path).map_err(io_error("replace", path))
 }
 
-fn load_ca(dir: &Path) -> Result<Option<Ca>, SecurityError> {
-    let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+/// What every controller of a cluster holds alike, outside the store.
+struct ClusterKeys {
+    ca: Ca,
+    keyring: Keyring,
+}
+
+const KEYRING_FILE: &str = "encryption.keys";
+
+fn read_text(path: &Path) -> Result<String, SecurityError> {
+    std::fs::read_to_string(path).map_err(io_error("read", path))
+}
+
+/// The keys kept in `dir`, if this controller has them. A data dir from
+/// before Secrets were encrypted has no keyring: a cluster created with
+/// this controller alone in --peers makes it, since no other could hold
+/// one; any other must have the others' (a second keyring would leave
+/// Secrets that some controllers cannot read), so it is asked for.
+fn load_keys(dir: &Path, config: &ServerConfig) -> Result<Option<ClusterKeys>, SecurityError> {
+    let (cert, key, ring) = (
+        dir.join("ca.crt"),
+        dir.join("ca.key"),
+        dir.join(KEYRING_FILE),
+    );
     if !cert.exists() {
         return Ok(None);
     }
-    let cert_pem = std::fs::read_to_string(&cert).map_err(io_error("read", &cert))?;
-    let key_pem = std::fs::read_to_string(&key).map_err(io_error("read", &key))?;
-    Ok(Some(Ca::from_pem(&cert_pem, &key_pem)?))
+    let ca = Ca::from_pem(&read_text(&cert)?, &read_text(&key)?)?;
+    let keyring = if ring.exists() {
+        Keyring::parse(&read_text(&ring)?)?
+    } else if config.join.is_none()
+        && matches!(config.peers.as_slice(), [(id, _)] if *id == config.id)
+    {
+        tracing::info!(path = %ring.display(), "making the keyring that encrypts Secrets");
+        let keyring = Keyring::generate()?;
+        write_private(&ring, &keyring.to_text())?;
+        keyring
+    } else {
+        return Err(SecurityError::Flags(format!(
+            "{} is missing while this controller holds the cluster's CA: copy it from another controller of the cluster (it is the same file on each), mode 0600",
+            ring.display()
+        )));
+    };
+    Ok(Some(ClusterKeys { ca, keyring }))
 }
 
-fn save_ca(dir: &Path, ca: &Ca) -> Result<(), SecurityError> {
+fn save_keys(dir: &Path, keys: &ClusterKeys) -> Result<(), SecurityError> {
     berth_raft::identity::create_private_dir(dir).map_err(io_error("create", dir))?;
-    write_private(&dir.join("ca.key"), &ca.key_pem())?;
-    write_private(&dir.join("ca.crt"), ca.cert_pem())
+    write_private(&dir.join(KEYRING_FILE), &keys.keyring.to_text())?;
+    write_private(&dir.join("ca.key"), &keys.ca.key_pem())?;
+    write_private(&dir.join("ca.crt"), keys.ca.cert_pem())
+}
+
+/// A new cluster's keys.
+fn generate_keys(config: &ServerConfig) -> Result<ClusterKeys, SecurityError> {
+    Ok(ClusterKeys {
+        ca: Ca::generate(&config.id.to_string())?,
+        keyring: Keyring::generate()?,
+    })
 }
 
 /// The names in this controller's certificate: the host it advertises,
@@ -203,12 +259,12 @@ pub async fn prepare(config: &ServerConfig) -> Result<Security, SecurityError> {
         });
     }
     let dir = tls_dir(config);
-    let ca = match load_ca(&dir)? {
-        Some(ca) => ca,
+    let ClusterKeys { ca, keyring } = match load_keys(&dir, config)? {
+        Some(keys) => keys,
         None => {
-            let ca = obtain_ca(config).await?;
-            save_ca(&dir, &ca)?;
-            ca
+            let keys = obtain_keys(config).await?;
+            save_keys(&dir, &keys)?;
+            keys
         }
     };
     let addresses = cert_addresses(config);
@@ -220,6 +276,7 @@ pub async fn prepare(config: &ServerConfig) -> Result<Security, SecurityError> {
     let authority = Arc::new(Authority {
         slot: CertSlot::new(&own)?,
         ca,
+        keyring: Arc::new(keyring),
         cert_ttl: config.cert_ttl,
         bootstrap_secret: config.token.clone(),
         id: config.id,
@@ -257,10 +314,10 @@ fn write_admin_credentials(config: &ServerConfig, ca: &Ca) -> Result<(), Securit
     write_private(&config.data_dir.join("admin.conf"), &creds.to_yaml())
 }
 
-/// The CA of a controller that has none yet: made here when this one
+/// The keys of a controller that has none yet: made here when this one
 /// creates the cluster, else fetched from a controller that proves what
 /// this one was given.
-async fn obtain_ca(config: &ServerConfig) -> Result<Ca, SecurityError> {
+async fn obtain_keys(config: &ServerConfig) -> Result<ClusterKeys, SecurityError> {
     let secret = match &config.token {
         Some(text) => Some(Secret::parse(text)?),
         None => None,
@@ -271,7 +328,7 @@ async fn obtain_ca(config: &ServerConfig) -> Result<Ca, SecurityError> {
                 "--join needs --token: ask the cluster for one with `berth token create --role controller`".into(),
             )
         })?;
-        return fetch_ca(config, std::slice::from_ref(target), &secret, false).await;
+        return fetch_keys(config, std::slice::from_ref(target), &secret, false).await;
     }
     let others: Vec<String> = config
         .peers
@@ -285,8 +342,8 @@ async fn obtain_ca(config: &ServerConfig) -> Result<Ca, SecurityError> {
         ));
     }
     if others.is_empty() {
-        tracing::info!("making the cluster's CA");
-        return Ok(Ca::generate(&config.id.to_string())?);
+        tracing::info!("making the cluster's CA and keyring");
+        return generate_keys(config);
     }
     let secret = secret.ok_or_else(|| {
         SecurityError::Flags(
@@ -294,18 +351,18 @@ async fn obtain_ca(config: &ServerConfig) -> Result<Ca, SecurityError> {
         )
     })?;
     let creator = config.peers.iter().map(|(id, _)| *id).min() == Some(config.id);
-    fetch_ca(config, &others, &secret, creator).await
+    fetch_keys(config, &others, &secret, creator).await
 }
 
-/// Asks `addrs` in turn for the CA and this controller's place in it,
-/// until one answers. The creator asks once: if no peer serves a cluster
-/// yet, it makes the CA.
-async fn fetch_ca(
+/// Asks `addrs` in turn for the cluster's keys and this controller's place
+/// in it, until one answers. The creator asks once: if no peer serves a
+/// cluster yet, it makes the keys.
+async fn fetch_keys(
     config: &ServerConfig,
     addrs: &[String],
     secret: &Secret,
     creator: bool,
-) -> Result<Ca, SecurityError> {
+) -> Result<ClusterKeys, SecurityError> {
     let mut pause = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
     loop {
         for addr in addrs {
@@ -319,13 +376,16 @@ async fn fetch_ca(
             .await
             {
                 Ok(joined) => {
-                    let key = joined.ca_key_pem.ok_or_else(|| {
-                        SecurityError::Flags(format!(
-                            "{addr} did not hand over the CA key: the token is not a controller token (`berth token create --role controller`)"
-                        ))
-                    })?;
-                    tracing::info!(%addr, "got the cluster's CA");
-                    return Ok(Ca::from_pem(&joined.ca_pem, &key)?);
+                    let (Some(key), Some(keyring)) = (joined.ca_key_pem, joined.keyring) else {
+                        return Err(SecurityError::Flags(format!(
+                            "{addr} did not hand over the cluster's keys: the token is not a controller token (`berth token create --role controller`)"
+                        )));
+                    };
+                    tracing::info!(%addr, "got the cluster's CA and keyring");
+                    return Ok(ClusterKeys {
+                        ca: Ca::from_pem(&joined.ca_pem, &key)?,
+                        keyring: Keyring::parse(&keyring)?,
+                    });
                 }
                 Err(berth_tls::join::JoinError::Unreachable { addr, why }) => {
                     tracing::debug!(%addr, %why, "no CA from this peer yet");
@@ -334,10 +394,10 @@ async fn fetch_ca(
             }
         }
         if creator {
-            tracing::info!("no peer serves a cluster yet: making the cluster's CA");
-            return Ok(Ca::generate(&config.id.to_string())?);
+            tracing::info!("no peer serves a cluster yet: making the cluster's CA and keyring");
+            return generate_keys(config);
         }
-        tracing::info!(peers = ?addrs, "waiting for a controller to hand over the cluster's CA");
+        tracing::info!(peers = ?addrs, "waiting for a controller to hand over the cluster's keys");
         pause.wait().await;
     }
 }

@@ -242,6 +242,10 @@ impl join_server::Join for SecurityService {
                 pb::Role::Controller => self.authority.ca.key_pem(),
                 _ => String::new(),
             },
+            keyring: match role {
+                pb::Role::Controller => self.authority.keyring.to_text(),
+                _ => String::new(),
+            },
             controllers: self.controllers(),
         }))
     }
