@@ -334,6 +334,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             id: *id,
             listen: a.parse()?,
             advertise: a.clone(),
+            audit: berth_controller::audit::AuditConfig::in_dir(&dir),
             data_dir: dir.clone(),
             peers: peers.clone(),
             join: None,

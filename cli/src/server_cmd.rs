@@ -112,6 +112,44 @@ pub struct ServerArgs {
     /// beside its --advertise host and --listen address.
     #[arg(long, value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// The audit log: a JSON line for every call that changes the cluster
+    /// (default DATA_DIR/audit.log).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// The audit log is rotated when it reaches this size (bytes, or with
+    /// Ki, Mi, Gi).
+    #[arg(long, default_value = "100Mi", value_parser = parse_size)]
+    audit_log_max_size: u64,
+    /// Rotated audit logs kept (AUDIT_LOG.1 the newest).
+    #[arg(long, default_value_t = 10)]
+    audit_log_max_backups: usize,
+}
+
+/// `100Mi` (or `1000`, `64Ki`, `1Gi`) in bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: a size is a number of bytes, optionally with Ki, Mi or Gi"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            format!("{text:?}: a size is a positive number of bytes, optionally with Ki, Mi or Gi")
+        })
 }
 
 /// Parses `1=127.0.0.1:7001,2=...`.
@@ -166,6 +204,12 @@ impl ServerArgs {
                     .map(|(_, a)| a.clone())
             })
             .unwrap_or_else(|| self.listen.to_string());
+        let mut audit = berth_controller::audit::AuditConfig::in_dir(&self.data_dir);
+        if let Some(path) = self.audit_log.clone() {
+            audit.path = path;
+        }
+        audit.max_bytes = self.audit_log_max_size;
+        audit.max_backups = self.audit_log_max_backups;
         let mut node = NodeConfig::new(self.id, self.data_dir.clone());
         node.heartbeat_ms = self.heartbeat_ms;
         node.election_timeout_ms = (self.election_timeout_min_ms, self.election_timeout_max_ms);
@@ -193,6 +237,7 @@ impl ServerArgs {
             token: self.token.filter(|t| !t.trim().is_empty()),
             cert_ttl: self.cert_ttl,
             tls_sans: self.tls_san,
+            audit,
         })
     }
 }

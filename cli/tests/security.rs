@@ -391,3 +391,125 @@ async fn certificates_are_renewed_without_a_restart() {
     let ch = cluster.channel().await;
     pb::Namespace::list(ch, Default::default()).await.unwrap();
 }
+
+/// The audit log's lines, oldest first, across its rotated files.
+fn audit_lines(log: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<_> = (1..=3)
+        .rev()
+        .map(|n| log.with_extension(format!("log.{n}")))
+        .collect();
+    files.push(log.to_path_buf());
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_change_and_every_refusal_is_in_the_audit_log() {
+    let _serial = berth_testkit::serial().await;
+    let root = tempfile::tempdir().unwrap();
+    let log = root.path().join("audit/controller.log");
+    let flags = ServerFlags {
+        passthrough: ["--audit-log", &log.display().to_string()]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let cluster = cluster_of(root.path(), 1, flags).await;
+    let admin = cluster.channel().await;
+    let cm = berth_testkit::objects::configmap("audited").build();
+    pb::ConfigMap::create(admin.clone(), cm).await.unwrap();
+    let value = uuid::Uuid::new_v4().simple().to_string();
+    let secret = berth_testkit::objects::secret("db").string_data("password", &value);
+    pb::Secret::create(admin.clone(), secret.build())
+        .await
+        .unwrap();
+    let (_, nobody) = cluster.user(root.path(), "nobody", &["team"]);
+    let err = pb::ConfigMap::delete(
+        channel(&nobody, &cluster.addr(1)).await.unwrap(),
+        berth_testkit::objects::delete_req("default", "audited"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let anonymous = Transport::Tls(berth_tls::client_config(&ca_pem(&cluster), None).unwrap());
+    let cm = berth_testkit::objects::configmap("planted").build();
+    let err = pb::ConfigMap::create(channel(&anonymous, &cluster.addr(1)).await.unwrap(), cm)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    cluster.join_token("agent");
+
+    let has = |lines: &[serde_json::Value], want: &[(&str, &str)]| {
+        lines
+            .iter()
+            .any(|l| want.iter().all(|(k, v)| l[*k].as_str() == Some(*v)))
+    };
+    let expected: [&[(&str, &str)]; 6] = [
+        &[
+            ("user", "admin"),
+            ("verb", "create"),
+            ("kind", "ConfigMap"),
+            ("namespace", "default"),
+            ("name", "audited"),
+            ("code", "Ok"),
+        ],
+        &[
+            ("user", "admin"),
+            ("kind", "Secret"),
+            ("name", "db"),
+            ("code", "Ok"),
+        ],
+        // Who was refused, and why.
+        &[
+            ("user", "nobody"),
+            ("verb", "delete"),
+            ("name", "audited"),
+            ("code", "PermissionDenied"),
+        ],
+        &[
+            ("user", "system:anonymous"),
+            ("kind", "berth.v1.ConfigMaps"),
+            ("verb", "Create"),
+            ("code", "Unauthenticated"),
+        ],
+        // Security's own changes: a user's certificate, a token.
+        &[
+            ("user", "admin"),
+            ("kind", "berth.security.v1.Users"),
+            ("verb", "Issue"),
+            ("code", "Ok"),
+        ],
+        &[
+            ("user", "admin"),
+            ("kind", "berth.security.v1.Tokens"),
+            ("verb", "Create"),
+            ("code", "Ok"),
+        ],
+    ];
+    eventually("every call is in the audit log", T, || {
+        let lines = audit_lines(&log);
+        let all = expected.iter().all(|want| has(&lines, want));
+        async move { all }
+    })
+    .await;
+    let lines = audit_lines(&log);
+    let nobody = lines.iter().find(|l| l["user"] == "nobody").unwrap();
+    assert_eq!(nobody["groups"][0], "team");
+    assert_eq!(
+        nobody["message"],
+        "forbidden: nobody cannot delete configmaps in namespace default"
+    );
+    assert!(nobody["source"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(nobody["controller"], 1);
+    // No reads, and no values.
+    assert!(!has(&lines, &[("verb", "get")]) && !has(&lines, &[("verb", "list")]));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&value), "{text}");
+}

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub cert_ttl: std::time::Duration,
     /// Extra names for this controller's certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
+    /// Where the audit log goes (`--audit-log`) and how much is kept.
+    pub audit: crate::audit::AuditConfig,
 }
 
 impl ServerConfig {

@@ -1,12 +1,13 @@
 //! berth-controller is the controller process (`berth server`): it opens
 //! the replicated store, bootstraps or joins the controller group, and
 //! serves the gRPC API (store, cluster administration, internal Raft),
-//! `/metrics` and `/healthz`. The reconcilers are a crate of their own
+//! `/metrics` and `/healthz`, and keeps the audit log. The reconcilers are a crate of their own
 //! (berth-reconcilers), clients of this API like any other.
 
 #![forbid(unsafe_code)]
 
 mod api;
+pub mod audit;
 pub mod bind_rules;
 mod bootstrap;
 mod cluster_service;

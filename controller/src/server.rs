@@ -32,6 +32,8 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Security(#[from] crate::security::SecurityError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// How long a stopping controller lets open calls finish.
@@ -74,9 +76,11 @@ pub async fn run(
         security = security::prepare(&config) => security?,
         _ = &mut shutdown => return Ok(()),
     };
+    let audit = crate::audit::AuditLog::open(&config.audit, config.id)?;
     let rules = Box::new(crate::bind_rules::PlacementRules::new());
     let node = Node::open(config.node.clone(), rules, security.transport.clone()).await?;
     api::describe_metrics();
+    crate::audit::describe_metrics();
     if let (Some(listener), Some(prometheus)) = (metrics_listener, prometheus) {
         tokio::spawn(http::serve(listener, node.raft.clone(), prometheus));
     }
@@ -119,11 +123,13 @@ pub async fn run(
         authz: authz.clone(),
         agents: security.transport.clone(),
         keyring: security.keyring(),
+        audit: audit.clone(),
     };
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .layer(security::authz::AuthzLayer {
             authz: authz.clone(),
+            audit,
         })
         .add_optional_service(join)
         .add_optional_service(tokens)

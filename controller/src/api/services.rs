@@ -18,6 +18,9 @@ use tracing::Instrument;
 
 use super::guard::Guard;
 use super::objects::Api;
+use crate::audit::Action;
+use crate::audit::AuditLog;
+use crate::audit::Who;
 use crate::ipam::Ipam;
 use crate::security::authorizer::Authorizer;
 use crate::security::authorizer::Caller;
@@ -31,6 +34,7 @@ pub struct Serving {
     pub agents: berth_tls::Transport,
     /// Seals Secrets at rest; None only `--insecure`.
     pub keyring: Option<std::sync::Arc<berth_pki::Keyring>>,
+    pub audit: AuditLog,
 }
 
 /// Runs one call, counting it by kind, verb and outcome.
@@ -53,6 +57,76 @@ async fn observe<T>(
     result.map(Response::new)
 }
 
+/// `observe` for a call that changes objects, with its line in the audit
+/// log.
+async fn audited<T>(
+    audit: &AuditLog,
+    who: &Who,
+    action: Action<'_>,
+    metric_verb: &'static str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    let result = observe(kind_of(action), metric_verb, call).await;
+    audit.record(who, action, result.as_ref().map(drop)).await;
+    result
+}
+
+/// The kinds' names are static; the metric's label must be.
+fn kind_of(action: Action<'_>) -> &'static str {
+    berth_api::KindInfo::of_kind(action.kind).map_or("unknown", |k| k.kind)
+}
+
+/// The pods of a batch call, each audited on its own line.
+struct Batch {
+    verb: &'static str,
+    subresource: &'static str,
+    /// (namespace, name) of each, in the request's order.
+    pods: Vec<(String, String)>,
+}
+
+impl Batch {
+    /// One line per pod, with its own outcome (its gRPC code and message),
+    /// or the call's when it failed whole.
+    async fn record(
+        &self,
+        audit: &AuditLog,
+        who: &Who,
+        outcomes: Result<Vec<(i32, String)>, &Status>,
+    ) {
+        for (i, (namespace, name)) in self.pods.iter().enumerate() {
+            let own = match &outcomes {
+                Err(status) => Some((*status).clone()),
+                Ok(items) => items
+                    .get(i)
+                    .filter(|(code, _)| *code != 0)
+                    .map(|(code, message)| {
+                        Status::new(tonic::Code::from_i32(*code), message.clone())
+                    }),
+            };
+            let action = action::<pb::Pod>(self.verb, self.subresource, namespace, name);
+            audit
+                .record(who, action, own.as_ref().map_or(Ok(()), Err))
+                .await;
+        }
+    }
+}
+
+/// An object verb's audit action.
+fn action<'a, K: Object>(
+    verb: &'a str,
+    subresource: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+) -> Action<'a> {
+    Action {
+        verb,
+        kind: K::INFO.kind,
+        subresource,
+        namespace,
+        name,
+    }
+}
+
 /// `status` adds UpdateStatus and `delete` the plain Delete; `$extra` holds
 /// the kind's own methods. (Written out here rather than by helper macros:
 /// `async_trait` only rewrites methods it can see.)
@@ -65,6 +139,7 @@ macro_rules! object_service {
         pub struct $svc {
             api: Api<pb::$kind>,
             guard: Guard<pb::$kind>,
+            audit: AuditLog,
         }
 
         impl $svc {
@@ -78,6 +153,7 @@ macro_rules! object_service {
                 pb::$server_mod::$server::new(Self {
                     guard: Guard::new(ctx.authz.clone(), api.clone()),
                     api,
+                    audit: ctx.audit.clone(),
                 })
                     .max_decoding_message_size(MAX_REQUEST_BYTES)
                     .max_encoding_message_size(MAX_RESPONSE_BYTES)
@@ -87,13 +163,15 @@ macro_rules! object_service {
         #[tonic::async_trait]
         impl pb::$server_mod::$trait for $svc {
             async fn create(&self, r: Request<pb::$kind>) -> Result<Response<pb::$kind>, Status> {
+                let who = Who::of(&r)?;
+                let obj = r.into_inner();
+                let (namespace, name) = (self.api.namespace_of(obj.namespace()), obj.name().to_string());
                 let call = async {
-                    let caller = Caller::of(&r)?;
-                    let obj = r.into_inner();
-                    self.guard.create(&caller, &obj).await?;
+                    self.guard.create(&who.caller, &obj).await?;
                     self.api.create(obj).await
                 };
-                observe(stringify!($kind), "create", call).await
+                let action = action::<pb::$kind>("create", "", &namespace, &name);
+                audited(&self.audit, &who, action, "create", call).await
             }
 
             async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::$kind>, Status> {
@@ -118,36 +196,42 @@ macro_rules! object_service {
             }
 
             async fn update(&self, r: Request<pb::$kind>) -> Result<Response<pb::$kind>, Status> {
+                let who = Who::of(&r)?;
+                let obj = r.into_inner();
+                let (namespace, name) = (self.api.namespace_of(obj.namespace()), obj.name().to_string());
                 let call = async {
-                    let caller = Caller::of(&r)?;
-                    let obj = r.into_inner();
-                    self.guard.update(&caller, &obj).await?;
+                    self.guard.update(&who.caller, &obj).await?;
                     self.api.update(obj, false).await
                 };
-                observe(stringify!($kind), "update", call).await
+                let action = action::<pb::$kind>("update", "", &namespace, &name);
+                audited(&self.audit, &who, action, "update", call).await
             }
 
             $(
             async fn update_status(&self, r: Request<pb::$kind>) -> Result<Response<pb::$kind>, Status> {
+                let who = Who::of(&r)?;
+                let obj = r.into_inner();
+                let (namespace, name) = (self.api.namespace_of(obj.namespace()), obj.name().to_string());
                 let call = async {
-                    let caller = Caller::of(&r)?;
-                    let obj = r.into_inner();
-                    self.guard.one(&caller, "update", "status", obj.namespace(), obj.name()).await?;
+                    self.guard.one(&who.caller, "update", "status", obj.namespace(), obj.name()).await?;
                     self.api.update(obj, true).await
                 };
-                observe(stringify!($kind), stringify!($status), call).await
+                let action = action::<pb::$kind>("update", "status", &namespace, &name);
+                audited(&self.audit, &who, action, stringify!($status), call).await
             }
             )?
 
             $(
             async fn delete(&self, r: Request<pb::DeleteRequest>) -> Result<Response<pb::$kind>, Status> {
+                let who = Who::of(&r)?;
+                let req = r.into_inner();
+                let (namespace, name) = (self.api.namespace_of(&req.namespace), req.name.clone());
                 let call = async {
-                    let caller = Caller::of(&r)?;
-                    let req = r.into_inner();
-                    self.guard.one(&caller, "delete", "", &req.namespace, &req.name).await?;
+                    self.guard.one(&who.caller, "delete", "", &req.namespace, &req.name).await?;
                     self.api.delete(req).await
                 };
-                observe(stringify!($kind), stringify!($delete), call).await
+                let action = action::<pb::$kind>("delete", "", &namespace, &name);
+                audited(&self.audit, &who, action, stringify!($delete), call).await
             }
             )?
 
@@ -186,15 +270,17 @@ object_service!(
             &self,
             r: Request<pb::DeleteRequest>,
         ) -> Result<Response<pb::Namespace>, Status> {
+            let who = Who::of(&r)?;
+            let req = r.into_inner();
+            let name = req.name.clone();
             let call = async {
-                let caller = Caller::of(&r)?;
-                let req = r.into_inner();
                 self.guard
-                    .one(&caller, "delete", "", &req.namespace, &req.name)
+                    .one(&who.caller, "delete", "", &req.namespace, &req.name)
                     .await?;
                 self.api.delete_namespace(req).await
             };
-            observe("Namespace", "delete", call).await
+            let action = action::<pb::Namespace>("delete", "", &name, &name);
+            audited(&self.audit, &who, action, "delete", call).await
         }
     }
 );
@@ -222,40 +308,82 @@ object_service!(
     [delete],
     {
         async fn bind(&self, r: Request<pb::BindRequest>) -> Result<Response<pb::Pod>, Status> {
+            let who = Who::of(&r)?;
+            let req = r.into_inner();
+            let (namespace, name) = (self.api.namespace_of(&req.namespace), req.name.clone());
             let call = async {
-                let caller = Caller::of(&r)?;
-                let req = r.into_inner();
-                self.guard.bind(&caller, [req.namespace.as_str()]).await?;
+                self.guard
+                    .bind(&who.caller, [req.namespace.as_str()])
+                    .await?;
                 self.api.bind(req).await
             };
-            observe("Pod", "bind", call).await
+            let action = action::<pb::Pod>("create", "binding", &namespace, &name);
+            audited(&self.audit, &who, action, "bind", call).await
         }
 
         async fn bind_batch(
             &self,
             r: Request<pb::BindBatchRequest>,
         ) -> Result<Response<pb::BindBatchResponse>, Status> {
+            let who = Who::of(&r)?;
+            let req = r.into_inner();
+            let pods = req
+                .binds
+                .iter()
+                .map(|b| (self.api.namespace_of(&b.namespace), b.name.clone()))
+                .collect();
             let call = async {
-                let caller = Caller::of(&r)?;
-                let req = r.into_inner();
                 let namespaces = req.binds.iter().map(|b| b.namespace.as_str());
-                self.guard.bind(&caller, namespaces).await?;
+                self.guard.bind(&who.caller, namespaces).await?;
                 self.api.bind_batch(req).await
             };
-            observe("Pod", "bind_batch", call).await
+            let result = observe("Pod", "bind_batch", call).await;
+            let outcomes = result.as_ref().map(|r| {
+                r.get_ref()
+                    .results
+                    .iter()
+                    .map(|b| (b.code, b.message.clone()))
+                    .collect()
+            });
+            let batch = Batch {
+                verb: "create",
+                subresource: "binding",
+                pods,
+            };
+            batch.record(&self.audit, &who, outcomes).await;
+            result
         }
 
         async fn create_batch(
             &self,
             r: Request<pb::CreatePodsRequest>,
         ) -> Result<Response<pb::CreatePodsResponse>, Status> {
+            let who = Who::of(&r)?;
+            let req = r.into_inner();
+            let pods = req
+                .items
+                .iter()
+                .map(|p| (self.api.namespace_of(p.namespace()), p.name().to_string()))
+                .collect();
             let call = async {
-                let caller = Caller::of(&r)?;
-                let req = r.into_inner();
-                self.guard.create_all(&caller, &req.items).await?;
+                self.guard.create_all(&who.caller, &req.items).await?;
                 self.api.create_batch(req).await
             };
-            observe("Pod", "create_batch", call).await
+            let result = observe("Pod", "create_batch", call).await;
+            let outcomes = result.as_ref().map(|r| {
+                r.get_ref()
+                    .results
+                    .iter()
+                    .map(|c| (c.code, c.message.clone()))
+                    .collect()
+            });
+            let batch = Batch {
+                verb: "create",
+                subresource: "",
+                pods,
+            };
+            batch.record(&self.audit, &who, outcomes).await;
+            result
         }
 
         type LogsStream = BoxStream<'static, Result<pb::LogChunk, Status>>;

@@ -9,6 +9,11 @@
 //!   every resource, as group `system:masters` has).
 //! - The rest: any identity of the cluster; the object API then asks RBAC
 //!   per verb, resource and namespace (`authorizer`).
+//!
+//! The layer writes the audit log's lines for what it refuses and for the
+//! calls that change the cluster outside the object API (joins, renewals,
+//! tokens, users' certificates, membership); the object API writes its
+//! own, which name the object.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +28,7 @@ use tonic::Status;
 
 use super::authorizer::Authorizer;
 use super::authorizer::Caller;
+use crate::audit::AuditLog;
 
 /// What a method needs of its caller.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,6 +51,30 @@ fn needs(path: &str) -> Needs {
         ("berth.security.v1.Tokens" | "berth.security.v1.Users", _) => Needs::Admin,
         _ => Needs::Identity,
     }
+}
+
+/// Calls that change the cluster outside the object API: the layer
+/// audits them, as it alone sees them all.
+fn changes_security(path: &str) -> bool {
+    matches!(
+        path.trim_start_matches('/').split_once('/'),
+        Some(
+            ("berth.security.v1.Join", "Join" | "Renew")
+                | ("berth.security.v1.Tokens", "Create" | "Revoke")
+                | ("berth.security.v1.Users", "Issue")
+                | ("berth.cluster.v1.Cluster", "AddMember" | "RemoveMember")
+        )
+    )
+}
+
+/// The gRPC code of an answer whose head is `headers`: errors come in the
+/// head (trailers-only), success in trailers the layer does not wait for.
+fn answered_code(headers: &http::HeaderMap) -> tonic::Code {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
 }
 
 /// What the caller on `peer` may not do of `path`, before RBAC: the status
@@ -115,6 +145,7 @@ async fn authorize(path: &str, peer: Option<&Peer>, authz: &Authorizer) -> Resul
 #[derive(Clone)]
 pub struct AuthzLayer {
     pub authz: Authorizer,
+    pub audit: AuditLog,
 }
 
 impl<S> tower::Layer<S> for AuthzLayer {
@@ -124,6 +155,7 @@ impl<S> tower::Layer<S> for AuthzLayer {
         Authz {
             inner,
             authz: self.authz.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -132,6 +164,7 @@ impl<S> tower::Layer<S> for AuthzLayer {
 pub struct Authz<S> {
     inner: S,
     authz: Authorizer,
+    audit: AuditLog,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -157,12 +190,20 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authz = self.authz.clone();
+        let audit = self.audit.clone();
         Box::pin(async move {
-            let peer = req.extensions().get::<Peer>();
-            match authorize(req.uri().path(), peer, &authz).await {
-                Ok(()) => inner.call(req).await,
-                Err(status) => Ok(status.into_http()),
+            let path = req.uri().path().to_string();
+            let peer = req.extensions().get::<Peer>().cloned();
+            if let Err(status) = authorize(&path, peer.as_ref(), &authz).await {
+                audit.record_refusal(peer.as_ref(), &path, &status).await;
+                return Ok(status.into_http());
             }
+            let response = inner.call(req).await?;
+            if changes_security(&path) {
+                let code = answered_code(response.headers());
+                audit.record_call(peer.as_ref(), &path, code).await;
+            }
+            Ok(response)
         })
     }
 }

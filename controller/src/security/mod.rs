@@ -189,7 +189,7 @@ fn load_keys(dir: &Path, config: &ServerConfig) -> Result<Option<ClusterKeys>, S
         keyring
     } else {
         return Err(SecurityError::Flags(format!(
-            "{} is missing while this controller holds the cluster's CA: copy it from another controller of the cluster (it is the same file on each), mode 0600",
+            "{} is missing while this controller holds the cluster's CA: copy it from another controller of the cluster (it is the same file on each), mode 0600; a data dir from before Secrets were encrypted has none anywhere: for a `berth dev` cluster, remove its data dir to start afresh",
             ring.display()
         )));
     };
