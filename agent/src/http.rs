@@ -58,6 +58,9 @@ struct LogQuery {
 
 /// How long an answer of the cluster about reading logs is kept.
 const ACCESS_ANSWER_TTL: Duration = Duration::from_secs(10);
+/// Open connections to the log server: its clients are the controllers
+/// (each following a few logs) and the occasional direct reader.
+const LOG_CONNECTIONS: usize = 256;
 /// Answers kept at most; all are dropped when there would be more.
 const ACCESS_ANSWERS_MAX: usize = 10_000;
 
@@ -142,7 +145,8 @@ pub async fn serve(
     let served = match tls {
         Some((config, access)) => {
             let local = listener.local_addr();
-            let conns = berth_tls::incoming(listener, berth_tls::Acceptor::Tls(config));
+            let conns =
+                berth_tls::incoming(listener, berth_tls::Acceptor::Tls(config), LOG_CONNECTIONS);
             let listener = TlsListener {
                 conns: Box::pin(conns),
                 local,

@@ -60,9 +60,8 @@ impl Quantity {
                 _ => return Err(bad()),
             },
         };
-        if whole.len() > 24 {
-            return Err(bad());
-        }
+        // Too many digits for a u128 is refused here, too large a product
+        // below: what this accepts, its Display form writes back.
         let digits = format!("{whole}{frac}");
         let mantissa: u128 = digits.parse().map_err(|_| bad())?;
         let scale = 10u128.pow(frac.len() as u32);

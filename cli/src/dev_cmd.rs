@@ -335,6 +335,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             listen: a.parse()?,
             advertise: a.clone(),
             audit: berth_controller::audit::AuditConfig::in_dir(&dir),
+            connections: Default::default(),
+            unsafe_raw_registry_writes: false,
             data_dir: dir.clone(),
             peers: peers.clone(),
             join: None,

@@ -8,6 +8,7 @@ use anyhow::bail;
 use anyhow::Context;
 use berth_client::connect::Connector;
 use berth_controller::ipam::NetworkConfig;
+use berth_controller::ConnectionLimits;
 use berth_controller::ServerConfig;
 use berth_raft::NodeConfig;
 use berth_raft::StoreConfig;
@@ -98,6 +99,11 @@ pub struct ServerArgs {
     /// to prove that its linearizability checker catches stale reads.
     #[arg(long, hide = true)]
     unsafe_stale_reads: bool,
+    /// Test only: let controllers write API objects through the raw KV
+    /// service, skipping validation, so that tests can check that agents
+    /// refuse what the API would never have stored.
+    #[arg(long, hide = true)]
+    unsafe_raw_registry_writes: bool,
     /// With --join: a join token (`berth token create --role controller`).
     /// With --peers: a secret shared by all of them, so that they can
     /// trust the CA the first one makes. A single controller needs none.
@@ -123,6 +129,14 @@ pub struct ServerArgs {
     /// Rotated audit logs kept (AUDIT_LOG.1 the newest).
     #[arg(long, default_value_t = 10)]
     audit_log_max_backups: usize,
+    /// Open client connections this controller accepts; more are closed
+    /// as they arrive (each agent node holds one).
+    #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
+    max_connections: usize,
+    /// Concurrent calls (watches included) on one connection; a client
+    /// queues those beyond it.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_streams_per_connection)]
+    max_streams_per_connection: u32,
 }
 
 /// `100Mi` (or `1000`, `64Ki`, `1Gi`) in bytes.
@@ -238,11 +252,19 @@ impl ServerArgs {
             cert_ttl: self.cert_ttl,
             tls_sans: self.tls_san,
             audit,
+            unsafe_raw_registry_writes: self.unsafe_raw_registry_writes,
+            connections: ConnectionLimits {
+                max_connections: self.max_connections.max(1),
+                max_streams_per_connection: self.max_streams_per_connection.max(1),
+            },
         })
     }
 }
 
 pub async fn run(args: ServerArgs, insecure: bool) -> anyhow::Result<()> {
+    if args.unsafe_raw_registry_writes {
+        tracing::warn!("--unsafe-raw-registry-writes: the raw KV service writes API objects without validation; for tests only");
+    }
     if args.unsafe_stale_reads {
         tracing::warn!("--unsafe-stale-reads: reads skip read-index and may return stale data; for chaos tests only");
     }

@@ -34,6 +34,7 @@ use berth_testkit::AgentFlags;
 use berth_testkit::Cluster;
 use berth_testkit::ClusterOptions;
 use berth_testkit::ServerFlags;
+use prost::Message;
 use tonic::transport::Channel;
 
 const T: Duration = Duration::from_secs(60);
@@ -213,11 +214,16 @@ fn node_agents(
         .collect()
 }
 
-/// Three controllers listening on the fabric's bridge.
+/// Three controllers listening on the fabric's bridge, whose raw store
+/// takes API objects the API itself would refuse.
 async fn fabric_cluster(fabric: &Fabric, root: &Path) -> Cluster {
+    let flags = ServerFlags {
+        passthrough: vec!["--unsafe-raw-registry-writes".into()],
+        ..Default::default()
+    };
     let options = ClusterOptions {
         host: Some(fabric.gateway.clone()),
-        ..ClusterOptions::for_tests(ServerFlags::default())
+        ..ClusterOptions::for_tests(flags)
     };
     Cluster::ready_with(root, options).await
 }
@@ -351,6 +357,8 @@ async fn fabric_test(fabric: &Fabric) {
     )
     .await;
 
+    plant_what_the_api_refuses(&cluster, fabric, root.path(), &node_names[0], &service).await;
+
     // A deleted node's route goes from every other node.
     let n3 = pb::Node::get(ch.clone(), get_req("", &node_names[2]))
         .await
@@ -375,6 +383,97 @@ async fn fabric_test(fabric: &Fabric) {
     .await;
     drop(agents);
     drop(cluster);
+}
+
+/// Objects the API would never store, written around it (as a bug or a
+/// damaged backup could leave them): a Service named with nft syntax, a
+/// pod whose uid climbs out of the agent's directory, a Node whose pod
+/// CIDR is outside the cluster's. The agents refuse each, and nothing
+/// changes: no rule, no route, no directory, and the real service works.
+async fn plant_what_the_api_refuses(
+    cluster: &Cluster,
+    fabric: &Fabric,
+    root: &Path,
+    node: &str,
+    service: &str,
+) {
+    let evil_service = "x; flush ruleset";
+    let mut svc = pb::Service::default();
+    svc.meta_mut().namespace = "default".into();
+    svc.meta_mut().name = evil_service.into();
+    svc.spec = Some(pb::ServiceSpec {
+        cluster_ip: "10.96.250.250".into(),
+        ports: vec![pb::ServicePort {
+            port: 80,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let mut pod = objects::pod("escape").build();
+    pod.meta_mut().uid = "../../../../tmp/berth-escape".into();
+    pod.spec.get_or_insert_default().node_name = node.into();
+    let mut rogue = objects::node("rogue").build();
+    rogue.spec.get_or_insert_default().pod_cidr = "192.0.2.0/24".into();
+    rogue.status.get_or_insert_default().addresses = vec![pb::NodeAddress {
+        r#type: "InternalIP".into(),
+        address: fabric.members[1].ip.clone(),
+    }];
+    let ch = berth_client::connect::connect(&cluster.addrs(), &cluster.controller_transport())
+        .await
+        .unwrap()
+        .1;
+    let mut kv = berth_proto::kv::kv_client::KvClient::new(ch);
+    let planted = [
+        (
+            format!("/registry/services/default/{evil_service}"),
+            svc.encode_to_vec(),
+        ),
+        (
+            "/registry/pods/default/escape".to_string(),
+            pod.encode_to_vec(),
+        ),
+        ("/registry/nodes/rogue".to_string(), rogue.encode_to_vec()),
+    ];
+    for (key, value) in &planted {
+        kv.put(berth_proto::kv::PutRequest {
+            key: key.clone().into_bytes(),
+            value: value.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("a raw write with --unsafe-raw-registry-writes");
+    }
+    let log =
+        |name: &str| std::fs::read_to_string(root.join(format!("{name}.log"))).unwrap_or_default();
+    let refused = |name: &str, what: &str| {
+        log(name).lines().any(|l| {
+            l.contains("refusing an object the API would not have accepted") && l.contains(what)
+        })
+    };
+    eventually("the agents refuse each planted object", T, || async {
+        refused(node, "default/escape")
+            && refused(node, evil_service)
+            && refused(&fabric.members[0].netns, "rogue")
+    })
+    .await;
+    for member in &fabric.members {
+        let routes = routes(&member.netns);
+        assert!(!routes.contains("192.0.2.0"), "{}: {routes}", member.netns);
+    }
+    let ruleset =
+        run(Command::new("ip").args(["netns", "exec", node, "nft", "list", "ruleset"])).unwrap();
+    assert!(!ruleset.contains("10.96.250.250"), "{ruleset}");
+    assert!(!std::path::Path::new("/tmp/berth-escape").exists());
+    let from_node = answers(&fabric.members[0].netns_path(), service, 10);
+    assert!(!from_node.is_empty(), "the real service still answers");
+    for (key, _) in planted {
+        kv.delete(berth_proto::kv::DeleteRequest {
+            key: key.into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .expect("remove what was planted");
+    }
 }
 
 const DOCKER_IMAGE: &str = "berth-test/busybox:2";

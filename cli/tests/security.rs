@@ -513,3 +513,62 @@ async fn every_change_and_every_refusal_is_in_the_audit_log() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains(&value), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_and_streams_per_connection_are_limited() {
+    let _serial = berth_testkit::serial().await;
+    let root = tempfile::tempdir().unwrap();
+    let flags = ServerFlags {
+        no_scheduler: true,
+        no_reconcilers: true,
+        passthrough: [
+            "--max-connections",
+            "4",
+            "--max-streams-per-connection",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    };
+    let cluster = cluster_of(root.path(), 1, flags).await;
+    let addr = cluster.addr(1);
+
+    // Two streams on a connection: a third call waits for one to end.
+    let ch = channel(&cluster.transport(), &addr).await.unwrap();
+    let watch = || pb::Namespace::watch(ch.clone(), Default::default());
+    let first = watch().await.unwrap();
+    let _second = watch().await.unwrap();
+    let third = tokio::time::timeout(
+        Duration::from_secs(1),
+        pb::Namespace::get(ch.clone(), get_req("", "default")),
+    )
+    .await;
+    assert!(third.is_err(), "a third stream was opened: {third:?}");
+    drop(first);
+    tokio::time::timeout(T, pb::Namespace::get(ch.clone(), get_req("", "default")))
+        .await
+        .expect("the call goes ahead once a stream ends")
+        .unwrap();
+
+    // Four connections at most: more are closed as they arrive.
+    let mut open = vec![ch];
+    let mut refused = 0;
+    for _ in 0..4 {
+        match channel(&cluster.transport(), &addr).await {
+            Ok(ch) => open.push(ch),
+            Err(e) => {
+                refused += 1;
+                assert!(!e.is_empty());
+            }
+        }
+    }
+    assert!(refused >= 1 && open.len() <= 4, "{} open", open.len());
+    drop(open);
+    eventually("a connection is accepted again", T, || {
+        let transport = cluster.transport();
+        let addr = addr.clone();
+        async move { channel(&transport, &addr).await.is_ok() }
+    })
+    .await;
+}

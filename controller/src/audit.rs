@@ -6,7 +6,7 @@
 //!
 //! Lines carry no request or object bodies, so a Secret's value never
 //! reaches the log. Calls wait for their line to be queued, not written:
-//! a writer task appends, flushes after every burst and rotates, so the
+//! a writer thread appends, flushes after every burst and rotates, so the
 //! API never waits on the disk, yet no answered mutation goes unrecorded
 //! while the controller runs.
 
@@ -164,11 +164,18 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (or creates, 0600) the log and starts its writer.
+    /// Opens (or creates, 0600) the log and starts its writer, a thread
+    /// of its own: writes block, and a thread serves any runtime.
     pub fn open(config: &AuditConfig, controller: u64) -> Result<Self, AuditError> {
         let file = File::open(config)?;
         let (lines, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(file.write_forever(rx));
+        std::thread::Builder::new()
+            .name("audit-log".into())
+            .spawn(move || file.write_forever(rx))
+            .map_err(|source| AuditError {
+                path: config.path.display().to_string(),
+                source,
+            })?;
         Ok(Self { controller, lines })
     }
 
@@ -277,11 +284,20 @@ impl File {
             .open(path)
     }
 
-    async fn write_forever(mut self, mut rx: mpsc::Receiver<String>) {
-        let mut burst = Vec::new();
-        while rx.recv_many(&mut burst, 1024).await > 0 {
-            let written = tokio::task::block_in_place(|| self.write(&burst));
-            if let Err(e) = written {
+    /// Until every sender is gone: the lines waiting, at most a burst at a
+    /// time, then one flush.
+    fn write_forever(mut self, mut rx: mpsc::Receiver<String>) {
+        const BURST: usize = 1024;
+        let mut burst = Vec::with_capacity(BURST);
+        while let Some(first) = rx.blocking_recv() {
+            burst.push(first);
+            while burst.len() < BURST {
+                match rx.try_recv() {
+                    Ok(line) => burst.push(line),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.write(&burst) {
                 tracing::error!(path = %self.config.path.display(), error = %e, "cannot write the audit log");
                 metrics::counter!("berth_controller_audit_write_errors_total").increment(1);
             }

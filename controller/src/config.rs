@@ -30,6 +30,35 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     /// Where the audit log goes (`--audit-log`) and how much is kept.
     pub audit: crate::audit::AuditConfig,
+    pub connections: ConnectionLimits,
+    /// Test only: the raw KV service writes API keys, so that tests can
+    /// plant objects the API would refuse and see agents refuse them.
+    pub unsafe_raw_registry_writes: bool,
+}
+
+/// How much of a controller clients may hold, so that many or greedy
+/// clients exhaust a limit and get a clear refusal, not the process.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Open connections (`--max-connections`); one more is closed as it
+    /// is accepted.
+    pub max_connections: usize,
+    /// Concurrent calls on one connection, watches included
+    /// (`--max-streams-per-connection`): HTTP/2's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, which clients queue behind.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for ConnectionLimits {
+    /// Room for Kubernetes' 5,000 nodes with an agent connection each and
+    /// their clients; a connection's streams for a busy reconciler's
+    /// watches and calls.
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            max_streams_per_connection: 1_024,
+        }
+    }
 }
 
 impl ServerConfig {

@@ -20,11 +20,17 @@ use tonic::Status;
 
 pub struct KvService {
     store: Store,
+    /// Test only (`--unsafe-raw-registry-writes`): API keys are written
+    /// too, as a bug or a damaged backup could leave them.
+    writes_api_keys: bool,
 }
 
 impl KvService {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, writes_api_keys: bool) -> Self {
+        Self {
+            store,
+            writes_api_keys,
+        }
     }
 
     pub fn into_server(self) -> kv_server::KvServer<Self> {
@@ -39,7 +45,7 @@ impl KvService {
                 Op::Put { key, .. } | Op::Delete { key, .. } => key,
                 _ => continue,
             };
-            if berth_api::kinds::is_api_key(key) {
+            if berth_api::kinds::is_api_key(key) && !self.writes_api_keys {
                 return Err(Status::permission_denied(format!(
                     "key {:?} holds an API object, which the raw KV service does not write: use the berth.v1 API (berth apply), which validates it",
                     String::from_utf8_lossy(key)

@@ -18,6 +18,7 @@ mod kv_service;
 pub mod security;
 pub mod server;
 
+pub use config::ConnectionLimits;
 pub use config::ServerConfig;
 pub use server::run;
 pub use server::ServerError;

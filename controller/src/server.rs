@@ -87,7 +87,11 @@ pub async fn run(
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "controller starting");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let incoming = berth_tls::incoming(listener, security.acceptor.clone());
+    let incoming = berth_tls::incoming(
+        listener,
+        security.acceptor.clone(),
+        config.connections.max_connections,
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -127,6 +131,7 @@ pub async fn run(
     };
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(config.connections.max_streams_per_connection)
         .layer(security::authz::AuthzLayer {
             authz: authz.clone(),
             audit,
@@ -137,7 +142,7 @@ pub async fn run(
         .add_service(security::access::AccessService::server(authz.clone()))
         .add_service(node.raft_service().into_server())
         .add_service(ClusterService::new(store.clone()).into_server())
-        .add_service(KvService::new(store.clone()).into_server())
+        .add_service(KvService::new(store.clone(), config.unsafe_raw_registry_writes).into_server())
         .add_service(api::NamespaceService::server(&serving))
         .add_service(api::NodeService::server(&serving))
         .add_service(api::PodService::server(&serving))

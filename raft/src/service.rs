@@ -249,3 +249,48 @@ async fn receive_file(
     file.sync_all().await.map_err(io)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::raft::AppendEntriesRequest;
+    use openraft::raft::TransferLeaderRequest;
+    use openraft::raft::VoteRequest;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::types::Request as Batch;
+    use crate::types::TypeConfig;
+
+    /// Whether `bytes` decode as a `T` or are refused as INVALID_ARGUMENT.
+    fn decoded_or_refused<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> bool {
+        let msg = pb::RaftMessage {
+            data: bytes.to_vec().into(),
+        };
+        match decode::<T>("payload", &msg) {
+            Ok(_) => true,
+            Err(status) => {
+                status.code() == tonic::Code::InvalidArgument
+                    && status.message().contains("could not decode payload")
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 1024,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// What a peer sends in each Raft call, arbitrary: decoded or
+        /// refused, never a panic or a huge allocation.
+        #[test]
+        fn raft_payloads_decode_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert!(decoded_or_refused::<AppendEntriesRequest<TypeConfig>>(&bytes));
+            prop_assert!(decoded_or_refused::<VoteRequest<TypeConfig>>(&bytes));
+            prop_assert!(decoded_or_refused::<TransferLeaderRequest<TypeConfig>>(&bytes));
+            prop_assert!(decoded_or_refused::<Batch>(&bytes));
+            prop_assert!(decoded_or_refused::<(Vote, SnapshotMeta)>(&bytes));
+        }
+    }
+}

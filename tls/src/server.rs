@@ -1,7 +1,10 @@
 //! The accepting side: TCP connections are handed to TLS handshakes that
 //! run beside the accept loop (a client that stalls its handshake delays
 //! no one), and each finished connection carries its peer's identity, read
-//! once from its certificate, to every request on it.
+//! once from its certificate, to every request on it. At most so many
+//! connections are open at once: one more is closed as it is accepted, so
+//! that a flood of clients exhausts a limit and not the process's file
+//! descriptors or memory.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,6 +21,8 @@ use tokio::io::AsyncWrite;
 use tokio::io::ReadBuf;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
@@ -55,6 +60,28 @@ enum Io {
 pub struct Conn {
     io: Io,
     peer: Peer,
+    /// Its place under the connection limit, given back when the server
+    /// drops the connection.
+    _slot: Slot,
+}
+
+/// A connection's place under the limit; the open-connections gauge
+/// follows them.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("berth_tls_connections").increment(1.0);
+        Self { _permit: permit }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!("berth_tls_connections").decrement(1.0);
+    }
 }
 
 impl Conn {
@@ -130,13 +157,17 @@ impl AsyncWrite for Conn {
 }
 
 /// The connections `listener` accepts, handshaken, for
-/// `serve_with_incoming`. Ends when the server drops it.
+/// `serve_with_incoming`, at most `max_connections` open at once. Ends when
+/// the server drops it.
 pub fn incoming(
     listener: TcpListener,
     acceptor: Acceptor,
+    max_connections: usize,
 ) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel(READY_BACKLOG);
+    let slots = Arc::new(Semaphore::new(max_connections));
     tokio::spawn(async move {
+        let mut warned: Option<std::time::Instant> = None;
         loop {
             let (tcp, addr) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -150,13 +181,21 @@ pub fn incoming(
                 },
                 _ = tx.closed() => return,
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                metrics::counter!("berth_tls_connections_refused_total").increment(1);
+                if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(%addr, max_connections, "connection refused: as many connections as allowed are open (raise --max-connections)");
+                    warned = Some(std::time::Instant::now());
+                }
+                continue;
+            };
             // Nagle would hold a response's second frame until the
             // peer's delayed ACK (up to 40 ms).
             let _ = tcp.set_nodelay(true);
             let tx = tx.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                if let Some(conn) = handshake(tcp, addr, acceptor).await {
+                if let Some(conn) = handshake(tcp, addr, acceptor, Slot::new(slot)).await {
                     let _ = tx.send(Ok(conn)).await;
                 }
             });
@@ -165,7 +204,12 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
-async fn handshake(tcp: TcpStream, addr: SocketAddr, acceptor: Acceptor) -> Option<Conn> {
+async fn handshake(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    acceptor: Acceptor,
+    slot: Slot,
+) -> Option<Conn> {
     let config = match acceptor {
         Acceptor::Insecure => {
             return Some(Conn {
@@ -175,6 +219,7 @@ async fn handshake(tcp: TcpStream, addr: SocketAddr, acceptor: Acceptor) -> Opti
                     identity: None,
                     secure: false,
                 },
+                _slot: slot,
             })
         }
         Acceptor::Tls(config) => config,
@@ -216,5 +261,6 @@ async fn handshake(tcp: TcpStream, addr: SocketAddr, acceptor: Acceptor) -> Opti
             identity,
             secure: true,
         },
+        _slot: slot,
     })
 }

@@ -13,6 +13,7 @@ use berth_api::kinds::list_prefix;
 use berth_api::kinds::object_key;
 use berth_api::kinds::Kind;
 use berth_api::limits::MAX_OBJECT_BYTES;
+use berth_api::limits::MAX_RESPONSE_BYTES;
 use berth_api::pb;
 use berth_api::selector::Field;
 use berth_api::selector::FieldSelector;
@@ -432,6 +433,7 @@ impl<K: Object> Api<K> {
             (limit + 1).max(64)
         };
         let mut items = Vec::new();
+        let mut bytes = 0;
         let mut revision = None;
         let mut next = None;
         'pages: loop {
@@ -455,6 +457,10 @@ impl<K: Object> Api<K> {
                     let last = items.last().map(|o: &K| self.key(o.namespace(), o.name()));
                     next = Some(encode_continue(&last.unwrap_or_default()));
                     break 'pages;
+                }
+                bytes += obj.encoded_len();
+                if bytes > MAX_RESPONSE_BYTES {
+                    return Err(too_large_list::<K>(&req.namespace));
                 }
                 items.push(obj);
             }
@@ -647,6 +653,21 @@ impl<K: Object> Api<K> {
             this, changes, labels, fields, interval, initial,
         ))
     }
+}
+
+/// A list that cannot be answered in one response: found out while
+/// reading, before the whole of it is held in memory.
+fn too_large_list<K: Object>(namespace: &str) -> Status {
+    let place = if namespace.is_empty() {
+        String::new()
+    } else {
+        format!(" in namespace {namespace:?}")
+    };
+    Reason::TooLarge.status(format!(
+        "the {}{place} are more than a response holds ({} MiB): list in pages with limit and continue (`berth get --chunk-size 500`)",
+        K::INFO.plural,
+        MAX_RESPONSE_BYTES >> 20
+    ))
 }
 
 fn encode_continue(key: &[u8]) -> String {
@@ -899,5 +920,45 @@ mod tests {
         // An --insecure controller stores Secrets unsealed.
         let plain = stored_value(&secret, key, None).unwrap();
         assert!(plain.windows(8).any(|w| w == b"c2VzYW1l"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 1024,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// A list's continue token and a watch's resourceVersion come from
+        /// clients: anything is a token or revision, or INVALID_ARGUMENT.
+        #[test]
+        fn continue_tokens_and_revisions_parse_or_are_refused(text in "\\PC{0,40}") {
+            if let Err(s) = decode_continue(&text) {
+                proptest::prop_assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            }
+            if let Err(s) = parse_revision(&text, "resourceVersion") {
+                proptest::prop_assert_eq!(s.code(), tonic::Code::InvalidArgument);
+                proptest::prop_assert!(s.message().contains("is not a resourceVersion"));
+            }
+        }
+
+        /// Whatever a store holds (a damaged backup, a write around the
+        /// API), reading it is an object or an error.
+        #[test]
+        fn any_stored_value_is_an_object_or_an_error(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            sealed in proptest::prelude::any::<bool>(),
+        ) {
+            let keyring = Keyring::generate().unwrap();
+            let value = if sealed {
+                let mut v = b"berth:enc:aes256gcm:v1:".to_vec();
+                v.extend_from_slice(&bytes);
+                v
+            } else {
+                bytes
+            };
+            let _ = decode::<pb::Pod>(&stored(value.clone()), None);
+            let _ = decode::<pb::Secret>(&stored(value), Some(&keyring));
+        }
     }
 }
