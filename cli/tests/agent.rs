@@ -360,7 +360,7 @@ async fn memory_limits_end_in_oom_kills_and_crashes_back_off() {
     // Logs are for those the cluster allows `get pods/log` on the pod:
     // through a controller, and straight from the agent too.
     let creds = tempfile::tempdir().unwrap();
-    let (stranger, stranger_transport) = cluster.user(creds.path(), "stranger", &[]);
+    let (stranger, _) = cluster.user(creds.path(), "stranger", &[]);
     let out = cluster
         .cli_as(&stranger)
         .args(["logs", "crasher"])
@@ -372,13 +372,13 @@ async fn memory_limits_end_in_oom_kills_and_crashes_back_off() {
         err.contains("forbidden: stranger cannot get pods/log in namespace default"),
         "{err}"
     );
-    let (status, text) = agent_logs(ch, &stranger_transport, "crasher").await;
+    let (status, text) = agent_logs(ch, &stranger, "crasher").await;
     assert_eq!(status, 403, "{text}");
     assert_eq!(
         text.trim(),
         "forbidden: stranger cannot get pods/log in namespace default"
     );
-    let (reader, reader_transport) = cluster.user(creds.path(), "reader", &["readers"]);
+    let (reader, _) = cluster.user(creds.path(), "reader", &["readers"]);
     let binding = objects::role_binding(
         "default",
         "readers-view",
@@ -399,7 +399,7 @@ async fn memory_limits_end_in_oom_kills_and_crashes_back_off() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "boom\n");
     assert_eq!(
-        agent_logs(ch, &reader_transport, "crasher").await,
+        agent_logs(ch, &reader, "crasher").await,
         (200, "boom\n".into())
     );
     drop(agent);
@@ -517,12 +517,14 @@ async fn a_lost_node_goes_not_ready_and_its_pods_move() {
 
 /// GETs the logs of pod `name`'s container `main` straight from its
 /// node's agent, as the holder of `transport`: the status and the body.
-async fn agent_logs(
-    ch: &Channel,
-    transport: &berth_client::Transport,
-    name: &str,
-) -> (u16, String) {
+/// The logs of pod `name` straight from its agent, as the holder of the
+/// credentials `conf`.
+async fn agent_logs(ch: &Channel, conf: &std::path::Path, name: &str) -> (u16, String) {
     use http_body_util::BodyExt;
+    let creds = berth_client::credentials::load(conf, None).unwrap();
+    let transport = berth_client::Transport::Tls(
+        berth_tls::agent_client_config(&creds.ca_pem, Some(creds.slot)).unwrap(),
+    );
     let pod = pb::Pod::get(ch.clone(), get_req("default", name))
         .await
         .unwrap();
@@ -544,7 +546,7 @@ async fn agent_logs(
         .unwrap()
         .port as u16;
     let path = format!("/containerLogs/default/{name}/main");
-    let resp = berth_tls::http1::get(transport, &ip, port, &path)
+    let resp = berth_tls::http1::get(&transport, &ip, port, &path)
         .await
         .unwrap();
     let code = resp.status().as_u16();

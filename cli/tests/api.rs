@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::io::BufRead;
-use std::io::Write;
 use std::process::Command;
 use std::process::Output;
 use std::process::Stdio;
@@ -101,20 +100,7 @@ async fn raw_call(
 }
 
 fn cli(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = cluster
-        .cli()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run berth");
-    let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .expect("write stdin");
-    drop(input);
-    child.wait_with_output().expect("berth exits")
+    cluster.run_cli(args, stdin.unwrap_or(""))
 }
 
 fn stdout(o: &Output) -> String {

@@ -662,7 +662,12 @@ async fn address_management_never_hands_out_an_address_twice() {
     let mut moved = pb::Node::get(ch.clone(), get_req("", nodes[0].name()))
         .await
         .unwrap();
-    moved.spec.get_or_insert_default().pod_cidr = "10.244.250.0/24".into();
+    // Another slice than its own, which the allocator may have picked.
+    let spec = moved.spec.get_or_insert_default();
+    spec.pod_cidr = match spec.pod_cidr.as_str() {
+        "10.244.250.0/24" => "10.244.251.0/24".into(),
+        _ => "10.244.250.0/24".into(),
+    };
     let err = pb::Node::update(ch.clone(), moved).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 }

@@ -486,3 +486,61 @@ async fn two_active_schedulers_never_overcommit_or_place_a_pod_twice() {
         "both schedulers raced for the same pods ({ok1} + {ok2} placed)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduler_needs_no_more_than_the_system_kube_scheduler_role() {
+    let _serial = berth_testkit::serial().await;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = Cluster::ready(root.path(), no_scheduler()).await;
+    let ch = cluster.channel().await;
+    pb::Node::create(ch.clone(), sized_node("n1", "1", "10"))
+        .await
+        .unwrap();
+    // Kubernetes' name for it, which the built-in binding names.
+    let (conf, transport) = cluster.user(root.path(), "system:kube-scheduler", &[]);
+    let flags = SchedulerFlags {
+        credentials: Some(conf),
+        ..Default::default()
+    };
+    let _scheduler = scheduler(&cluster, root.path(), "least-privilege", flags);
+    pb::Pod::create(ch.clone(), cpu_pod("fits", "500m"))
+        .await
+        .unwrap();
+    pb::Pod::create(ch.clone(), cpu_pod("big", "2"))
+        .await
+        .unwrap();
+    eventually(
+        "the pod that fits is bound",
+        Duration::from_secs(20),
+        || {
+            let ch = ch.clone();
+            async move { bound(&ch).await == 1 }
+        },
+    )
+    .await;
+    eventually(
+        "the one that does not says why",
+        Duration::from_secs(20),
+        || {
+            let ch = ch.clone();
+            async move {
+                let p = pb::Pod::get(ch, get_req("default", "big")).await.unwrap();
+                p.status
+                    .unwrap_or_default()
+                    .conditions
+                    .iter()
+                    .any(|c| c.reason == "Unschedulable")
+            }
+        },
+    )
+    .await;
+    // And it is a scheduler, nothing more: it makes no pods.
+    let own = berth_client::connect::connect(&cluster.addrs(), &transport)
+        .await
+        .unwrap()
+        .1;
+    let err = pb::Pod::create(own, cpu_pod("planted", "100m"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+}

@@ -4,10 +4,7 @@
 //! controller holds a value in the clear, in the Raft log, RocksDB's files
 //! or a snapshot.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::Output;
-use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
@@ -27,23 +24,8 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-fn cli(cluster: &Cluster, args: &[&str], stdin: &str) -> Output {
-    let mut child = cluster
-        .cli()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run berth");
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.as_bytes()).expect("write stdin");
-    drop(input);
-    child.wait_with_output().expect("berth exits")
-}
-
 fn ok(cluster: &Cluster, args: &[&str], stdin: &str) -> String {
-    let o = cli(cluster, args, stdin);
+    let o = cluster.run_cli(args, stdin);
     assert!(
         o.status.success(),
         "berth {args:?} failed: {}",

@@ -203,11 +203,21 @@ async fn agents_join_with_a_live_token_only() {
         .unwrap()
         .port;
     let logs = format!("127.0.0.1:{port}");
-    assert!(tls_handshake(&ca_pem(&cluster), &logs, None).await.is_err());
+    let ca = ca_pem(&cluster);
+    let of_agents = |slot| berth_tls::agent_client_config(&ca, slot).unwrap();
+    assert!(tls_handshake(of_agents(None), &logs).await.is_err());
     let admin = berth_client::credentials::load(&cluster.admin_conf(), None).unwrap();
-    assert!(tls_handshake(&ca_pem(&cluster), &logs, Some(admin.slot))
+    assert!(tls_handshake(of_agents(Some(admin.slot.clone())), &logs)
         .await
         .is_ok());
+    // A client of controllers will not take the node for one, though the
+    // cluster's CA signed its certificate for this address.
+    let of_controllers = berth_tls::client_config(&ca, Some(admin.slot)).unwrap();
+    let err = tls_handshake(of_controllers, &logs).await.unwrap_err();
+    assert!(
+        err.contains("system:node:n1's, not a controller's"),
+        "{err}"
+    );
     let plain = berth_testkit::rpc::metric(&logs, "berth_agent_pods").await;
     assert_eq!(plain, 0.0, "the log port answered plain HTTP");
 
@@ -296,17 +306,16 @@ async fn the_cluster_outlives_the_controller_that_made_its_ca() {
     node_ready(&cluster, "n1").await;
 }
 
-/// A TLS handshake and one read with `addr`, presenting `cert` if given:
-/// a server that requires a client certificate refuses at the read.
+/// A TLS handshake with `addr` as a client of `config`, and one read: a
+/// server that requires a client certificate refuses at the read.
 async fn tls_handshake(
-    ca_pem: &str,
+    config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
     addr: &str,
-    cert: Option<std::sync::Arc<berth_tls::CertSlot>>,
 ) -> Result<(), String> {
     use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
     use tokio_rustls::rustls;
-    let mut config = (*berth_tls::client_config(ca_pem, cert).unwrap()).clone();
+    let mut config = (*config).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr)
         .await

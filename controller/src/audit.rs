@@ -213,45 +213,28 @@ impl AuditLog {
         let _ = self.lines.send(text).await;
     }
 
-    /// Records a call the authz layer answered with `status` itself.
-    pub async fn record_refusal(&self, peer: Option<&Peer>, path: &str, status: &tonic::Status) {
-        let (service, method) = split_path(path);
+    /// Records a call outside the object API, or one the authz layer
+    /// refused before a service saw it: named by its method, and made by
+    /// whoever holds the connection.
+    pub async fn record_method(
+        &self,
+        peer: Option<&Peer>,
+        path: &str,
+        outcome: Result<(), &tonic::Status>,
+    ) {
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
         let action = Action {
             verb: method,
             kind: service,
             subresource: "",
             namespace: "",
             name: "",
-        };
-        self.record(&Who::from_peer(peer), action, Err(status))
-            .await;
-    }
-
-    /// Records a call of a service outside the object API.
-    pub async fn record_call(&self, peer: Option<&Peer>, path: &str, code: tonic::Code) {
-        let (service, method) = split_path(path);
-        let action = Action {
-            verb: method,
-            kind: service,
-            subresource: "",
-            namespace: "",
-            name: "",
-        };
-        let status = tonic::Status::new(code, "");
-        let outcome = if code == tonic::Code::Ok {
-            Ok(())
-        } else {
-            Err(&status)
         };
         self.record(&Who::from_peer(peer), action, outcome).await;
     }
-}
-
-/// (`berth.cluster.v1.Cluster`, `AddMember`) of `/berth.cluster.v1.Cluster/AddMember`.
-fn split_path(path: &str) -> (&str, &str) {
-    path.trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or((path, ""))
 }
 
 /// The live file and its rotation.

@@ -125,7 +125,7 @@ pub async fn run(
         store: store.clone(),
         ipam,
         authz: authz.clone(),
-        agents: security.transport.clone(),
+        agents: security.agents.clone(),
         keyring: security.keyring(),
         audit: audit.clone(),
     };

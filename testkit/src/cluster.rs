@@ -354,6 +354,25 @@ impl Cluster {
         cmd
     }
 
+    /// Runs `berth ARGS` as `cli` aims it, with `stdin` as its input, to
+    /// the end.
+    pub fn run_cli(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = self
+            .cli()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run berth");
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(stdin.as_bytes()).expect("write stdin");
+        drop(input);
+        child.wait_with_output().expect("berth exits")
+    }
+
     /// Waits until a leader is known to every listed controller and they
     /// agree on it.
     pub async fn wait_for_leader(&self, among: &[u64], timeout: Duration) -> Option<u64> {

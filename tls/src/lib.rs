@@ -23,6 +23,7 @@ pub mod http1;
 pub mod join;
 mod keys;
 mod server;
+mod verify;
 
 pub use client::Transport;
 pub use keys::CertSlot;
@@ -146,15 +147,36 @@ fn serving(
     Ok(Arc::new(config))
 }
 
-/// A client that trusts the cluster CA and presents the certificate in
-/// `slot` (none: a joiner, before it has one).
+/// A client of controllers: it trusts the cluster CA, presents the
+/// certificate in `slot` (none: a joiner, before it has one), and accepts
+/// only a controller's certificate at the other end, so that a node or a
+/// user, whose certificates the same CA signs, cannot pose as one.
 pub fn client_config(
     ca_pem: &str,
     slot: Option<Arc<CertSlot>>,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    client_of(ca_pem, slot, verify::ServerRole::Controller)
+}
+
+/// A client of agents (their log servers), as `client_config`, that
+/// accepts only a node's certificate at the other end.
+pub fn agent_client_config(
+    ca_pem: &str,
+    slot: Option<Arc<CertSlot>>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    client_of(ca_pem, slot, verify::ServerRole::Node)
+}
+
+fn client_of(
+    ca_pem: &str,
+    slot: Option<Arc<CertSlot>>,
+    role: verify::ServerRole,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let verifier = verify::RoleVerifier::new(roots(ca_pem)?, role)?;
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots(ca_pem)?);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let mut config = match slot {
         Some(slot) => builder.with_client_cert_resolver(slot),
         None => builder.with_no_client_auth(),

@@ -67,14 +67,11 @@ fn changes_security(path: &str) -> bool {
     )
 }
 
-/// The gRPC code of an answer whose head is `headers`: errors come in the
-/// head (trailers-only), success in trailers the layer does not wait for.
-fn answered_code(headers: &http::HeaderMap) -> tonic::Code {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+/// The error an answer whose head is `headers` carries, if any: errors
+/// come in the head (trailers-only), success in trailers the layer does
+/// not wait for.
+fn answered_status(headers: &http::HeaderMap) -> Option<Status> {
+    Status::from_header_map(headers).filter(|s| s.code() != tonic::Code::Ok)
 }
 
 /// What the caller on `peer` may not do of `path`, before RBAC: the status
@@ -195,13 +192,17 @@ where
             let path = req.uri().path().to_string();
             let peer = req.extensions().get::<Peer>().cloned();
             if let Err(status) = authorize(&path, peer.as_ref(), &authz).await {
-                audit.record_refusal(peer.as_ref(), &path, &status).await;
+                audit
+                    .record_method(peer.as_ref(), &path, Err(&status))
+                    .await;
                 return Ok(status.into_http());
             }
             let response = inner.call(req).await?;
             if changes_security(&path) {
-                let code = answered_code(response.headers());
-                audit.record_call(peer.as_ref(), &path, code).await;
+                let answered = answered_status(response.headers());
+                audit
+                    .record_method(peer.as_ref(), &path, answered.as_ref().map_or(Ok(()), Err))
+                    .await;
             }
             Ok(response)
         })

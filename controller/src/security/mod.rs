@@ -65,7 +65,10 @@ pub enum SecurityError {
 /// What serving and reaching peers take from the cluster's PKI.
 pub struct Security {
     pub acceptor: Acceptor,
+    /// How this controller reaches other controllers.
     pub transport: Transport,
+    /// How it reaches agents' log servers: only a node may answer.
+    pub agents: Transport,
     /// None when `--insecure`.
     pub authority: Option<Arc<Authority>>,
 }
@@ -255,6 +258,7 @@ pub async fn prepare(config: &ServerConfig) -> Result<Security, SecurityError> {
         return Ok(Security {
             acceptor: Acceptor::Insecure,
             transport: Transport::Insecure,
+            agents: Transport::Insecure,
             authority: None,
         });
     }
@@ -287,6 +291,10 @@ pub async fn prepare(config: &ServerConfig) -> Result<Security, SecurityError> {
     let security = Security {
         acceptor: Acceptor::Tls(berth_tls::server_config(ca_pem, authority.slot.clone())?),
         transport: Transport::Tls(berth_tls::client_config(
+            ca_pem,
+            Some(authority.slot.clone()),
+        )?),
+        agents: Transport::Tls(berth_tls::agent_client_config(
             ca_pem,
             Some(authority.slot.clone()),
         )?),
