@@ -142,7 +142,7 @@ struct Line<'a> {
     namespace: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     name: &'a str,
-    /// The gRPC status code's name: OK, PermissionDenied, AlreadyExists...
+    /// The gRPC status code's name: Ok, PermissionDenied, AlreadyExists...
     code: String,
     #[serde(skip_serializing_if = "str::is_empty")]
     message: &'a str,
