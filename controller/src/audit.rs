@@ -93,14 +93,10 @@ impl Who {
     }
 
     fn from_peer(peer: Option<&Peer>) -> Self {
-        let caller = match peer {
-            Some(p) if !p.secure => Caller::Anyone,
-            Some(Peer {
-                identity: Some(identity),
-                ..
-            }) => Caller::from(identity.as_ref()),
-            _ => Caller::Anyone,
-        };
+        // An insecure server's peers carry no identity.
+        let caller = peer
+            .and_then(|p| p.identity.as_deref())
+            .map_or(Caller::Anyone, Caller::from);
         Self {
             caller,
             source: peer.and_then(|p| p.addr),

@@ -57,23 +57,18 @@ async fn observe<T>(
     result.map(Response::new)
 }
 
-/// `observe` for a call that changes objects, with its line in the audit
-/// log.
-async fn audited<T>(
+/// `observe` for a call that changes objects of kind K, with its line in
+/// the audit log.
+async fn audited<K: Object, T>(
     audit: &AuditLog,
     who: &Who,
     action: Action<'_>,
     metric_verb: &'static str,
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<Response<T>, Status> {
-    let result = observe(kind_of(action), metric_verb, call).await;
+    let result = observe(K::INFO.kind, metric_verb, call).await;
     audit.record(who, action, result.as_ref().map(drop)).await;
     result
-}
-
-/// The kinds' names are static; the metric's label must be.
-fn kind_of(action: Action<'_>) -> &'static str {
-    berth_api::KindInfo::of_kind(action.kind).map_or("unknown", |k| k.kind)
 }
 
 /// The pods of a batch call, each audited on its own line.
@@ -171,7 +166,7 @@ macro_rules! object_service {
                     self.api.create(obj).await
                 };
                 let action = action::<pb::$kind>("create", "", &namespace, &name);
-                audited(&self.audit, &who, action, "create", call).await
+                audited::<pb::$kind, _>(&self.audit, &who, action, "create", call).await
             }
 
             async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::$kind>, Status> {
@@ -204,7 +199,7 @@ macro_rules! object_service {
                     self.api.update(obj, false).await
                 };
                 let action = action::<pb::$kind>("update", "", &namespace, &name);
-                audited(&self.audit, &who, action, "update", call).await
+                audited::<pb::$kind, _>(&self.audit, &who, action, "update", call).await
             }
 
             $(
@@ -217,7 +212,7 @@ macro_rules! object_service {
                     self.api.update(obj, true).await
                 };
                 let action = action::<pb::$kind>("update", "status", &namespace, &name);
-                audited(&self.audit, &who, action, stringify!($status), call).await
+                audited::<pb::$kind, _>(&self.audit, &who, action, stringify!($status), call).await
             }
             )?
 
@@ -231,7 +226,7 @@ macro_rules! object_service {
                     self.api.delete(req).await
                 };
                 let action = action::<pb::$kind>("delete", "", &namespace, &name);
-                audited(&self.audit, &who, action, stringify!($delete), call).await
+                audited::<pb::$kind, _>(&self.audit, &who, action, stringify!($delete), call).await
             }
             )?
 
@@ -280,7 +275,7 @@ object_service!(
                 self.api.delete_namespace(req).await
             };
             let action = action::<pb::Namespace>("delete", "", &name, &name);
-            audited(&self.audit, &who, action, "delete", call).await
+            audited::<pb::Namespace, _>(&self.audit, &who, action, "delete", call).await
         }
     }
 );
@@ -318,7 +313,7 @@ object_service!(
                 self.api.bind(req).await
             };
             let action = action::<pb::Pod>("create", "binding", &namespace, &name);
-            audited(&self.audit, &who, action, "bind", call).await
+            audited::<pb::Pod, _>(&self.audit, &who, action, "bind", call).await
         }
 
         async fn bind_batch(

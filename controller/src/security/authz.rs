@@ -189,16 +189,15 @@ where
         let authz = self.authz.clone();
         let audit = self.audit.clone();
         Box::pin(async move {
-            let path = req.uri().path().to_string();
-            let peer = req.extensions().get::<Peer>().cloned();
-            if let Err(status) = authorize(&path, peer.as_ref(), &authz).await {
-                audit
-                    .record_method(peer.as_ref(), &path, Err(&status))
-                    .await;
+            let (path, peer) = (req.uri().path(), req.extensions().get::<Peer>());
+            if let Err(status) = authorize(path, peer, &authz).await {
+                audit.record_method(peer, path, Err(&status)).await;
                 return Ok(status.into_http());
             }
+            // Kept past the call only for the few calls audited here.
+            let audited = changes_security(path).then(|| (path.to_string(), peer.cloned()));
             let response = inner.call(req).await?;
-            if changes_security(&path) {
+            if let Some((path, peer)) = audited {
                 let answered = answered_status(response.headers());
                 audit
                     .record_method(peer.as_ref(), &path, answered.as_ref().map_or(Ok(()), Err))
