@@ -32,6 +32,7 @@ const INT_OR_STRING: &[&str] = &[
     "ServicePort.target_port",
     "RollingUpdateDeployment.max_unavailable",
     "RollingUpdateDeployment.max_surge",
+    "ResourceFieldSelector.divisor",
 ];
 
 /// Quantity maps: `cpu: 1` is as good as `cpu: "1"`.

@@ -200,6 +200,7 @@ pub fn sync_config(node: &NodeConfig) -> SyncConfig {
         sync_interval: Duration::from_secs(1),
         backoff_initial: Duration::from_secs(10),
         backoff_max: Duration::from_secs(300),
+        allocatable: node.capacity.clone(),
     }
 }
 

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod env;
 pub mod kinds;
 pub mod limits;
 pub mod manifest;

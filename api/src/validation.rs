@@ -266,6 +266,14 @@ pub fn default_pod_spec(spec: &mut pb::PodSpec) {
         {
             default_probe(p);
         }
+        for from in c.env.iter_mut().filter_map(|e| e.value_from.as_mut()) {
+            if let Some(f) = &mut from.field_ref {
+                default_str(&mut f.api_version, "v1");
+            }
+            if let Some(r) = &mut from.resource_field_ref {
+                default_str(&mut r.divisor, "1");
+            }
+        }
         default_str(&mut c.termination_message_path, "/dev/termination-log");
         default_str(&mut c.termination_message_policy, "File");
     }
@@ -365,14 +373,6 @@ fn check_container(errs: &mut Errors, field: &str, c: &pb::Container) {
             );
         }
     }
-    for (i, e) in c.env.iter().enumerate() {
-        if e.name.is_empty() || e.name.contains('=') {
-            errs.add(
-                format!("{field}.env[{i}].name"),
-                "must be non-empty and must not contain '='",
-            );
-        }
-    }
     if let Some(r) = &c.resources {
         let limits = check_quantities(errs, &format!("{field}.resources.limits"), &r.limits);
         let requests = check_quantities(errs, &format!("{field}.resources.requests"), &r.requests);
@@ -453,9 +453,11 @@ pub fn check_pod_spec(errs: &mut Errors, field: &str, spec: Option<&pb::PodSpec>
         );
     }
     let mut names = BTreeSet::new();
+    let container_names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
     for (i, c) in spec.containers.iter().enumerate() {
         let f = format!("{field}.containers[{i}]");
         check_container(errs, &f, c);
+        crate::env::check_container_env(errs, &f, c, &container_names);
         if !names.insert(c.name.clone()) {
             errs.add(
                 format!("{f}.name"),
@@ -706,7 +708,7 @@ fn is_cidr(s: &str) -> bool {
 
 /// ConfigMap and Secret keys name files in a volume: letters, digits,
 /// '-', '_' and '.', but not `.` or `..`.
-fn check_data_key(errs: &mut Errors, field: &str, key: &str) {
+pub(crate) fn check_data_key(errs: &mut Errors, field: &str, key: &str) {
     let ok = !key.is_empty()
         && key.len() <= DNS_SUBDOMAIN_MAX
         && key != "."

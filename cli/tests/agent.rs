@@ -405,6 +405,88 @@ async fn memory_limits_end_in_oom_kills_and_crashes_back_off() {
     drop(agent);
 }
 
+/// The environment as the kubelet makes it: every key of a ConfigMap
+/// (prefixed) and of a Secret, the pod's fields, a limit in a unit, `$(X)`
+/// expanded in values and in the command; a missing ConfigMap keeps the
+/// container waiting with the kubelet's reason and message until it
+/// exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_maps_secrets_and_the_pod_make_the_environment() {
+    let _serial = berth_testkit::serial().await;
+    let env = env().await;
+    let (cluster, ch) = (&env.cluster, env.ch.clone());
+    let agent = env.agent("node");
+    let settings = objects::configmap("settings")
+        .data("MODE", "fast")
+        .data("LEVEL", "3");
+    pb::ConfigMap::create(ch.clone(), settings.build())
+        .await
+        .unwrap();
+    let creds = objects::secret("creds").string_data("password", "p4ss w0rd");
+    pb::Secret::create(ch.clone(), creds.build()).await.unwrap();
+    let memory = pb::EnvVarSource {
+        resource_field_ref: Some(pb::ResourceFieldSelector {
+            resource: "limits.memory".into(),
+            divisor: "1Mi".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let main = container("main")
+        .shell("echo \"$(POD) mode=$CFG_MODE level=$CFG_LEVEL pass=$password node=$NODE ip=$IP mem=$MEM url=$URL later=$LATER\"")
+        .limits(&[("memory", "64Mi")])
+        .env_from("CFG_", objects::EnvFrom::ConfigMap("settings"))
+        .env_from("", objects::EnvFrom::Secret("creds"))
+        .env_from_source("POD", objects::pod_field("metadata.name"))
+        .env_from_source("NODE", objects::pod_field("spec.nodeName"))
+        .env_from_source("IP", objects::pod_field("status.podIP"))
+        .env_from_source("MEM", memory)
+        .env("URL", "http://$(IP)/$(CFG_MODE)/$$(IP)")
+        .env_from_source("LATER", objects::config_map_key("later", "greeting"));
+    let envpod = pod("envpod").restart_policy("Never").container(main);
+    pb::Pod::create(ch.clone(), envpod.build()).await.unwrap();
+
+    let ch = &ch;
+    eventually("the container waits for its ConfigMap", T, || async move {
+        let p = pb::Pod::get(ch.clone(), get_req("default", "envpod"))
+            .await
+            .unwrap();
+        let waiting = container_status(&p).state.and_then(|s| s.waiting);
+        waiting.is_some_and(|w| {
+            w.reason == "CreateContainerConfigError" && w.message == "configmap \"later\" not found"
+        })
+    })
+    .await;
+    let later = objects::configmap("later").data("greeting", "hello");
+    pb::ConfigMap::create(ch.clone(), later.build())
+        .await
+        .unwrap();
+    eventually("the container runs once it exists", T, || async move {
+        let p = pb::Pod::get(ch.clone(), get_req("default", "envpod"))
+            .await
+            .unwrap();
+        phase(&p) == "Succeeded"
+    })
+    .await;
+    let p = pb::Pod::get(ch.clone(), get_req("default", "envpod"))
+        .await
+        .unwrap();
+    let out = cluster.cli().args(["logs", "envpod"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "envpod mode=fast level=3 pass=p4ss w0rd node={} ip=127.0.0.1 mem=64 url=http://127.0.0.1/fast/$(IP) later=hello\n",
+            p.node_name()
+        )
+    );
+    drop(agent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_agent_adopts_its_running_pods() {
     let _serial = berth_testkit::serial().await;
@@ -515,10 +597,8 @@ async fn a_lost_node_goes_not_ready_and_its_pods_move() {
     drop(lost);
 }
 
-/// GETs the logs of pod `name`'s container `main` straight from its
-/// node's agent, as the holder of `transport`: the status and the body.
-/// The logs of pod `name` straight from its agent, as the holder of the
-/// credentials `conf`.
+/// The logs of pod `name`'s container `main` straight from its node's
+/// agent, as the holder of the credentials `conf`: the status and the body.
 async fn agent_logs(ch: &Channel, conf: &std::path::Path, name: &str) -> (u16, String) {
     use http_body_util::BodyExt;
     let creds = berth_client::credentials::load(conf, None).unwrap();
@@ -546,7 +626,8 @@ async fn agent_logs(ch: &Channel, conf: &std::path::Path, name: &str) -> (u16, S
         .unwrap()
         .port as u16;
     let path = format!("/containerLogs/default/{name}/main");
-    let resp = berth_tls::http1::get(&transport, &ip, port, &path)
+    let agent = berth_pki::Identity::Node(pod.node_name().to_string());
+    let resp = berth_tls::http1::get(&transport, &ip, port, &path, Some(&agent))
         .await
         .unwrap();
     let code = resp.status().as_u16();

@@ -824,6 +824,37 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers:\n  - name: c\n    command: [sleep]\n    resources:\n      requests: {cpu: lots}\n",
         &["spec.containers[0].resources.requests.cpu", "not a quantity"],
     );
+    let env = |vars: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec:\n  containers:\n  - name: c\n    command: [sleep]\n{vars}")
+    };
+    apply(
+        &env(
+            "    env:\n    - name: A\n      valueFrom: {fieldRef: {fieldPath: spec.containers}}\n",
+        ),
+        &[
+            "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath",
+            "metadata.labels['KEY']",
+        ],
+    );
+    apply(
+        &env("    env:\n    - name: A\n      value: v\n      valueFrom: {secretKeyRef: {name: s, key: k}}\n"),
+        &["spec.containers[0].env[0].valueFrom", "may not be set when `value` is not empty"],
+    );
+    apply(
+        &env("    env:\n    - name: A\n      valueFrom: {resourceFieldRef: {resource: limits.ephemeral-storage}}\n"),
+        &["resourceFieldRef.resource", "not supported"],
+    );
+    apply(
+        &env("    env:\n    - name: A\n      valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1Mi}}\n"),
+        &["resourceFieldRef.divisor", "1m, 1"],
+    );
+    apply(
+        &env("    envFrom:\n    - prefix: P_\n"),
+        &[
+            "spec.containers[0].envFrom[0]",
+            "exactly one of configMapRef and secretRef",
+        ],
+    );
     let big = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big}}\ndata:\n  a: {}\n",
         "x".repeat(1_100_000)

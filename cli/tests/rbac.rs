@@ -577,8 +577,8 @@ async fn a_node_may_act_only_for_itself() {
         pb::Pod::create(n1.clone(), pod_on("planted", "n1")).await,
     );
 
-    // Nothing else: no ConfigMap or Secret (none of its pods names one),
-    // no namespace, no RBAC, nothing internal.
+    // No ConfigMap or Secret while none of its pods names one; no
+    // namespace, no RBAC, nothing internal.
     pb::ConfigMap::create(admin.clone(), objects::configmap("settings").build())
         .await
         .unwrap();
@@ -598,6 +598,61 @@ async fn a_node_may_act_only_for_itself() {
         "list Secrets",
         pb::Secret::list(n1.clone(), Default::default()).await,
     );
+
+    // Those its own pods name, and only those: n2's pod names `password`
+    // too, which lets n1 read nothing.
+    let named = objects::container("main")
+        .env_from_source("P", objects::secret_key("password", "p"))
+        .env_from("", objects::EnvFrom::ConfigMap("settings"))
+        .build();
+    let mut theirs_naming = pod_on("theirs-naming", "n2");
+    theirs_naming.spec.get_or_insert_default().containers = vec![named.clone()];
+    pb::Pod::create(admin.clone(), theirs_naming).await.unwrap();
+    denied(
+        "read a Secret another node's pod names",
+        pb::Secret::get(n1.clone(), get_req("default", "password")).await,
+    );
+    let mut naming = pod_on("naming", "n1");
+    naming.spec.get_or_insert_default().containers = vec![named];
+    pb::Pod::create(admin.clone(), naming).await.unwrap();
+    let read = pb::Secret::get(n1.clone(), get_req("default", "password"))
+        .await
+        .expect("read a Secret its own pod names");
+    assert!(read.data.contains_key("p"));
+    pb::ConfigMap::get(n1.clone(), get_req("default", "settings"))
+        .await
+        .expect("read a ConfigMap its own pod names");
+    let other = objects::secret("other").string_data("p", "x");
+    pb::Secret::create(admin.clone(), other.build())
+        .await
+        .unwrap();
+    denied(
+        "read a Secret no pod of its own names",
+        pb::Secret::get(n1.clone(), get_req("default", "other")).await,
+    );
+    denied(
+        "list Secrets with one named",
+        pb::Secret::list(n1.clone(), Default::default()).await,
+    );
+    let mut changed = read.clone();
+    changed.data.insert("q".into(), "eA==".into());
+    denied(
+        "update a Secret its own pod names",
+        pb::Secret::update(n1.clone(), changed).await,
+    );
+    pb::Pod::delete(admin.clone(), delete_req("default", "naming"))
+        .await
+        .unwrap();
+    eventually(
+        "the Secret is closed to n1 once its pod is gone",
+        T,
+        || async {
+            pb::Secret::get(n1.clone(), get_req("default", "password"))
+                .await
+                .is_err_and(|s| s.code() == Code::PermissionDenied)
+        },
+    )
+    .await;
     denied(
         "list namespaces",
         pb::Namespace::list(n1.clone(), Default::default()).await,

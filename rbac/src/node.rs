@@ -11,8 +11,9 @@
 //! - Services and Endpoints: read (service rules and DNS).
 //! - SubjectAccessReviews: create (its log server asks whether a caller
 //!   may `get pods/log`, as the kubelet asks the API server).
-//! - Nothing else, ConfigMaps and Secrets included: no Berth pod names
-//!   one yet, and a node may read only those its own pods name.
+//! - ConfigMaps and Secrets: get those that pods bound to it name (in
+//!   `env` and `envFrom`), and no others; never list or watch them.
+//! - Nothing else.
 
 use berth_api::names::node_lease_name;
 use berth_api::names::SYSTEM_NAMESPACE;
@@ -35,6 +36,8 @@ pub struct NodeFacts<'a> {
     pub pod_node: Option<&'a str>,
     /// The `spec.nodeName` a list or watch of pods is limited to.
     pub selected_node: Option<&'a str>,
+    /// A pod bound to the node names the ConfigMap or Secret requested.
+    pub named_by_own_pod: bool,
 }
 
 const READ: &[&str] = &["get", "list", "watch"];
@@ -58,6 +61,7 @@ pub fn authorize_node(node: &str, request: &Attributes, facts: NodeFacts<'_>) ->
             facts.pod_node.is_some_and(own)
         }
         ("", "services" | "endpoints", "") => READ.contains(&verb),
+        ("", "configmaps" | "secrets", "") => verb == "get" && facts.named_by_own_pod,
         // The log server asks whether its callers may read logs.
         ("authorization.k8s.io", "subjectaccessreviews", "") => verb == "create",
         ("coordination.k8s.io", "leases", "") => {
@@ -109,10 +113,12 @@ mod tests {
         let mine = NodeFacts {
             pod_node: Some("n1"),
             selected_node: Some("n1"),
+            named_by_own_pod: true,
         };
         let theirs = NodeFacts {
             pod_node: Some("n2"),
             selected_node: Some("n2"),
+            named_by_own_pod: false,
         };
         assert!(allowed(&ask("watch", "", "pods", "", "", ""), mine));
         assert!(!allowed(&ask("watch", "", "pods", "", "", ""), theirs));
@@ -157,6 +163,22 @@ mod tests {
         assert!(!allowed(
             &ask("get", "", "secrets", "", "default", "s"),
             none
+        ));
+        assert!(allowed(
+            &ask("get", "", "secrets", "", "default", "s"),
+            mine
+        ));
+        assert!(allowed(
+            &ask("get", "", "configmaps", "", "default", "c"),
+            mine
+        ));
+        assert!(!allowed(
+            &ask("list", "", "secrets", "", "default", ""),
+            mine
+        ));
+        assert!(!allowed(
+            &ask("update", "", "secrets", "", "default", "s"),
+            mine
         ));
         assert!(!allowed(&ask("list", "", "namespaces", "", "", ""), none));
     }

@@ -111,7 +111,42 @@ impl ContainerBuilder {
         self.0.env.push(pb::EnvVar {
             name: name.into(),
             value: value.into(),
+            value_from: None,
         });
+        self
+    }
+
+    /// Variable `name` from `source` (`valueFrom`).
+    pub fn env_from_source(mut self, name: &str, source: pb::EnvVarSource) -> Self {
+        self.0.env.push(pb::EnvVar {
+            name: name.into(),
+            value_from: Some(source),
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Every key of `source` as a variable named `prefix` + key (`envFrom`).
+    pub fn env_from(mut self, prefix: &str, source: EnvFrom) -> Self {
+        let mut from = pb::EnvFromSource {
+            prefix: prefix.into(),
+            ..Default::default()
+        };
+        match source {
+            EnvFrom::ConfigMap(name) => {
+                from.config_map_ref = Some(pb::ConfigMapEnvSource {
+                    name: name.into(),
+                    optional: None,
+                })
+            }
+            EnvFrom::Secret(name) => {
+                from.secret_ref = Some(pb::SecretEnvSource {
+                    name: name.into(),
+                    optional: None,
+                })
+            }
+        }
+        self.0.env_from.push(from);
         self
     }
 
@@ -157,6 +192,47 @@ impl ContainerBuilder {
 impl From<ContainerBuilder> for pb::Container {
     fn from(b: ContainerBuilder) -> Self {
         b.0
+    }
+}
+
+/// What `envFrom` reads.
+pub enum EnvFrom<'a> {
+    ConfigMap(&'a str),
+    Secret(&'a str),
+}
+
+/// `valueFrom` a ConfigMap's key.
+pub fn config_map_key(name: &str, key: &str) -> pb::EnvVarSource {
+    pb::EnvVarSource {
+        config_map_key_ref: Some(pb::ConfigMapKeySelector {
+            name: name.into(),
+            key: key.into(),
+            optional: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// `valueFrom` a Secret's key.
+pub fn secret_key(name: &str, key: &str) -> pb::EnvVarSource {
+    pb::EnvVarSource {
+        secret_key_ref: Some(pb::SecretKeySelector {
+            name: name.into(),
+            key: key.into(),
+            optional: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// `valueFrom` one of the pod's fields (`fieldRef`).
+pub fn pod_field(path: &str) -> pb::EnvVarSource {
+    pb::EnvVarSource {
+        field_ref: Some(pb::ObjectFieldSelector {
+            api_version: "v1".into(),
+            field_path: path.into(),
+        }),
+        ..Default::default()
     }
 }
 

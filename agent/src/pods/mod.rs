@@ -13,6 +13,7 @@
 //! arrived: an agent that restarts adopts the instances its pods still
 //! have.
 
+pub mod env;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,9 @@ pub struct SyncConfig {
     /// First crash back-off; it doubles per crash up to `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// The node's allocatable resources: what a container's variable
+    /// reads for a limit it does not set.
+    pub allocatable: BTreeMap<String, String>,
 }
 
 /// Pods of this node by namespace and name, for the log server.
@@ -109,24 +113,17 @@ fn quantity(map: &BTreeMap<String, String>, name: &str) -> Option<Quantity> {
     map.get(name).and_then(|q| Quantity::parse(q).ok())
 }
 
-/// What the runtime needs to start `container` of `pod`.
-pub fn container_spec(pod: &pb::Pod, container: &pb::Container, attempt: u32) -> ContainerSpec {
+/// What the runtime needs to start `container` of `pod` with the
+/// environment `env` (see `env::environment`).
+pub fn container_spec(
+    pod: &pb::Pod,
+    container: &pb::Container,
+    attempt: u32,
+    env: Vec<(String, String)>,
+) -> ContainerSpec {
     let r = container.resources.clone().unwrap_or_default();
     let limit = |name| quantity(&r.limits, name);
     let request = |name| quantity(&r.requests, name).or_else(|| limit(name));
-    let mut env = vec![(
-        "HOSTNAME".to_string(),
-        pod.metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default(),
-    )];
-    env.extend(
-        container
-            .env
-            .iter()
-            .map(|e| (e.name.clone(), e.value.clone())),
-    );
     ContainerSpec {
         pod: pod_ref(pod),
         container: container.name.clone(),
@@ -135,8 +132,8 @@ pub fn container_spec(pod: &pb::Pod, container: &pb::Container, attempt: u32) ->
         always_pull: container.image_pull_policy == "Always"
             || (container.image_pull_policy.is_empty()
                 && (container.image.ends_with(":latest") || !container.image.contains(':'))),
-        command: container.command.clone(),
-        args: container.args.clone(),
+        command: env::expand_all(&container.command, &env),
+        args: env::expand_all(&container.args, &env),
         env,
         working_dir: (!container.working_dir.is_empty())
             .then(|| container.working_dir.clone().into()),
@@ -450,20 +447,58 @@ impl PodSync {
         });
     }
 
+    /// `pod` as its containers see it when they start: with its own and
+    /// its host's addresses, which its stored status may not show yet.
+    fn as_started(&self, pod: &pb::Pod) -> pb::Pod {
+        let mut pod = pod.clone();
+        let pod_ip = self
+            .pods
+            .get(&uid(&pod))
+            .map(|s| s.pod_ip(&self.plan))
+            .unwrap_or_default();
+        let status = pod.status.get_or_insert_with(Default::default);
+        status.host_ip = self.config.host_ip.clone();
+        status.pod_ip = pod_ip.clone();
+        status.pod_ips = vec![pb::PodIp { ip: pod_ip }];
+        pod
+    }
+
     fn start(&self, pod: &pb::Pod, container: &pb::Container, attempt: u32) {
         let u = uid(pod);
-        let mut spec = container_spec(pod, container, attempt);
-        spec.network = self
+        let network = self
             .pods
             .get(&u)
             .and_then(|s| s.sandbox.address.as_ref())
             .map(|a| a.sandbox.clone());
         let (runtime, done) = (self.runtime.clone(), self.done_tx.clone());
+        let (pod, container) = (self.as_started(pod), container.clone());
+        let objects = env::ApiObjects(self.conn.clone());
+        let allocatable = self.config.allocatable.clone();
         let created = pod
             .metadata
             .as_ref()
             .and_then(|m| humantime::parse_rfc3339(&m.creation_timestamp).ok());
         tokio::spawn(async move {
+            let cx = env::Context {
+                objects: &objects,
+                allocatable: &allocatable,
+            };
+            let environment = env::environment(&cx, &pod, &container).await;
+            let spec = match environment {
+                Ok(vars) => ContainerSpec {
+                    network,
+                    ..container_spec(&pod, &container, attempt, vars)
+                },
+                Err(e) => {
+                    tracing::info!(pod_uid = %u, container = %container.name, error = %e, "the container's environment cannot be made yet");
+                    let _ = done.send(Done::Container {
+                        uid: u,
+                        container: container.name,
+                        refused: Some((env::CONFIG_ERROR.to_string(), e.to_string())),
+                    });
+                    return;
+                }
+            };
             let result = runtime.start(&spec).await;
             metrics::counter!("berth_agent_container_starts_total", "result" => if result.is_ok() { "ok" } else { "error" }).increment(1);
             if let (Ok(()), Some(created), 0) = (&result, created, attempt) {

@@ -340,12 +340,17 @@ impl PodState {
                 InstanceState::Exited(exit) => {
                     let spec = pod.spec.as_ref();
                     let policy = spec.map_or("", |s| s.restart_policy.as_str());
+                    let refused = self.container(&container.name).refused.clone();
                     if status::should_restart(policy, exit) {
                         let crash = self.crash_loop(&container.name, i.attempt, exit, config);
-                        if now >= crash.until {
-                            self.start(pod, container, i.attempt + 1, actions);
-                        } else {
-                            view.backoff = Some(crash.delay);
+                        // A restart refused (its ConfigMap gone, say)
+                        // waits with the refusal's reason.
+                        match refused.and_then(|r| r.waiting(now)) {
+                            Some(refusal) => waiting = Some(refusal),
+                            None if now >= crash.until => {
+                                self.start(pod, container, i.attempt + 1, actions)
+                            }
+                            None => view.backoff = Some(crash.delay),
                         }
                     }
                 }
@@ -533,11 +538,18 @@ fn refusal(
     now: SystemTime,
 ) -> Refusal {
     let count = last.map_or(1, |r| r.count + 1);
+    // The kubelet retries a container whose config is missing at a flat
+    // period (its pod worker's back-off), so that it starts soon after
+    // the ConfigMap or Secret appears.
+    let delay = match reason.as_str() {
+        super::env::CONFIG_ERROR => config.backoff.delay(0),
+        _ => config.backoff.delay(count - 1),
+    };
     Refusal {
         reason,
         message,
         count,
-        retry_at: now + config.backoff.delay(count - 1),
+        retry_at: now + delay,
     }
 }
 
@@ -835,6 +847,45 @@ mod tests {
         assert_eq!(
             starts(&s.plan(&Instances::new(), &no_probes, &c, t(30))),
             [("a".into(), 0)]
+        );
+    }
+
+    #[test]
+    fn a_missing_config_is_retried_at_a_flat_period_and_holds_back_restarts() {
+        let c = config();
+        let mut s = ready_state(pod("Always", &["a"]));
+        s.plan(&Instances::new(), &no_probes, &c, t(0));
+        s.status_done(None);
+        let missing = || {
+            Some((
+                super::super::env::CONFIG_ERROR.to_string(),
+                "configmap \"x\" not found".to_string(),
+            ))
+        };
+        // Refused three times, retried each time after the first back-off.
+        for at in [0, 10, 20] {
+            s.operation_done("a", missing(), &c, t(at));
+            assert!(starts(&s.plan(&Instances::new(), &no_probes, &c, t(at + 9))).is_empty());
+            assert_eq!(
+                starts(&s.plan(&Instances::new(), &no_probes, &c, t(at + 10))),
+                [("a".into(), 0)]
+            );
+        }
+        // A restart refused waits with the refusal's reason, not a crash
+        // loop's, and is tried again after the same period.
+        let instances = of(vec![instance("a", 0, exited(1, 100, 101))]);
+        let mut s = ready_state(pod("Always", &["a"]));
+        s.operation_done("a", missing(), &c, t(1_000));
+        let actions = s.plan(&instances, &no_probes, &c, t(1_001));
+        assert!(starts(&actions).is_empty());
+        assert_eq!(
+            waiting_reason(&written(&actions).unwrap(), 0).as_deref(),
+            Some("CreateContainerConfigError")
+        );
+        s.status_done(None);
+        assert_eq!(
+            starts(&s.plan(&instances, &no_probes, &c, t(1_010))),
+            [("a".into(), 1)]
         );
     }
 

@@ -51,9 +51,18 @@ pub struct ApiArgs {
     /// using --server.
     #[arg(long)]
     spawn: bool,
+    /// Run the load as a user with only the built-in `edit` role, bound in
+    /// each of its namespaces, so that RBAC decides every call (a
+    /// cluster-admin, the default, is let through on its group alone).
+    /// With --spawn.
+    #[arg(long, requires = "spawn")]
+    as_user: bool,
     #[arg(short, long, default_value = "text")]
     output: String,
 }
+
+/// Who runs the load with --as-user.
+const BENCH_USER: &str = "bench-user";
 
 const VERBS: [&str; 4] = ["create", "get", "update", "list"];
 
@@ -213,14 +222,33 @@ async fn create_namespace(ch: Channel, name: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The load's namespaces: one per client and one for the fan-out.
+fn namespaces(args: &ApiArgs, run: &str) -> Vec<String> {
+    let mut names: Vec<String> = (0..args.clients).map(|c| format!("{run}-{c}")).collect();
+    names.push(format!("{run}-watch"));
+    names
+}
+
+/// Binds `user` to the built-in ClusterRole `edit` in `namespace`.
+async fn bind_edit(ch: Channel, namespace: &str, user: &str) -> anyhow::Result<()> {
+    let binding = berth_testkit::objects::role_binding(
+        namespace,
+        "bench-edit",
+        berth_testkit::objects::user(user),
+        "ClusterRole",
+        "edit",
+    );
+    pb::RoleBinding::create(ch, binding)
+        .await
+        .map(drop)
+        .map_err(|s| anyhow::anyhow!("bind {user} to edit in {namespace}: {}", s.message()))
+}
+
 async fn mixed_load(
     args: &ApiArgs,
     chans: &[Channel],
     run: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    for c in 0..args.clients {
-        create_namespace(chans[0].clone(), &format!("{run}-{c}")).await?;
-    }
     let started = Instant::now();
     let until = started + args.duration;
     let handles: Vec<_> = (0..args.clients)
@@ -275,7 +303,6 @@ async fn fan_out(
     run: &str,
 ) -> anyhow::Result<serde_json::Value> {
     let ns = format!("{run}-watch");
-    create_namespace(chans[0].clone(), &ns).await?;
     let samples = Arc::new(Mutex::new(Samples::default()));
     let mut watchers = Vec::new();
     for w in 0..args.watchers {
@@ -358,7 +385,7 @@ pub async fn run(
     }
     // Keeps the spawned cluster (and its data dir) alive for the run.
     let mut spawned: Option<(tempfile::TempDir, Cluster)> = None;
-    let (addrs, transport) = if args.spawn {
+    let (addrs, transport, user) = if args.spawn {
         let binary = std::env::current_exe().context("locate the berth binary")?;
         let root = tempfile::tempdir().context("create a temporary directory")?;
         // Without schedulers: the bench's pods are not meant to be placed.
@@ -378,35 +405,46 @@ pub async fn run(
         {
             bail!("the spawned cluster elected no leader within 20 s");
         }
-        let reach = (cluster.addrs(), cluster.transport());
+        let user = args
+            .as_user
+            .then(|| cluster.user(root.path(), BENCH_USER, &[]).1);
+        let reach = (cluster.addrs(), cluster.transport(), user);
         spawned = Some((root, cluster));
         reach
     } else {
         let target = target?;
-        (target.addrs, target.transport)
+        (target.addrs, target.transport, None)
     };
     let chans = channels(&addrs, &transport).await?;
     let run = format!("bench-{}", std::process::id());
-    let mut report = mixed_load(&args, &chans, &run).await?;
+    for ns in namespaces(&args, &run) {
+        create_namespace(chans[0].clone(), &ns).await?;
+        if user.is_some() {
+            bind_edit(chans[0].clone(), &ns, BENCH_USER).await?;
+        }
+    }
+    let load_chans = match &user {
+        Some(user) => channels(&addrs, user).await?,
+        None => chans.clone(),
+    };
+    let mut report = mixed_load(&args, &load_chans, &run).await?;
+    if let Some(r) = report.as_object_mut() {
+        r.insert("as_user".into(), args.as_user.into());
+    }
     if args.watchers > 0 {
-        let watch = fan_out(&args, &chans, &run).await?;
+        let watch = fan_out(&args, &load_chans, &run).await?;
         if let (Some(r), serde_json::Value::Object(w)) = (report.as_object_mut(), watch) {
             r.extend(w);
         }
     }
     if spawned.is_none() {
-        for c in 0..args.clients {
+        for name in namespaces(&args, &run) {
             let req = pb::DeleteRequest {
-                name: format!("{run}-{c}"),
+                name,
                 ..Default::default()
             };
             let _ = pb::Namespace::delete(chans[0].clone(), req).await;
         }
-        let req = pb::DeleteRequest {
-            name: format!("{run}-watch"),
-            ..Default::default()
-        };
-        let _ = pb::Namespace::delete(chans[0].clone(), req).await;
     }
     if args.output == "json" {
         println!("{report}");

@@ -35,9 +35,22 @@ pub struct StoreArgs {
     /// Read back every Nth write (linearizable) and check its value.
     #[arg(long, default_value_t = 10)]
     read_every: u64,
+    /// Write as a controller of the cluster whose data dir this is (its
+    /// CA issues the benchmark a controller certificate): on a secure
+    /// cluster the raw store is for controllers alone.
+    #[arg(long, value_name = "DIR")]
+    controller_dir: Option<std::path::PathBuf>,
     /// Also run the load against these etcd endpoints (comma separated).
     #[arg(long)]
     etcd: Option<String>,
+    /// Reach etcd over TLS: the CA that signed its certificates (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_ca: Option<std::path::PathBuf>,
+    /// The client certificate presented to etcd (PEM), with --etcd-key.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
+    etcd_cert: Option<std::path::PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<std::path::PathBuf>,
     #[arg(short, long, default_value = "text")]
     output: String,
 }
@@ -206,14 +219,36 @@ async fn berth_client(
     }
 }
 
+/// How to reach etcd: over TLS with a client certificate when
+/// --etcd-ca, --etcd-cert and --etcd-key name one.
+#[cfg(feature = "etcd")]
+fn etcd_options(args: &StoreArgs) -> anyhow::Result<Option<etcd_client::ConnectOptions>> {
+    use anyhow::Context as _;
+    let (Some(ca), Some(cert), Some(key)) = (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).with_context(|| format!("read {}", path.display()))
+    };
+    // OpenSSL rather than tonic's rustls: turning on tonic's TLS would
+    // make it refuse the https endpoints Berth's own connector serves.
+    let tls = etcd_client::OpenSslClientConfig::default()
+        .ca_cert_pem(&read(ca)?)
+        .client_cert_pem_and_key(&read(cert)?, &read(key)?);
+    Ok(Some(
+        etcd_client::ConnectOptions::new().with_openssl_tls(tls),
+    ))
+}
+
 #[cfg(feature = "etcd")]
 async fn etcd_client(
     endpoints: Vec<String>,
+    options: Option<etcd_client::ConnectOptions>,
     client: usize,
     args: Arc<StoreArgs>,
     until: Instant,
 ) -> ClientResult {
-    match etcd_client::Client::connect(endpoints, None).await {
+    match etcd_client::Client::connect(endpoints, options).await {
         Ok(c) => drive(EtcdClient(c), client, args, until).await,
         Err(_) => ClientResult {
             errors: 1,
@@ -225,10 +260,19 @@ async fn etcd_client(
 #[cfg(feature = "etcd")]
 async fn etcd_load(etcd: &str, args: &Arc<StoreArgs>) -> anyhow::Result<Report> {
     let endpoints: Vec<String> = etcd.split(',').map(|e| e.trim().to_string()).collect();
+    let options = etcd_options(args)?;
     let started = Instant::now();
     let until = started + args.duration;
     let handles = (0..args.clients)
-        .map(|c| tokio::spawn(etcd_client(endpoints.clone(), c, args.clone(), until)))
+        .map(|c| {
+            tokio::spawn(etcd_client(
+                endpoints.clone(),
+                options.clone(),
+                c,
+                args.clone(),
+                until,
+            ))
+        })
         .collect();
     Ok(collect("etcd", handles, started).await)
 }
@@ -275,6 +319,11 @@ pub async fn run(args: StoreArgs, target: &crate::verbs::Ctx) -> anyhow::Result<
     if args.etcd.is_some() && !cfg!(feature = "etcd") {
         bail!(NO_ETCD);
     }
+    let transport = match &args.controller_dir {
+        Some(dir) => berth_testkit::tls::controller_transport(dir)
+            .map_err(|e| anyhow::anyhow!("a controller identity from {}: {e}", dir.display()))?,
+        None => target.transport.clone(),
+    };
     let args = Arc::new(args);
     let mut reports = Vec::new();
 
@@ -284,7 +333,7 @@ pub async fn run(args: StoreArgs, target: &crate::verbs::Ctx) -> anyhow::Result<
         .map(|c| {
             tokio::spawn(berth_client(
                 addrs.to_vec(),
-                target.transport.clone(),
+                transport.clone(),
                 c,
                 args.clone(),
                 until,

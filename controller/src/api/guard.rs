@@ -92,6 +92,35 @@ impl<K: Object> Guard<K> {
             .map(|p| p.node_name().to_string())
     }
 
+    /// Whether a pod bound to the node asking names the ConfigMap or
+    /// Secret `ns/name` (false for anyone else, and for other kinds). Read
+    /// from this controller's state, as the other facts: a pod bound an
+    /// instant ago may not show yet, and its agent asks again.
+    async fn named_by_own_pod(&self, caller: &Caller, ns: &str, name: &str) -> bool {
+        let Caller::Node(node) = caller else {
+            return false;
+        };
+        let secrets = match K::INFO.id {
+            Kind::ConfigMap => false,
+            Kind::Secret => true,
+            _ => return false,
+        };
+        let req = pb::ListRequest {
+            namespace: ns.to_string(),
+            field_selector: format!("spec.nodeName={node}"),
+            serializable: true,
+            ..Default::default()
+        };
+        let Ok((pods, _)) = Api::<pb::Pod>::new(self.api.store.clone()).list(req).await else {
+            return false;
+        };
+        pods.iter().any(|pod| {
+            let (config_maps, named_secrets) = berth_api::env::referenced(pod);
+            let named = if secrets { named_secrets } else { config_maps };
+            named.contains(&name)
+        })
+    }
+
     /// Get, update (`status` for UpdateStatus) or delete of one object.
     pub async fn one(
         &self,
@@ -104,9 +133,11 @@ impl<K: Object> Guard<K> {
         let ns = namespace_of::<K>(namespace, name);
         let request = attributes(&K::INFO, verb, sub, &ns, name);
         let pod_node = self.bound_node(caller, &ns, name).await;
+        let named_by_own_pod = verb == "get" && self.named_by_own_pod(caller, &ns, name).await;
         let facts = NodeFacts {
             pod_node: pod_node.as_deref(),
             selected_node: None,
+            named_by_own_pod,
         };
         self.authz.check(caller, &request, facts).await
     }
@@ -129,8 +160,8 @@ impl<K: Object> Guard<K> {
             _ => None,
         };
         let facts = NodeFacts {
-            pod_node: None,
             selected_node: selector.as_ref().and_then(FieldSelector::node_name),
+            ..NodeFacts::default()
         };
         self.authz.check(caller, &request, facts).await
     }

@@ -101,7 +101,8 @@ impl Api<pb::Pod> {
             .agents
             .as_ref()
             .ok_or_else(|| Status::internal("this API does not reach agents"))?;
-        let resp = berth_tls::http1::get(transport, &ip, port, &path)
+        let agent = berth_pki::Identity::Node(node_name.clone());
+        let resp = berth_tls::http1::get(transport, &ip, port, &path, Some(&agent))
             .await
             .map_err(|e| {
                 Status::unavailable(format!("cannot reach the agent of node {node_name}: {e}"))
