@@ -1,8 +1,10 @@
-//! Readiness and liveness probes: one task per probe of a running
-//! container instance, each keeping its consecutive successes and failures
-//! against the probe's thresholds and publishing its verdict for the sync
-//! loop (which marks a container ready, or kills one that failed its
-//! liveness probe so that its restart policy applies).
+//! Startup, readiness and liveness probes: one task per running container
+//! instance, keeping each probe's consecutive successes and failures
+//! against its thresholds and publishing the verdicts for the sync loop
+//! (which marks a container started and ready, or kills one that failed
+//! its startup or liveness probe so that its restart policy applies). As
+//! in Kubernetes, a startup probe runs first and alone: readiness and
+//! liveness are probed only once it has succeeded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ pub type InstanceKey = (String, String, u32);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    Startup,
     Readiness,
     Liveness,
 }
@@ -30,9 +33,12 @@ pub enum Kind {
 /// The verdicts so far of one instance's probes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Verdicts {
+    /// The startup probe has succeeded.
+    pub started: bool,
     /// None until the readiness probe has decided.
     pub ready: Option<bool>,
-    pub liveness_failed: bool,
+    /// The startup or the liveness probe failed its threshold.
+    pub failed: bool,
 }
 
 /// What a probe task needs to reach its container.
@@ -49,7 +55,7 @@ pub struct Target {
 /// The probe tasks of every running instance and their verdicts.
 #[derive(Default)]
 pub struct Prober {
-    tasks: HashMap<InstanceKey, Vec<JoinHandle<()>>>,
+    tasks: HashMap<InstanceKey, JoinHandle<()>>,
     verdicts: Arc<Mutex<HashMap<InstanceKey, Verdicts>>>,
     /// Woken when a verdict changes.
     pub changed: Arc<Notify>,
@@ -70,31 +76,21 @@ impl Prober {
         if self.tasks.contains_key(&key) {
             return;
         }
-        let mut tasks = Vec::new();
-        let probes = [
-            (Kind::Readiness, target.container.readiness_probe.clone()),
-            (Kind::Liveness, target.container.liveness_probe.clone()),
-        ];
-        for (kind, probe) in probes {
-            let Some(probe) = probe else { continue };
-            tasks.push(tokio::spawn(run(
-                kind,
-                probe,
-                target.clone(),
-                key.clone(),
-                self.verdicts.clone(),
-                self.changed.clone(),
-            )));
-        }
-        self.tasks.insert(key, tasks);
+        let probing = Probing {
+            target,
+            key: key.clone(),
+            verdicts: self.verdicts.clone(),
+            changed: self.changed.clone(),
+        };
+        self.tasks.insert(key, tokio::spawn(probing.run_all()));
     }
 
     /// Stops the probes of every instance but those in `running`.
     pub fn retain(&mut self, running: impl Fn(&InstanceKey) -> bool) {
-        self.tasks.retain(|key, tasks| {
+        self.tasks.retain(|key, task| {
             let keep = running(key);
             if !keep {
-                tasks.iter().for_each(JoinHandle::abort);
+                task.abort();
             }
             keep
         });
@@ -110,61 +106,95 @@ fn secs(value: i32, default: u64) -> Duration {
     Duration::from_secs(if value > 0 { value as u64 } else { default })
 }
 
-async fn run(
-    kind: Kind,
-    probe: pb::Probe,
+/// One instance's probes and where their verdicts go.
+struct Probing {
     target: Target,
     key: InstanceKey,
     verdicts: Arc<Mutex<HashMap<InstanceKey, Verdicts>>>,
     changed: Arc<Notify>,
-) {
-    let period = secs(probe.period_seconds, 10);
-    let timeout = secs(probe.timeout_seconds, 1);
-    let success_threshold = probe.success_threshold.max(1) as u32;
-    let failure_threshold = if probe.failure_threshold > 0 {
-        probe.failure_threshold as u32
-    } else {
-        3
-    };
-    tokio::time::sleep(Duration::from_secs(
-        probe.initial_delay_seconds.max(0) as u64
-    ))
-    .await;
-    let (mut successes, mut failures) = (0u32, 0u32);
-    loop {
-        let ok = match check(&probe, &target, timeout).await {
-            Ok(()) => true,
-            Err(why) => {
-                tracing::debug!(pod = %target.pod.name, container = %target.container.name, ?kind, %why, "probe failed");
-                false
+}
+
+impl Probing {
+    /// The startup probe until it decides, then readiness and liveness
+    /// side by side for as long as the instance runs.
+    async fn run_all(self) {
+        let container = self.target.container.clone();
+        if let Some(startup) = container.startup_probe {
+            if !self.run(Kind::Startup, startup).await {
+                return;
             }
-        };
-        if ok {
-            successes += 1;
-            failures = 0;
+        }
+        let probes = [
+            (Kind::Readiness, container.readiness_probe),
+            (Kind::Liveness, container.liveness_probe),
+        ];
+        let running = probes
+            .into_iter()
+            .filter_map(|(kind, probe)| probe.map(|p| self.run(kind, p)));
+        futures::future::join_all(running).await;
+    }
+
+    /// Probes until the verdict is final: for a startup probe, its success
+    /// (true) or failure (false); the others never end.
+    async fn run(&self, kind: Kind, probe: pb::Probe) -> bool {
+        let target = &self.target;
+        let period = secs(probe.period_seconds, 10);
+        let timeout = secs(probe.timeout_seconds, 1);
+        let success_threshold = probe.success_threshold.max(1) as u32;
+        let failure_threshold = if probe.failure_threshold > 0 {
+            probe.failure_threshold as u32
         } else {
-            failures += 1;
-            successes = 0;
-        }
-        let moved = {
-            let mut all = verdicts.lock().expect("verdicts lock");
-            let v = all.entry(key.clone()).or_default();
-            let before = *v;
-            match kind {
-                Kind::Readiness if successes >= success_threshold => v.ready = Some(true),
-                Kind::Readiness if failures >= failure_threshold => v.ready = Some(false),
-                Kind::Liveness if failures >= failure_threshold => v.liveness_failed = true,
-                _ => {}
-            }
-            *v != before
+            3
         };
-        if moved {
-            if kind == Kind::Liveness {
-                tracing::info!(pod = %target.pod.name, container = %target.container.name, failures, "liveness probe failed; the container will be restarted");
+        tokio::time::sleep(Duration::from_secs(
+            probe.initial_delay_seconds.max(0) as u64
+        ))
+        .await;
+        let (mut successes, mut failures) = (0u32, 0u32);
+        loop {
+            let ok = match check(&probe, target, timeout).await {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::debug!(pod = %target.pod.name, container = %target.container.name, ?kind, %why, "probe failed");
+                    false
+                }
+            };
+            if ok {
+                successes += 1;
+                failures = 0;
+            } else {
+                failures += 1;
+                successes = 0;
             }
-            changed.notify_one();
+            let passed = successes >= success_threshold;
+            let failed = failures >= failure_threshold;
+            let moved = self.record(|v| match kind {
+                Kind::Startup if passed => v.started = true,
+                Kind::Readiness if passed => v.ready = Some(true),
+                Kind::Readiness if failed => v.ready = Some(false),
+                Kind::Startup | Kind::Liveness if failed => v.failed = true,
+                _ => {}
+            });
+            if moved {
+                if kind != Kind::Readiness && failed {
+                    tracing::info!(pod = %target.pod.name, container = %target.container.name, ?kind, failures, "probe failed; the container will be restarted");
+                }
+                self.changed.notify_one();
+            }
+            if kind == Kind::Startup && (passed || failed) {
+                return passed;
+            }
+            tokio::time::sleep(period).await;
         }
-        tokio::time::sleep(period).await;
+    }
+
+    /// Applies `change` to the instance's verdicts; true if they moved.
+    fn record(&self, change: impl FnOnce(&mut Verdicts)) -> bool {
+        let mut all = self.verdicts.lock().expect("verdicts lock");
+        let v = all.entry(self.key.clone()).or_default();
+        let before = *v;
+        change(v);
+        *v != before
     }
 }
 
@@ -226,15 +256,32 @@ async fn check(probe: &pb::Probe, target: &Target, timeout: Duration) -> Result<
 }
 
 /// An HTTP/1.1 GET; any status from 200 to 399 passes, as in Kubernetes.
+/// Over HTTPS the server's certificate is not verified, as the kubelet
+/// does not.
 async fn http_get(addr: (String, u16), action: &pb::HttpGetAction) -> Result<(), String> {
-    if action.scheme.eq_ignore_ascii_case("https") {
-        return Err("HTTPS probes are not supported: use HTTP or a tcpSocket probe".into());
-    }
     let stream = TcpStream::connect((addr.0.as_str(), addr.1))
         .await
         .map_err(|e| e.to_string())?;
+    if !action.scheme.eq_ignore_ascii_case("https") {
+        return request(stream, &addr, action).await;
+    }
+    let config = berth_tls::probe_client_config().map_err(|e| e.to_string())?;
+    // The name is sent (SNI) but not checked; an address is as good.
+    let name = rustls::pki_types::ServerName::try_from(addr.0.clone())
+        .map_err(|_| format!("{:?} is not a host name", addr.0))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    request(tls, &addr, action).await
+}
+
+async fn request<T>(io: T, addr: &(String, u16), action: &pb::HttpGetAction) -> Result<(), String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .map_err(|e| e.to_string())?;
     let conn = tokio::spawn(conn);
@@ -305,6 +352,68 @@ mod tests {
             }
         });
         port
+    }
+
+    /// Answers every connection with `status` over TLS, with a
+    /// certificate no probe could verify (a CA of its own, another name).
+    async fn https_server(status: u16) -> u16 {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::PrivateKeyDer;
+        let ca = berth_pki::Ca::generate("elsewhere").unwrap();
+        let issued = ca
+            .issue(
+                &berth_pki::Identity::Node("other".into()),
+                &["192.0.2.1".into()],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let cert = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(berth_tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let Ok(mut s) = acceptor.accept(s).await else {
+                    continue;
+                };
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn https_probes_skip_verification_as_the_kubelets_do() {
+        let t = target(pb::Container::default());
+        let https = |port: u16, scheme: &str| pb::Probe {
+            http_get: Some(pb::HttpGetAction {
+                port: port.to_string(),
+                scheme: scheme.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let second = Duration::from_secs(1);
+        let ok = https_server(200).await;
+        let bad = https_server(503).await;
+        assert_eq!(check(&https(ok, "HTTPS"), &t, second).await, Ok(()));
+        assert!(check(&https(bad, "HTTPS"), &t, second).await.is_err());
+        assert!(
+            check(&https(ok, "HTTP"), &t, second).await.is_err(),
+            "plain HTTP to a TLS port fails"
+        );
     }
 
     #[tokio::test]

@@ -29,8 +29,25 @@ pub struct ContainerView<'a> {
     pub previous: Option<&'a Instance>,
     /// Waiting out a crash back-off: how long is left.
     pub backoff: Option<Duration>,
-    /// The readiness probe (or, without one, running) says ready.
+    /// The startup probe succeeded (or there is none).
+    pub started: bool,
+    /// Started, and the readiness probe (or, without one, running) says
+    /// ready.
     pub ready: bool,
+}
+
+impl<'a> ContainerView<'a> {
+    /// A container's instances, by attempt, as they are: its latest and
+    /// the one before it.
+    pub fn of(list: &'a [Instance]) -> Self {
+        Self {
+            latest: list.last(),
+            previous: list.len().checked_sub(2).and_then(|i| list.get(i)),
+            backoff: None,
+            started: false,
+            ready: false,
+        }
+    }
 }
 
 fn terminated(exit: &Exit, id: &str) -> pb::ContainerStateTerminated {
@@ -59,13 +76,22 @@ fn waiting(reason: &str, message: String) -> pb::ContainerState {
     }
 }
 
-/// One container's status.
+/// The restart policy of a pod's init containers: one that failed runs
+/// again unless the pod's policy is Never, one that succeeded never does.
+pub fn init_policy(pod: &pb::Pod) -> &'static str {
+    match pod.spec.as_ref().map(|s| s.restart_policy.as_str()) {
+        Some("Never") => "Never",
+        _ => "OnFailure",
+    }
+}
+
+/// One container's status; `policy` is the restart policy it runs under.
 pub fn container_status(
     pod: &pb::Pod,
     container: &pb::Container,
     view: &ContainerView<'_>,
+    policy: &str,
 ) -> pb::ContainerStatus {
-    let policy = pod.spec.as_ref().map_or("", |s| s.restart_policy.as_str());
     let pod_name = pod.metadata.as_ref().map_or("", |m| m.name.as_str());
     let mut status = pb::ContainerStatus {
         name: container.name.clone(),
@@ -120,7 +146,7 @@ pub fn container_status(
     });
     let running = matches!(latest.state, InstanceState::Running { .. });
     status.ready = running && view.ready;
-    status.started = Some(running);
+    status.started = Some(running && view.started);
     status
 }
 
@@ -160,24 +186,92 @@ fn condition(kind: &str, value: bool, old: &[pb::Condition], now: SystemTime) ->
     }
 }
 
+/// What the agent knows of a pod's init containers and containers, each
+/// in the spec's order.
+#[derive(Clone, Debug, Default)]
+pub struct PodViews<'a> {
+    pub init: Vec<ContainerView<'a>>,
+    pub containers: Vec<ContainerView<'a>>,
+}
+
+/// How far a pod's init containers have come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// All succeeded (or there are none, or the containers already ran).
+    Done,
+    Running,
+    /// One failed under restart policy Never: the pod has failed.
+    Failed,
+}
+
+fn succeeded(s: &pb::ContainerStatus) -> bool {
+    let state = s.state.clone().unwrap_or_default();
+    state.terminated.is_some_and(|t| t.exit_code == 0)
+}
+
+/// Where the init containers stand, from their statuses: a container
+/// that will run again shows as waiting, so a failure shown as terminated
+/// is final.
+pub fn init_progress(init: &[pb::ContainerStatus], containers_ran: bool) -> Init {
+    if containers_ran || init.iter().all(succeeded) {
+        return Init::Done;
+    }
+    let failed = init.iter().any(|s| {
+        let state = s.state.clone().unwrap_or_default();
+        state.terminated.is_some_and(|t| t.exit_code != 0)
+    });
+    if failed {
+        Init::Failed
+    } else {
+        Init::Running
+    }
+}
+
+fn pod_initializing() -> pb::ContainerState {
+    waiting("PodInitializing", String::new())
+}
+
 /// The pod's whole status as this node sees it. Conditions keep their
 /// transition times while unchanged; the scheduler's PodScheduled is kept.
 pub fn pod_status(
     pod: &pb::Pod,
-    views: &[ContainerView<'_>],
+    views: &PodViews<'_>,
     host_ip: &str,
     pod_ip: &str,
     now: SystemTime,
 ) -> pb::PodStatus {
     let old = pod.status.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
-    let statuses: Vec<pb::ContainerStatus> = spec
+    let mut init_statuses: Vec<pb::ContainerStatus> = spec
+        .init_containers
+        .iter()
+        .zip(&views.init)
+        .map(|(c, v)| container_status(pod, c, v, init_policy(pod)))
+        .collect();
+    let mut statuses: Vec<pb::ContainerStatus> = spec
         .containers
         .iter()
-        .zip(views)
-        .map(|(c, v)| container_status(pod, c, v))
+        .zip(&views.containers)
+        .map(|(c, v)| container_status(pod, c, v, &spec.restart_policy))
         .collect();
-    let phase = phase(&statuses);
+    let ran = views.containers.iter().any(|v| v.latest.is_some());
+    let init = init_progress(&init_statuses, ran);
+    if init != Init::Done {
+        // What has not started waits for the init containers, as the
+        // kubelet shows it.
+        let unstarted = init_statuses
+            .iter_mut()
+            .zip(&views.init)
+            .filter_map(|(s, v)| v.latest.is_none().then_some(s));
+        for s in unstarted.chain(statuses.iter_mut()) {
+            s.state = Some(pod_initializing());
+        }
+    }
+    let phase = match init {
+        Init::Done => phase(&statuses),
+        Init::Running => "Pending",
+        Init::Failed => "Failed",
+    };
     let ready = phase == "Running" && statuses.iter().all(|s| s.ready);
     let mut conditions: Vec<pb::Condition> = old
         .conditions
@@ -185,7 +279,12 @@ pub fn pod_status(
         .filter(|c| c.r#type == "PodScheduled")
         .cloned()
         .collect();
-    conditions.push(condition("Initialized", true, &old.conditions, now));
+    conditions.push(condition(
+        "Initialized",
+        init == Init::Done,
+        &old.conditions,
+        now,
+    ));
     conditions.push(condition("ContainersReady", ready, &old.conditions, now));
     conditions.push(condition("Ready", ready, &old.conditions, now));
     pb::PodStatus {
@@ -203,6 +302,7 @@ pub fn pod_status(
             old.start_time
         },
         container_statuses: statuses,
+        init_container_statuses: init_statuses,
         qos_class: old.qos_class,
         nominated_node_name: old.nominated_node_name,
         ..Default::default()
@@ -291,9 +391,14 @@ mod tests {
                 latest: latest.as_ref(),
                 previous: None,
                 backoff,
+                started: true,
                 ready: true,
             };
-            pod_status(&p, &[view], "10.0.0.1", "10.0.0.1", now)
+            let views = PodViews {
+                containers: vec![view],
+                ..Default::default()
+            };
+            pod_status(&p, &views, "10.0.0.1", "10.0.0.1", now)
         };
         let s = run("Always", None, None);
         assert_eq!(s.phase, "Pending");
@@ -353,21 +458,17 @@ mod tests {
         );
         let view = ContainerView {
             latest: Some(&running),
+            started: true,
             ready: true,
             ..Default::default()
         };
-        let first = pod_status(
-            &p,
-            std::slice::from_ref(&view),
-            "10.0.0.1",
-            "10.0.0.1",
-            SystemTime::UNIX_EPOCH,
-        );
+        let views = PodViews {
+            containers: vec![view],
+            ..Default::default()
+        };
+        let first = pod_status(&p, &views, "10.0.0.1", "10.0.0.1", SystemTime::UNIX_EPOCH);
         p.status = Some(first.clone());
         let later = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
-        assert_eq!(
-            pod_status(&p, &[view], "10.0.0.1", "10.0.0.1", later),
-            first
-        );
+        assert_eq!(pod_status(&p, &views, "10.0.0.1", "10.0.0.1", later), first);
     }
 }

@@ -352,7 +352,10 @@ pub fn check_container_env(
 /// authorizer: (ConfigMaps, Secrets).
 pub fn referenced(pod: &pb::Pod) -> (Vec<&str>, Vec<&str>) {
     let (mut config_maps, mut secrets) = (Vec::new(), Vec::new());
-    let containers = pod.spec.iter().flat_map(|s| &s.containers);
+    let containers = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().chain(&s.containers));
     for c in containers {
         for e in c.env.iter().filter_map(|e| e.value_from.as_ref()) {
             if let Some(r) = &e.config_map_key_ref {

@@ -97,26 +97,44 @@ fn clamp(v: u128) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }
 
-/// A pod's requests: the sum over its containers, a container's limit
-/// standing in for a request it does not state (as in Kubernetes), and one
-/// pod slot.
-pub fn pod_requests(pod: &pb::Pod) -> Resources {
-    let mut total = Resources {
-        pods: 1,
-        ..Default::default()
+/// One container's requests, its limit standing in for a request it does
+/// not state (as in Kubernetes).
+fn container_requests(c: &pb::Container) -> (u64, u64) {
+    let Some(r) = &c.resources else {
+        return (0, 0);
     };
-    let containers = pod.spec.as_ref().map_or(&[][..], |s| &s.containers[..]);
-    for c in containers {
-        let Some(r) = &c.resources else { continue };
-        let get = |name| quantity(&r.requests, name).or_else(|| quantity(&r.limits, name));
-        if let Some(q) = get("cpu") {
-            total.cpu_millis = total.cpu_millis.saturating_add(clamp(q.millis()));
-        }
-        if let Some(q) = get("memory") {
-            total.memory_bytes = total.memory_bytes.saturating_add(clamp(q.units()));
-        }
+    let get = |name| quantity(&r.requests, name).or_else(|| quantity(&r.limits, name));
+    (
+        get("cpu").map_or(0, |q| clamp(q.millis())),
+        get("memory").map_or(0, |q| clamp(q.units())),
+    )
+}
+
+/// A pod's requests, as Kubernetes' effective requests: per resource, the
+/// sum over its containers or the largest of its init containers (which
+/// run one at a time, before the others), whichever is more; and one pod
+/// slot.
+pub fn pod_requests(pod: &pb::Pod) -> Resources {
+    let Some(spec) = &pod.spec else {
+        return Resources {
+            pods: 1,
+            ..Default::default()
+        };
+    };
+    let (mut cpu, mut memory) = (0u64, 0u64);
+    for (c, m) in spec.containers.iter().map(container_requests) {
+        cpu = cpu.saturating_add(c);
+        memory = memory.saturating_add(m);
     }
-    total
+    for (c, m) in spec.init_containers.iter().map(container_requests) {
+        cpu = cpu.max(c);
+        memory = memory.max(m);
+    }
+    Resources {
+        pods: 1,
+        cpu_millis: cpu,
+        memory_bytes: memory,
+    }
 }
 
 /// What a node offers pods: `status.allocatable` (a missing resource is
@@ -259,6 +277,28 @@ mod tests {
         for (containers, want) in cases {
             assert_eq!(pod_requests(&pod(containers)), *want, "{containers:?}");
         }
+    }
+
+    #[test]
+    fn init_containers_count_as_their_largest_when_more_than_the_sum() {
+        let mut p = pod(&[
+            (&[("cpu", "200m"), ("memory", "64Mi")], &[]),
+            (&[("cpu", "300m"), ("memory", "64Mi")], &[]),
+        ]);
+        let init = pod(&[
+            (&[("cpu", "2")], &[]),
+            (&[("memory", "100Mi")], &[]),
+            (&[("cpu", "1"), ("memory", "32Mi")], &[]),
+        ]);
+        p.spec.as_mut().unwrap().init_containers = init.spec.unwrap().containers;
+        assert_eq!(
+            pod_requests(&p),
+            Resources {
+                cpu_millis: 2000,
+                memory_bytes: 128 << 20,
+                pods: 1,
+            }
+        );
     }
 
     #[test]

@@ -252,7 +252,7 @@ pub fn default_pod_spec(spec: &mut pb::PodSpec) {
     default_str(&mut spec.dns_policy, "ClusterFirst");
     default_str(&mut spec.scheduler_name, "default-scheduler");
     spec.termination_grace_period_seconds.get_or_insert(30);
-    for c in &mut spec.containers {
+    for c in spec.init_containers.iter_mut().chain(&mut spec.containers) {
         for p in &mut c.ports {
             default_str(&mut p.protocol, "TCP");
         }
@@ -394,6 +394,12 @@ fn check_container(errs: &mut Errors, field: &str, c: &pb::Container) {
     ] {
         if let Some(p) = p {
             check_probe(errs, &format!("{field}.{name}"), p);
+            if name != "readinessProbe" && p.success_threshold > 1 {
+                errs.add(
+                    format!("{field}.{name}.successThreshold"),
+                    "must be 1: one success is what a liveness or startup probe needs",
+                );
+            }
         }
     }
     if !c.image_pull_policy.is_empty() {
@@ -453,15 +459,41 @@ pub fn check_pod_spec(errs: &mut Errors, field: &str, spec: Option<&pb::PodSpec>
         );
     }
     let mut names = BTreeSet::new();
-    let container_names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
-    for (i, c) in spec.containers.iter().enumerate() {
-        let f = format!("{field}.containers[{i}]");
+    let container_names: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .chain(&spec.containers)
+        .map(|c| c.name.as_str())
+        .collect();
+    let init = spec.init_containers.iter().enumerate();
+    let listed = init
+        .map(|(i, c)| (format!("{field}.initContainers[{i}]"), c))
+        .chain(
+            spec.containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("{field}.containers[{i}]"), c)),
+        );
+    for (f, c) in listed {
         check_container(errs, &f, c);
         crate::env::check_container_env(errs, &f, c, &container_names);
         if !names.insert(c.name.clone()) {
             errs.add(
                 format!("{f}.name"),
                 format!("{:?} is used by another container", c.name),
+            );
+        }
+    }
+    for (i, c) in spec.init_containers.iter().enumerate() {
+        let probes = [
+            ("livenessProbe", &c.liveness_probe),
+            ("readinessProbe", &c.readiness_probe),
+            ("startupProbe", &c.startup_probe),
+        ];
+        for (name, _) in probes.into_iter().filter(|(_, p)| p.is_some()) {
+            errs.add(
+                format!("{field}.initContainers[{i}].{name}"),
+                "an init container runs to completion and takes no probes",
             );
         }
     }

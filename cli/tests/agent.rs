@@ -71,11 +71,12 @@ impl Env {
 }
 
 /// A container that records its pid in `pids/<pod name>`, then sleeps;
-/// ready at once.
+/// ready at once. (`$$$$` reaches the shell as `$$`: in a command, `$$`
+/// is Kubernetes' escape for `$`.)
 fn sleeper(pids: &Path, version: &str) -> pb::Container {
     container("main")
         .shell(&format!(
-            "echo $$ > {}/$HOSTNAME; exec sleep 3600",
+            "echo $$$$ > {}/$HOSTNAME; exec sleep 3600",
             pids.display()
         ))
         .env("VERSION", version)
@@ -484,6 +485,185 @@ async fn config_maps_secrets_and_the_pod_make_the_environment() {
             p.node_name()
         )
     );
+    drop(agent);
+}
+
+/// `berth get pods NAME`'s STATUS column.
+fn status_column(cluster: &Cluster, name: &str) -> String {
+    let out = cluster.cli().args(["get", "pods", name]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = text.lines().nth(1).unwrap_or_default();
+    row.split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Init containers run one at a time, in order, each to success, before
+/// the containers start; their output is read with `logs -c`; a failed one
+/// fails a pod that never restarts and is retried with back-off in one
+/// that does, and `get pods` says so as kubectl does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn init_containers_run_in_order_before_the_containers() {
+    let _serial = berth_testkit::serial().await;
+    let env = env().await;
+    let (cluster, ch) = (&env.cluster, env.ch.clone());
+    let agent = env.agent("node");
+    let steps = env.root.path().join("steps");
+    let steps = steps.display();
+    let ordered = pod("ordered").init_containers(vec![
+        container("first")
+            .shell(&format!("sleep 1; echo first | tee -a {steps}"))
+            .build(),
+        container("second")
+            .shell(&format!("echo second >> {steps}"))
+            .build(),
+    ]);
+    let main = container("main").shell(&format!(
+        "echo main >> {steps}; cat {steps}; exec sleep 3600"
+    ));
+    pb::Pod::create(ch.clone(), ordered.container(main).build())
+        .await
+        .unwrap();
+    let stuck = pod("stuck")
+        .init_containers(vec![container("wait").build()])
+        .build();
+    pb::Pod::create(ch.clone(), stuck).await.unwrap();
+    let failing = |name: &str, policy: &str| {
+        pod(name)
+            .restart_policy(policy)
+            .init_containers(vec![container("setup").shell("exit 3").build()])
+            .build()
+    };
+    pb::Pod::create(ch.clone(), failing("once", "Never"))
+        .await
+        .unwrap();
+    pb::Pod::create(ch.clone(), failing("again", "Always"))
+        .await
+        .unwrap();
+
+    let ch = &ch;
+    let get = |name: &'static str| async move {
+        pb::Pod::get(ch.clone(), get_req("default", name))
+            .await
+            .unwrap()
+    };
+    eventually("the ordered pod runs, initialized", T, || async {
+        let p = get("ordered").await;
+        let initialized = p.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "Initialized" && c.status == "True")
+        });
+        phase(&p) == "Running" && initialized
+    })
+    .await;
+    let logs = |args: &[&str]| {
+        let out = cluster.cli().arg("logs").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually("the container saw both steps before its own", T, || async {
+        logs(&["ordered"]) == "first\nsecond\nmain\n"
+    })
+    .await;
+    assert_eq!(logs(&["ordered", "-c", "first"]), "first\n");
+    let p = get("ordered").await;
+    let init = &p.status.as_ref().unwrap().init_container_statuses;
+    assert_eq!(init.len(), 2);
+    assert!(init.iter().all(|s| {
+        s.state
+            .as_ref()
+            .and_then(|st| st.terminated.as_ref())
+            .is_some_and(|t| t.reason == "Completed")
+    }));
+    assert_eq!(status_column(cluster, "ordered"), "Running");
+
+    eventually(
+        "a pod whose init container runs shows Init:0/1",
+        T,
+        || async { status_column(cluster, "stuck") == "Init:0/1" },
+    )
+    .await;
+    eventually(
+        "a pod that never restarts fails with its init container",
+        T,
+        || async {
+            phase(&get("once").await) == "Failed" && status_column(cluster, "once") == "Init:Error"
+        },
+    )
+    .await;
+    let once = get("once").await;
+    let main = container_status(&once);
+    let waiting = main.state.and_then(|s| s.waiting).map(|w| w.reason);
+    assert_eq!(waiting.as_deref(), Some("PodInitializing"), "never started");
+    eventually(
+        "an init container that fails is retried with back-off",
+        T,
+        || async {
+            let p = get("again").await;
+            let restarts = p
+                .status
+                .as_ref()
+                .and_then(|s| s.init_container_statuses.first())
+                .map_or(0, |s| s.restart_count);
+            phase(&p) == "Pending"
+                && restarts >= 1
+                && status_column(cluster, "again") == "Init:CrashLoopBackOff"
+        },
+    )
+    .await;
+    drop(agent);
+}
+
+/// A startup probe runs first and alone: a liveness probe that always
+/// fails is held back (no restart) until the startup probe succeeds, and
+/// then restarts the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_startup_probe_holds_back_liveness() {
+    let _serial = berth_testkit::serial().await;
+    let env = env().await;
+    let ch = env.ch.clone();
+    let agent = env.agent("node");
+    let flag = env.root.path().join("started");
+    let flag_arg = flag.display().to_string();
+    let main = container("main")
+        .startup_exec(&["/usr/bin/test", "-e", &flag_arg], 600)
+        .liveness_exec(&["/bin/false"], 1);
+    pb::Pod::create(ch.clone(), pod("slow").container(main).build())
+        .await
+        .unwrap();
+    let ch = &ch;
+    let main_status = || async move {
+        let p = pb::Pod::get(ch.clone(), get_req("default", "slow"))
+            .await
+            .unwrap();
+        container_status(&p)
+    };
+    eventually("the container runs, not started yet", T, || async {
+        let s = main_status().await;
+        s.state.is_some_and(|st| st.running.is_some()) && s.started == Some(false)
+    })
+    .await;
+    // Several liveness periods: without the startup probe's hold it would
+    // have been killed by now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let s = main_status().await;
+    assert_eq!(
+        (s.restart_count, s.started, s.ready),
+        (0, Some(false), false)
+    );
+    std::fs::write(&flag, "").unwrap();
+    eventually(
+        "once started, the failing liveness probe restarts it",
+        T,
+        || async { main_status().await.restart_count >= 1 },
+    )
+    .await;
     drop(agent);
 }
 

@@ -855,6 +855,21 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
             "exactly one of configMapRef and secretRef",
         ],
     );
+    let init = |fields: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec:\n  containers:\n  - name: c\n    command: [sleep]\n  initContainers:\n  - name: i\n    command: [/bin/true]\n{fields}")
+    };
+    apply(
+        &init("    readinessProbe: {exec: {command: [/bin/true]}}\n"),
+        &["spec.initContainers[0].readinessProbe", "takes no probes"],
+    );
+    apply(
+        &init("    restartPolicy: Always\n"),
+        &["spec.initContainers[0].restartPolicy", "not supported"],
+    );
+    apply(
+        &init("  - name: c\n    command: [/bin/true]\n"),
+        &["spec.containers[0].name", "used by another container"],
+    );
     let big = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big}}\ndata:\n  a: {}\n",
         "x".repeat(1_100_000)

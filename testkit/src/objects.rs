@@ -184,8 +184,33 @@ impl ContainerBuilder {
         self
     }
 
+    /// Started once `argv` exits 0, checked every second, failed after
+    /// `failure_threshold` checks.
+    pub fn startup_exec(mut self, argv: &[&str], failure_threshold: i32) -> Self {
+        self.0.startup_probe = Some(exec_probe(argv, failure_threshold));
+        self
+    }
+
+    /// Alive while `argv` exits 0, checked every second, failed after
+    /// `failure_threshold` checks.
+    pub fn liveness_exec(mut self, argv: &[&str], failure_threshold: i32) -> Self {
+        self.0.liveness_probe = Some(exec_probe(argv, failure_threshold));
+        self
+    }
+
     pub fn build(self) -> pb::Container {
         self.0
+    }
+}
+
+fn exec_probe(argv: &[&str], failure_threshold: i32) -> pb::Probe {
+    pb::Probe {
+        exec: Some(pb::ExecAction {
+            command: argv.iter().map(|s| s.to_string()).collect(),
+        }),
+        period_seconds: 1,
+        failure_threshold,
+        ..Default::default()
     }
 }
 
@@ -269,6 +294,12 @@ impl PodBuilder {
     /// Its one container, instead of `main`.
     pub fn container(self, container: impl Into<pb::Container>) -> Self {
         self.containers(vec![container.into()])
+    }
+
+    /// Init containers, run in this order before the containers.
+    pub fn init_containers(mut self, init: Vec<pb::Container>) -> Self {
+        self.spec().init_containers = init;
+        self
     }
 
     /// Requests of its first container.

@@ -31,6 +31,7 @@ pub use server::incoming;
 pub use server::Acceptor;
 pub use server::Conn;
 pub use server::Peer;
+pub use verify::probe_client_config;
 
 use std::sync::Arc;
 

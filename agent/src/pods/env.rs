@@ -305,7 +305,7 @@ async fn value_from(
             other => pod
                 .spec
                 .iter()
-                .flat_map(|s| &s.containers)
+                .flat_map(|s| s.init_containers.iter().chain(&s.containers))
                 .find(|c| c.name == other),
         };
         let named = named.ok_or_else(|| {

@@ -142,6 +142,10 @@ pub fn container_spec(
         memory_limit_bytes: limit("memory").map(|q| q.units() as u64),
         grace_period: grace(pod),
         network: None,
+        init: pod
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.init_containers.iter().any(|c| c.name == container.name)),
     }
 }
 

@@ -21,6 +21,7 @@ use crate::runtime::InstanceState;
 use crate::runtime::PodRef;
 use crate::status;
 use crate::status::ContainerView;
+use crate::status::PodViews;
 
 /// A pod's grace period when its spec does not set one.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
@@ -148,6 +149,31 @@ fn is_live(i: &Instance) -> bool {
     !matches!(i.state, InstanceState::Exited(_))
 }
 
+/// An instance that ran to success: what an init container must do before
+/// the next one starts.
+fn succeeded(i: &Instance) -> bool {
+    matches!(&i.state, InstanceState::Exited(e) if e.exit_code == 0 && e.start_error.is_none())
+}
+
+/// One container to plan, with the restart policy it runs under; init
+/// containers are never probed.
+#[derive(Clone, Copy)]
+struct Planned<'c> {
+    container: &'c pb::Container,
+    policy: &'c str,
+    init: bool,
+}
+
+/// What every container of one pass is planned with.
+#[derive(Clone, Copy)]
+struct Pass<'p> {
+    /// Why the sandbox keeps containers waiting, if it does.
+    sandbox_waiting: Option<&'p (String, String)>,
+    verdicts: &'p dyn Fn(&Instance) -> probe::Verdicts,
+    config: &'p PlanConfig,
+    now: SystemTime,
+}
+
 impl PodState {
     pub fn wanted(pod: pb::Pod) -> Self {
         Self {
@@ -226,26 +252,57 @@ impl PodState {
         }
         let sandbox_waiting = self.plan_sandbox(&pod, config, now, &mut actions);
         let spec = pod.spec.clone().unwrap_or_default();
-        let mut views = Vec::with_capacity(spec.containers.len());
+        let list_of = |c: &pb::Container| instances.get(&c.name).map_or(&[][..], |l| &l[..]);
+        let mut views = PodViews::default();
+        let mut init_waiting = Vec::with_capacity(spec.init_containers.len());
+        let pass = Pass {
+            sandbox_waiting: sandbox_waiting.as_ref(),
+            verdicts,
+            config,
+            now,
+        };
+        // Init containers run one at a time, each once it is the first
+        // that has not succeeded; once the containers have run, they are
+        // done (as the kubelet, which does not run them again).
+        let ran = spec.containers.iter().any(|c| !list_of(c).is_empty());
+        let mut blocked = false;
+        for container in &spec.init_containers {
+            let list = list_of(container);
+            let (view, wait) = if ran || blocked {
+                (ContainerView::of(list), None)
+            } else {
+                let planned = Planned {
+                    container,
+                    policy: status::init_policy(&pod),
+                    init: true,
+                };
+                self.plan_container(&pod, planned, list, pass, &mut actions)
+            };
+            blocked |= !ran && !list.last().is_some_and(succeeded);
+            views.init.push(view);
+            init_waiting.push(wait);
+        }
         let mut waiting = Vec::with_capacity(spec.containers.len());
         for container in &spec.containers {
-            let list = instances.get(&container.name).map_or(&[][..], |l| &l[..]);
-            let (view, wait) = self.plan_container(
-                &pod,
-                container,
-                list,
-                sandbox_waiting.as_ref(),
-                verdicts,
-                config,
-                now,
-                &mut actions,
-            );
-            views.push(view);
+            let list = list_of(container);
+            let (view, wait) = if blocked {
+                (ContainerView::of(list), None)
+            } else {
+                let planned = Planned {
+                    container,
+                    policy: &spec.restart_policy,
+                    init: false,
+                };
+                self.plan_container(&pod, planned, list, pass, &mut actions)
+            };
+            views.containers.push(view);
             waiting.push(wait);
         }
         let mut status =
             status::pod_status(&pod, &views, &config.host_ip, &self.pod_ip(config), now);
-        for (cs, waiting) in status.container_statuses.iter_mut().zip(waiting) {
+        let shown = (status.init_container_statuses.iter_mut().zip(init_waiting))
+            .chain(status.container_statuses.iter_mut().zip(waiting));
+        for (cs, waiting) in shown {
             if let Some((reason, message)) = waiting {
                 cs.state = Some(pb::ContainerState {
                     waiting: Some(pb::ContainerStateWaiting { reason, message }),
@@ -283,18 +340,21 @@ impl PodState {
         creating
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn plan_container<'a>(
         &mut self,
         pod: &pb::Pod,
-        container: &pb::Container,
+        planned: Planned<'_>,
         list: &'a [Instance],
-        sandbox_waiting: Option<&(String, String)>,
-        verdicts: &dyn Fn(&Instance) -> probe::Verdicts,
-        config: &PlanConfig,
-        now: SystemTime,
+        pass: Pass<'_>,
         actions: &mut Vec<Action>,
     ) -> (ContainerView<'a>, Option<(String, String)>) {
+        let Pass {
+            sandbox_waiting,
+            verdicts,
+            config,
+            now,
+        } = pass;
+        let container = planned.container;
         let busy = self.container(&container.name).busy;
         if list.len() > KEPT_INSTANCES && !busy {
             for old in &list[..list.len() - KEPT_INSTANCES] {
@@ -302,12 +362,7 @@ impl PodState {
             }
         }
         let latest = list.last();
-        let mut view = ContainerView {
-            latest,
-            previous: list.len().checked_sub(2).and_then(|i| list.get(i)),
-            backoff: None,
-            ready: false,
-        };
+        let mut view = ContainerView::of(list);
         let mut waiting = None;
         match latest {
             None => {
@@ -321,6 +376,9 @@ impl PodState {
             }
             Some(i) => match &i.state {
                 InstanceState::Creating => {}
+                InstanceState::Running { .. } if planned.init => {
+                    self.container(&container.name).refused = None;
+                }
                 InstanceState::Running { .. } => {
                     self.container(&container.name).refused = None;
                     actions.push(Action::Probe {
@@ -329,19 +387,29 @@ impl PodState {
                         pod_ip: self.pod_ip(config),
                     });
                     let v = verdicts(i);
-                    view.ready = match container.readiness_probe {
-                        Some(_) => v.ready == Some(true),
-                        None => true,
-                    };
-                    if v.liveness_failed {
-                        self.stop(i, grace(pod), actions);
+                    view.started = container.startup_probe.is_none() || v.started;
+                    view.ready = view.started
+                        && match container.readiness_probe {
+                            Some(_) => v.ready == Some(true),
+                            None => true,
+                        };
+                    if v.failed {
+                        // The failed probe's own grace period, if it
+                        // sets one, overrides the pod's.
+                        let probe = match view.started {
+                            true => &container.liveness_probe,
+                            false => &container.startup_probe,
+                        };
+                        let grace = probe
+                            .as_ref()
+                            .and_then(|p| p.termination_grace_period_seconds)
+                            .map_or(grace(pod), |s| Duration::from_secs(s.max(0) as u64));
+                        self.stop(i, grace, actions);
                     }
                 }
                 InstanceState::Exited(exit) => {
-                    let spec = pod.spec.as_ref();
-                    let policy = spec.map_or("", |s| s.restart_policy.as_str());
                     let refused = self.container(&container.name).refused.clone();
-                    if status::should_restart(policy, exit) {
+                    if status::should_restart(planned.policy, exit) {
                         let crash = self.crash_loop(&container.name, i.attempt, exit, config);
                         // A restart refused (its ConfigMap gone, say)
                         // waits with the refusal's reason.
@@ -800,10 +868,11 @@ mod tests {
         let mut p = pod("Always", &["a"]);
         p.spec.as_mut().unwrap().containers[0].readiness_probe = Some(pb::Probe::default());
         let instances = of(vec![instance("a", 0, running(0))]);
-        let verdict = |ready: Option<bool>, liveness_failed: bool| {
+        let verdict = |ready: Option<bool>, failed: bool| {
             move |_: &Instance| probe::Verdicts {
+                started: false,
                 ready,
-                liveness_failed,
+                failed,
             }
         };
         let mut s = ready_state(p.clone());
@@ -823,6 +892,32 @@ mod tests {
             starts(&actions).is_empty(),
             "the restart policy decides once it ended"
         );
+    }
+
+    #[test]
+    fn a_startup_probe_holds_back_readiness_until_it_succeeds() {
+        let c = config();
+        let mut p = pod("Always", &["a"]);
+        p.spec.as_mut().unwrap().containers[0].startup_probe = Some(pb::Probe::default());
+        let instances = of(vec![instance("a", 0, running(0))]);
+        let verdict = |started: bool, failed: bool| {
+            move |_: &Instance| probe::Verdicts {
+                started,
+                ready: None,
+                failed,
+            }
+        };
+        let mut s = ready_state(p.clone());
+        let status = written(&s.plan(&instances, &verdict(false, false), &c, t(1))).unwrap();
+        let a = &status.container_statuses[0];
+        assert_eq!((a.started, a.ready), (Some(false), false));
+        let mut s = ready_state(p.clone());
+        let status = written(&s.plan(&instances, &verdict(true, false), &c, t(1))).unwrap();
+        let a = &status.container_statuses[0];
+        assert_eq!((a.started, a.ready), (Some(true), true));
+        let mut s = ready_state(p);
+        let actions = s.plan(&instances, &verdict(false, true), &c, t(1));
+        assert_eq!(stops(&actions), [("a".into(), 0, 7 * SEC)]);
     }
 
     #[test]
@@ -848,6 +943,94 @@ mod tests {
             starts(&s.plan(&Instances::new(), &no_probes, &c, t(30))),
             [("a".into(), 0)]
         );
+    }
+
+    /// `pod(policy, containers)` with init containers `init`, in order.
+    fn with_init(policy: &str, init: &[&str], containers: &[&str]) -> pb::Pod {
+        let mut p = pod(policy, containers);
+        let spec = p.spec.as_mut().unwrap();
+        spec.init_containers = pod(policy, init).spec.unwrap().containers;
+        p
+    }
+
+    fn init_reason(status: &pb::PodStatus, container: usize) -> Option<String> {
+        let state = status.init_container_statuses[container].state.clone()?;
+        state
+            .waiting
+            .map(|w| w.reason)
+            .or(state.terminated.map(|t| t.reason))
+    }
+
+    #[test]
+    fn init_containers_run_in_order_to_success_before_the_containers() {
+        let c = config();
+        let mut s = ready_state(with_init("Always", &["i1", "i2"], &["a", "b"]));
+        let actions = s.plan(&Instances::new(), &no_probes, &c, t(0));
+        assert_eq!(starts(&actions), [("i1".into(), 0)]);
+        let status = written(&actions).unwrap();
+        assert_eq!(status.phase, "Pending");
+        assert_eq!(init_reason(&status, 1).as_deref(), Some("PodInitializing"));
+        assert_eq!(
+            waiting_reason(&status, 0).as_deref(),
+            Some("PodInitializing")
+        );
+        let initialized = |st: &pb::PodStatus| {
+            st.conditions
+                .iter()
+                .find(|c| c.r#type == "Initialized")
+                .map(|c| c.status.clone())
+        };
+        assert_eq!(initialized(&status).as_deref(), Some("False"));
+        s.operation_done("i1", None, &c, t(0));
+        s.status_done(None);
+
+        // i1 runs, then succeeds: i2 starts, the containers still wait.
+        let i1_running = of(vec![instance("i1", 0, running(1))]);
+        assert!(starts(&s.plan(&i1_running, &no_probes, &c, t(2))).is_empty());
+        let i1_done = vec![instance("i1", 0, exited(0, 1, 3))];
+        let actions = s.plan(&of(i1_done.clone()), &no_probes, &c, t(4));
+        assert_eq!(starts(&actions), [("i2".into(), 0)]);
+        s.operation_done("i2", None, &c, t(4));
+
+        // Both done: the containers start together, the init containers
+        // never again, and the pod is initialized.
+        let mut both = i1_done;
+        both.push(instance("i2", 0, exited(0, 5, 6)));
+        let actions = s.plan(&of(both.clone()), &no_probes, &c, t(7));
+        assert_eq!(starts(&actions), [("a".into(), 0), ("b".into(), 0)]);
+        s.operation_done("a", None, &c, t(7));
+        s.operation_done("b", None, &c, t(7));
+        both.push(instance("a", 0, running(8)));
+        both.push(instance("b", 0, exited(1, 8, 9)));
+        s.status_done(None);
+        let actions = s.plan(&of(both), &no_probes, &c, t(1_000));
+        assert_eq!(starts(&actions), [("b".into(), 1)]);
+        let status = written(&actions).unwrap();
+        assert_eq!(initialized(&status).as_deref(), Some("True"));
+        assert_eq!(init_reason(&status, 0).as_deref(), Some("Completed"));
+    }
+
+    #[test]
+    fn a_failed_init_container_is_retried_unless_the_pod_never_restarts() {
+        let c = config();
+        let failed = of(vec![instance("i1", 0, exited(2, 0, 1))]);
+        for policy in ["Always", "OnFailure"] {
+            let mut s = ready_state(with_init(policy, &["i1"], &["a"]));
+            let actions = s.plan(&failed, &no_probes, &c, t(2));
+            assert!(starts(&actions).is_empty(), "{policy}: backs off first");
+            let status = written(&actions).unwrap();
+            assert_eq!(init_reason(&status, 0).as_deref(), Some("CrashLoopBackOff"));
+            assert_eq!(status.phase, "Pending");
+            s.status_done(None);
+            let later = s.plan(&failed, &no_probes, &c, t(20));
+            assert_eq!(starts(&later), [("i1".into(), 1)], "{policy}");
+        }
+        let mut s = ready_state(with_init("Never", &["i1"], &["a"]));
+        let actions = s.plan(&failed, &no_probes, &c, t(1_000));
+        assert!(starts(&actions).is_empty());
+        let status = written(&actions).unwrap();
+        assert_eq!(status.phase, "Failed");
+        assert_eq!(init_reason(&status, 0).as_deref(), Some("Error"));
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct ContainerSpec {
     pub grace_period: Duration,
     /// None: the node's own network.
     pub network: Option<SandboxNetwork>,
+    /// One of the pod's init containers, which run to completion (the sim
+    /// runtime, which runs nothing, has them succeed once started).
+    #[serde(default)]
+    pub init: bool,
 }
 
 /// An instance's state as the runtime last saw it.

@@ -1,5 +1,6 @@
 //! The `sim` runtime: no processes. An instance is Creating for a set
-//! delay, then Running until stopped. Many sim agents fit in one process,
+//! delay, then Running until stopped (an init container's exits with
+//! success instead). Many sim agents fit in one process,
 //! for scale tests and fast chaos runs. Its state lives in memory only, so
 //! a restarted sim agent starts its pods afresh.
 
@@ -28,6 +29,7 @@ struct SimInstance {
     created: Instant,
     created_wall: SystemTime,
     exit: Option<Exit>,
+    init: bool,
 }
 
 pub struct SimRuntime {
@@ -48,9 +50,18 @@ impl SimRuntime {
     }
 
     fn state(&self, i: &SimInstance) -> InstanceState {
+        let started = i.created.elapsed() >= self.start_delay;
         match &i.exit {
             Some(e) => InstanceState::Exited(e.clone()),
-            None if i.created.elapsed() >= self.start_delay => InstanceState::Running {
+            None if started && i.init => InstanceState::Exited(Exit {
+                exit_code: 0,
+                signal: None,
+                oom_killed: false,
+                start_error: None,
+                started_at: Some(i.created_wall),
+                finished_at: i.created_wall + self.start_delay,
+            }),
+            None if started => InstanceState::Running {
                 started_at: i.created_wall + self.start_delay,
             },
             None => InstanceState::Creating,
@@ -93,6 +104,7 @@ impl Runtime for SimRuntime {
                 created: Instant::now(),
                 created_wall: SystemTime::now(),
                 exit: None,
+                init: spec.init,
             },
         );
         Ok(())
@@ -215,6 +227,7 @@ mod tests {
             memory_limit_bytes: None,
             grace_period: Duration::from_secs(1),
             network: None,
+            init: false,
         }
     }
 
@@ -233,5 +246,18 @@ mod tests {
         assert!(matches!(state().await, InstanceState::Exited(e) if e.exit_code == 0));
         rt.remove_sandbox(&s.pod).await.unwrap();
         assert!(rt.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_init_container_succeeds_after_the_delay() {
+        let rt = SimRuntime::new(Duration::from_millis(500));
+        let s = ContainerSpec {
+            init: true,
+            ..spec()
+        };
+        rt.start(&s).await.unwrap();
+        tokio::time::advance(Duration::from_millis(600)).await;
+        let state = rt.list().await.unwrap()[0].state.clone();
+        assert!(matches!(state, InstanceState::Exited(e) if e.exit_code == 0));
     }
 }

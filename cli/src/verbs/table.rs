@@ -92,24 +92,25 @@ impl Row for pb::Pod {
         let spec = self.spec.clone().unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
         let ready = status.container_statuses.iter().filter(|c| c.ready).count();
-        let restarts: i32 = status
-            .container_statuses
-            .iter()
+        let restarts: i32 = (status.init_container_statuses.iter())
+            .chain(&status.container_statuses)
             .map(|c| c.restart_count)
             .sum();
         // kubectl shows a waiting or terminated container's reason instead
-        // of the phase.
-        let reason = status
-            .container_statuses
-            .iter()
-            .filter_map(|c| c.state.as_ref())
-            .find_map(|s| {
-                s.waiting
-                    .as_ref()
-                    .map(|w| w.reason.clone())
-                    .or_else(|| s.terminated.as_ref().map(|t| t.reason.clone()))
-            })
-            .filter(|r| !r.is_empty());
+        // of the phase, and while init containers run, how far they are.
+        let reason = init_reason(&status, spec.init_containers.len()).or_else(|| {
+            status
+                .container_statuses
+                .iter()
+                .filter_map(|c| c.state.as_ref())
+                .find_map(|s| {
+                    s.waiting
+                        .as_ref()
+                        .map(|w| w.reason.clone())
+                        .or_else(|| s.terminated.as_ref().map(|t| t.reason.clone()))
+                })
+                .filter(|r| !r.is_empty())
+        });
         let phase = if !status.reason.is_empty() {
             status.reason.clone()
         } else {
@@ -128,6 +129,32 @@ impl Row for pb::Pod {
         }
         r
     }
+}
+
+/// kubectl's STATUS while init containers have not all succeeded: the
+/// first unfinished one's failure (`Init:Error`), waiting reason
+/// (`Init:CrashLoopBackOff`), or else how many are done (`Init:1/3`).
+fn init_reason(status: &pb::PodStatus, count: usize) -> Option<String> {
+    for (i, c) in status.init_container_statuses.iter().enumerate() {
+        let state = c.state.clone().unwrap_or_default();
+        if let Some(t) = &state.terminated {
+            if t.exit_code == 0 {
+                continue;
+            }
+            return Some(match (t.reason.as_str(), t.signal) {
+                ("", 0) => format!("Init:ExitCode:{}", t.exit_code),
+                ("", signal) => format!("Init:Signal:{signal}"),
+                (reason, _) => format!("Init:{reason}"),
+            });
+        }
+        return Some(match state.waiting {
+            Some(w) if !w.reason.is_empty() && w.reason != "PodInitializing" => {
+                format!("Init:{}", w.reason)
+            }
+            _ => format!("Init:{i}/{count}"),
+        });
+    }
+    None
 }
 
 fn node_ready(n: &pb::Node) -> String {

@@ -33,18 +33,20 @@ fn agent_endpoint(node: &pb::Node) -> Option<(String, u16)> {
     Some((ip, u16::try_from(port).ok().filter(|p| *p != 0)?))
 }
 
-/// The container a logs request is about: the one named, or the pod's
-/// only one.
+/// The container a logs request is about: the one named (an init
+/// container too), or the pod's only one.
 fn container_of(pod: &pb::Pod, asked: &str) -> Result<String, Status> {
     let what = format!("pod {}/{}", pod.namespace(), pod.name());
-    let names: Vec<&str> = pod
+    let containers = pod.spec.iter().flat_map(|s| &s.containers);
+    let names: Vec<&str> = containers.map(|c| c.name.as_str()).collect();
+    let init_names: Vec<&str> = pod
         .spec
         .iter()
-        .flat_map(|s| &s.containers)
+        .flat_map(|s| &s.init_containers)
         .map(|c| c.name.as_str())
         .collect();
     match (asked, names.as_slice()) {
-        (c, _) if names.contains(&c) => Ok(c.to_string()),
+        (c, _) if names.contains(&c) || init_names.contains(&c) => Ok(c.to_string()),
         ("", [one]) => Ok(one.to_string()),
         ("", _) => Err(Reason::Invalid.status(format!(
             "{what} has containers {}: choose one with -c",
@@ -52,7 +54,12 @@ fn container_of(pod: &pb::Pod, asked: &str) -> Result<String, Status> {
         ))),
         (c, _) => Err(Reason::Invalid.status(format!(
             "{what} has no container {c:?}: it has {}",
-            names.join(", ")
+            names
+                .iter()
+                .chain(&init_names)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
