@@ -136,8 +136,8 @@ impl ResourceField {
         }
     }
 
-    /// `divisor` (empty: 1), if it is one Kubernetes allows for this
-    /// resource.
+    /// `divisor` (empty or 0, as Kubernetes writes an unset one: 1), if
+    /// it is one Kubernetes allows for this resource.
     pub fn divisor(self, divisor: &str) -> Result<Quantity, String> {
         let text = if divisor.is_empty() { "1" } else { divisor };
         let allowed = if self.is_cpu() {
@@ -146,6 +146,9 @@ impl ResourceField {
             MEMORY_DIVISORS
         };
         let q = Quantity::parse(text).map_err(|e| e.to_string())?;
+        if q == Quantity::default() {
+            return Ok(Quantity(1000));
+        }
         let is_allowed = allowed
             .iter()
             .any(|a| Quantity::parse(a).is_ok_and(|d| d == q));
@@ -442,6 +445,7 @@ mod tests {
         c.resources = None;
         assert_eq!(one(&c, ResourceField::LimitsMemory, "1Gi"), "8");
         assert_eq!(one(&c, ResourceField::RequestsMemory, ""), "0");
+        assert_eq!(one(&c, ResourceField::LimitsMemory, "0"), "8589934592");
         assert!(ResourceField::LimitsCpu.divisor("1Mi").is_err());
         assert!(ResourceField::LimitsMemory.divisor("2").is_err());
         assert!(ResourceField::parse("limits.ephemeral-storage")
