@@ -265,11 +265,10 @@ async fn http_get(addr: (String, u16), action: &pb::HttpGetAction) -> Result<(),
     if !action.scheme.eq_ignore_ascii_case("https") {
         return request(stream, &addr, action).await;
     }
-    let config = berth_tls::probe_client_config().map_err(|e| e.to_string())?;
     // The name is sent (SNI) but not checked; an address is as good.
     let name = rustls::pki_types::ServerName::try_from(addr.0.clone())
         .map_err(|_| format!("{:?} is not a host name", addr.0))?;
-    let tls = tokio_rustls::TlsConnector::from(config)
+    let tls = tokio_rustls::TlsConnector::from(berth_tls::probe_client_config())
         .connect(name, stream)
         .await
         .map_err(|e| format!("TLS: {e}"))?;

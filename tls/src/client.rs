@@ -1,7 +1,7 @@
 //! The connecting side: a tonic connector that dials TCP and then TLS with
 //! a rustls configuration, so that Berth chooses the roots, the client
-//! certificate (renewed in place) and, for a joiner's first question only,
-//! no verification at all.
+//! certificate (renewed in place) and, for a joiner's first question and
+//! for HTTPS probes only, no verification at all.
 
 use std::fmt;
 use std::future::Future;
@@ -51,14 +51,7 @@ impl Transport {
     /// first question (the cluster's CA), whose answer the joiner checks
     /// against its token before it trusts anything said over it.
     pub fn unverified() -> Self {
-        let mut config = ClientConfig::builder_with_provider(crate::provider())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer))
-            .with_no_client_auth();
-        config.alpn_protocols = crate::alpn();
-        Transport::Tls(Arc::new(config))
+        Transport::Tls(unverified_config(crate::alpn()))
     }
 
     pub fn is_secure(&self) -> bool {
@@ -131,6 +124,27 @@ impl tower::Service<Uri> for Connector {
             Ok(TokioIo::new(tls))
         })
     }
+}
+
+/// A client for HTTPS probes: HTTP/1.1, no client certificate, and any
+/// server certificate, as the kubelet's probes skip verification (a
+/// container's certificate is its own business). Never for a link of the
+/// cluster.
+pub fn probe_client_config() -> Arc<ClientConfig> {
+    unverified_config(vec![b"http/1.1".to_vec()])
+}
+
+/// A client speaking `alpn` that accepts whatever certificate the server
+/// shows, checking only the handshake's signatures.
+fn unverified_config(alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(crate::provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn;
+    Arc::new(config)
 }
 
 /// Verifies nothing: see `Transport::unverified`.

@@ -25,13 +25,13 @@ mod keys;
 mod server;
 mod verify;
 
+pub use client::probe_client_config;
 pub use client::Transport;
 pub use keys::CertSlot;
 pub use server::incoming;
 pub use server::Acceptor;
 pub use server::Conn;
 pub use server::Peer;
-pub use verify::probe_client_config;
 
 use std::sync::Arc;
 
