@@ -23,6 +23,8 @@ const RENAMES: &[(&str, &str)] = &[
     ("NodeSystemInfo.system_uuid", "systemUUID"),
     ("ListMeta.continue_token", "continue"),
     ("DaemonEndpoint.port", "Port"),
+    ("Volume.downward_api", "downwardAPI"),
+    ("VolumeProjection.downward_api", "downwardAPI"),
 ];
 
 /// Kubernetes "int or string" fields: a number in a manifest is accepted.
@@ -33,6 +35,18 @@ const INT_OR_STRING: &[&str] = &[
     "RollingUpdateDeployment.max_unavailable",
     "RollingUpdateDeployment.max_surge",
     "ResourceFieldSelector.divisor",
+    "EmptyDirVolumeSource.size_limit",
+];
+
+/// File permission bits: YAML 1.1's octal `0644` (kubectl's YAML) is read
+/// as octal, as Kubernetes does, not refused.
+const FILE_MODES: &[&str] = &[
+    "KeyToPath.mode",
+    "ConfigMapVolumeSource.default_mode",
+    "SecretVolumeSource.default_mode",
+    "DownwardAPIVolumeFile.mode",
+    "DownwardAPIVolumeSource.default_mode",
+    "ProjectedVolumeSource.default_mode",
 ];
 
 /// Quantity maps: `cpu: 1` is as good as `cpu: "1"`.
@@ -87,6 +101,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         public_build = public_build.field_attribute(
             format!(".berth.v1.{field}"),
             "#[serde(deserialize_with = \"crate::serde_helpers::int_or_string\")]",
+        );
+    }
+    for field in FILE_MODES {
+        public_build = public_build.field_attribute(
+            format!(".berth.v1.{field}"),
+            "#[serde(deserialize_with = \"crate::serde_helpers::file_mode\")]",
         );
     }
     for field in QUANTITY_MAPS {

@@ -16,6 +16,7 @@ pub mod probe;
 pub mod runtime;
 pub mod status;
 pub mod trust;
+pub mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "berth_agent_refused_objects_total",
         "Stored objects the agent would not act on (names unsafe in paths or rules, foreign pod CIDRs), by kind"
+    );
+    metrics::describe_counter!(
+        "berth_agent_evictions_total",
+        "Pods the agent evicted (an emptyDir over its sizeLimit)"
     );
     metrics::describe_counter!(
         "berth_agent_dns_queries_total",
@@ -193,7 +198,8 @@ async fn node_cidr(
 }
 
 /// The default sync settings for a node.
-pub fn sync_config(node: &NodeConfig) -> SyncConfig {
+/// How the agent of `node`, its state under `data_dir`, syncs its pods.
+pub fn sync_config(node: &NodeConfig, data_dir: &std::path::Path) -> SyncConfig {
     SyncConfig {
         node: node.name.clone(),
         host_ip: node.address.clone(),
@@ -201,6 +207,8 @@ pub fn sync_config(node: &NodeConfig) -> SyncConfig {
         backoff_initial: Duration::from_secs(10),
         backoff_max: Duration::from_secs(300),
         allocatable: node.capacity.clone(),
+        volumes_dir: data_dir.join("volumes").join(&node.name),
+        volume_sync_interval: Duration::from_secs(10),
     }
 }
 

@@ -351,8 +351,8 @@ pub fn check_container_env(
     }
 }
 
-/// The ConfigMaps and Secrets `pod`'s containers name, for the node
-/// authorizer: (ConfigMaps, Secrets).
+/// The ConfigMaps and Secrets `pod`'s containers and volumes name, for
+/// the node authorizer: (ConfigMaps, Secrets).
 pub fn referenced(pod: &pb::Pod) -> (Vec<&str>, Vec<&str>) {
     let (mut config_maps, mut secrets) = (Vec::new(), Vec::new());
     let containers = pod
@@ -376,6 +376,11 @@ pub fn referenced(pod: &pb::Pod) -> (Vec<&str>, Vec<&str>) {
                 secrets.push(r.name.as_str());
             }
         }
+    }
+    if let Some(spec) = &pod.spec {
+        let (c, s) = crate::volumes::referenced(spec);
+        config_maps.extend(c);
+        secrets.extend(s);
     }
     (config_maps, secrets)
 }

@@ -17,6 +17,7 @@ pub mod resources;
 pub mod selector;
 pub mod time;
 pub mod validation;
+pub mod volumes;
 
 pub use berth_proto::v1 as pb;
 pub use kinds::AnyObject;

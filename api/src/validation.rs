@@ -477,6 +477,7 @@ pub fn check_pod_spec(errs: &mut Errors, field: &str, spec: Option<&pb::PodSpec>
     for (f, c) in listed {
         check_container(errs, &f, c);
         crate::env::check_container_env(errs, &f, c, &container_names);
+        crate::volumes::check_mounts(errs, &f, c, &spec.volumes);
         if !names.insert(c.name.clone()) {
             errs.add(
                 format!("{f}.name"),
@@ -484,6 +485,7 @@ pub fn check_pod_spec(errs: &mut Errors, field: &str, spec: Option<&pb::PodSpec>
             );
         }
     }
+    crate::volumes::check_volumes(errs, field, spec);
     for (i, c) in spec.init_containers.iter().enumerate() {
         let probes = [
             ("livenessProbe", &c.liveness_probe),

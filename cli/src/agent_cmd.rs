@@ -105,6 +105,11 @@ pub struct AgentArgs {
     /// Longest crash back-off.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     crash_backoff_max: Duration,
+    /// How often mounted ConfigMaps, Secrets and pod fields are brought up
+    /// to date in running pods, and emptyDirs checked against their
+    /// sizeLimit.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    volume_sync_interval: Duration,
     /// Sim runtime only: run this many agents in this process.
     #[arg(long, default_value_t = 1)]
     count: u32,
@@ -336,10 +341,14 @@ fn dns_upstream(items: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
 }
 
 pub async fn run(
-    args: AgentArgs,
+    mut args: AgentArgs,
     server_flag: Option<Vec<String>>,
     insecure: bool,
 ) -> anyhow::Result<()> {
+    berth_raft::identity::create_private_dir(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    // Absolute: container shims and mounts resolve it from other roots.
+    args.data_dir = args.data_dir.canonicalize()?;
     let given = server_flag
         .clone()
         .unwrap_or_else(crate::env_or_default_servers);
@@ -372,8 +381,6 @@ pub async fn run(
             "cannot tell this node's address from the route to the controllers: pass --address",
         )?,
     };
-    berth_raft::identity::create_private_dir(&args.data_dir)
-        .with_context(|| format!("create {}", args.data_dir.display()))?;
     let names: Vec<String> = if args.count > 1 {
         (0..args.count)
             .map(|i| format!("{}{i}", args.name_prefix))
@@ -395,9 +402,10 @@ pub async fn run(
         node.lease_interval = args.lease_interval;
         node.status_interval = args.status_interval;
         node.runtime_version = runtime.version().await;
-        let mut sync = berth_agent::sync_config(&node);
+        let mut sync = berth_agent::sync_config(&node, &args.data_dir);
         sync.backoff_initial = args.crash_backoff;
         sync.backoff_max = args.crash_backoff_max.max(args.crash_backoff);
+        sync.volume_sync_interval = args.volume_sync_interval;
         plans.push(AgentPlan {
             node,
             transport: berth_client::Transport::Insecure,

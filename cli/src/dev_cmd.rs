@@ -139,7 +139,7 @@ async fn start_agents(
             Default::default(),
         );
         node.runtime_version = runtime.version().await;
-        let sync = berth_agent::sync_config(&node);
+        let sync = berth_agent::sync_config(&node, &dir);
         plans.push(agent_cmd::AgentPlan {
             node,
             transport: berth_client::Transport::Insecure,
@@ -171,7 +171,10 @@ async fn start_agents(
     for p in &mut plans {
         p.node.http_port = Some(port);
     }
-    let runtimes = plans.iter().map(|p| p.runtime.clone()).collect();
+    let runtimes = plans
+        .iter()
+        .map(|p| (p.runtime.clone(), p.sync.volumes_dir.clone()))
+        .collect();
     let tasks = agent_cmd::spawn_agents(&creds.servers, plans)?;
     Ok(DevAgents {
         runtimes,
@@ -274,10 +277,10 @@ async fn agent_token(ctx: &crate::verbs::Ctx) -> anyhow::Result<String> {
     }
 }
 
-/// The dev agents' runtimes and tasks.
+/// The dev agents' runtimes (with where their volumes live) and tasks.
 #[derive(Default)]
 struct DevAgents {
-    runtimes: Vec<std::sync::Arc<dyn berth_agent::Runtime>>,
+    runtimes: Vec<(std::sync::Arc<dyn berth_agent::Runtime>, std::path::PathBuf)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     network: Option<berth_agent::BridgeConfig>,
 }
@@ -292,8 +295,9 @@ impl DevAgents {
         for t in self.tasks {
             let _ = t.await;
         }
-        for rt in &self.runtimes {
+        for (rt, volumes) in &self.runtimes {
             berth_agent::remove_all(&**rt, std::time::Duration::from_secs(5)).await;
+            berth_agent::volumes::remove_all(volumes);
         }
         if let Some(config) = &self.network {
             if let Err(e) = berth_agent::network::teardown(config).await {

@@ -42,6 +42,51 @@ fn pod(name: &str, image: &str) -> pb::Pod {
     objects::pod(name).container(main).grace_period(1).build()
 }
 
+/// Pod `files`, which prints its Secret, emptyDir and ConfigMap files
+/// every second.
+fn files_pod() -> pb::Pod {
+    let mount = |name: &str, path: &str| pb::VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..Default::default()
+    };
+    let main = objects::container("main")
+        .image(IMAGE)
+        .command(&["/bin/sh", "-c"])
+        .args(&["echo made > /scratch/note; while true; do echo $(cat /creds/password) $(cat /scratch/note) $(cat /config/mode); sleep 1; done"]);
+    let mut main = main.build();
+    main.volume_mounts = vec![
+        mount("config", "/config"),
+        mount("creds", "/creds"),
+        mount("scratch", "/scratch"),
+    ];
+    let mut p = objects::pod("files").container(main).build();
+    p.spec.as_mut().unwrap().volumes = vec![
+        pb::Volume {
+            name: "config".into(),
+            config_map: Some(pb::ConfigMapVolumeSource {
+                name: "docker-config".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        pb::Volume {
+            name: "creds".into(),
+            secret: Some(pb::SecretVolumeSource {
+                secret_name: "docker-secret".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        pb::Volume {
+            name: "scratch".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
+    ];
+    p
+}
+
 async fn get_pod(ch: &Channel, name: &str) -> pb::Pod {
     pb::Pod::get(ch.clone(), get_req("default", name))
         .await
@@ -116,6 +161,34 @@ async fn the_docker_runtime_runs_adopts_and_removes_containers() {
     );
     assert_eq!(String::from_utf8_lossy(&logs.stdout), "hello from web\n");
 
+    // Volumes are binds: a ConfigMap's files (updated in place), a
+    // Secret's, and an emptyDir.
+    let config = objects::configmap("docker-config").data("mode", "fast");
+    pb::ConfigMap::create(ch.clone(), config.build())
+        .await
+        .unwrap();
+    let secret = objects::secret("docker-secret").string_data("password", "s3cret");
+    pb::Secret::create(ch.clone(), secret.build())
+        .await
+        .unwrap();
+    pb::Pod::create(ch.clone(), files_pod()).await.unwrap();
+    let logs_of = |name: &str| {
+        let out = cluster.cli().args(["logs", name]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually("the container reads its volumes", T, || async {
+        logs_of("files").starts_with("s3cret made fast\n")
+    })
+    .await;
+    let changed = objects::configmap("docker-config").data("mode", "safe");
+    pb::ConfigMap::update(ch.clone(), changed.build())
+        .await
+        .unwrap();
+    eventually("the ConfigMap changes in the container", T, || async {
+        logs_of("files").contains("s3cret made safe\n")
+    })
+    .await;
+
     // A missing image is a clear status, not a hang.
     eventually("the missing image is reported", T, || async {
         let c = container(&get_pod(&ch, "ghost").await);
@@ -135,7 +208,7 @@ async fn the_docker_runtime_runs_adopts_and_removes_containers() {
     assert_eq!(inspect(engine_id, "{{.State.Running}}"), "true");
 
     // Deleting the pod removes its container.
-    for name in ["web", "ghost"] {
+    for name in ["web", "ghost", "files"] {
         pb::Pod::delete(ch.clone(), delete_req("default", name))
             .await
             .unwrap();

@@ -44,6 +44,7 @@ impl Agent {
             status_interval: Some(Duration::from_secs(2)),
             crash_backoff: Some(Duration::from_secs(1)),
             crash_backoff_max: Some(Duration::from_secs(4)),
+            volume_sync_interval: Some(Duration::from_secs(1)),
             log: Some("info,berth_agent=debug".into()),
             insecure: cluster.is_insecure(),
             ..Default::default()
@@ -137,6 +138,14 @@ impl Drop for Agent {
         }
         if let Some(cgroups) = Cgroups::detect(Path::new("/sys/fs/cgroup")) {
             let _ = cgroups.remove(Path::new(&self.name));
+        }
+        // The tmpfs of its pods' Secret and Memory volumes.
+        for node in std::fs::read_dir(self.data_dir.join("volumes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            berth_agent::volumes::remove_all(&node.path());
         }
     }
 }

@@ -192,6 +192,7 @@ pub struct AgentFlags {
     pub status_interval: Option<Duration>,
     pub crash_backoff: Option<Duration>,
     pub crash_backoff_max: Option<Duration>,
+    pub volume_sync_interval: Option<Duration>,
     pub sim_start_delay: Option<Duration>,
     /// Its log filter (`BERTH_LOG`), when not Berth's default.
     pub log: Option<String>,
@@ -247,6 +248,12 @@ impl AgentFlags {
             &mut args,
             "--crash-backoff-max",
             &self.crash_backoff_max,
+            |d| duration(*d),
+        );
+        opt(
+            &mut args,
+            "--volume-sync-interval",
+            &self.volume_sync_interval,
             |d| duration(*d),
         );
         opt(&mut args, "--sim-start-delay", &self.sim_start_delay, |d| {

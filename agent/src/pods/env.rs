@@ -92,30 +92,46 @@ pub trait Objects: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Values>, String>;
+
+    /// Every key of `source` as a volume's file holds it: a ConfigMap's
+    /// `data` and `binaryData`, a Secret's `data`.
+    async fn files(
+        &self,
+        source: Source,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Values>, String> {
+        self.values(source, namespace, name).await
+    }
 }
 
 /// Reads through the API with the node's identity.
 pub struct ApiObjects(pub berth_client::connect::Connector);
 
+fn decode(key: String, value: &str) -> Result<(String, Vec<u8>), String> {
+    match base64::engine::general_purpose::STANDARD.decode(value) {
+        Ok(bytes) => Ok((key, bytes)),
+        Err(e) => Err(format!("key {key} is not base64: {e}")),
+    }
+}
+
 fn secret_values(secret: pb::Secret) -> Result<Values, String> {
-    let engine = base64::engine::general_purpose::STANDARD;
     secret
         .data
         .into_iter()
-        .map(|(k, v)| match engine.decode(&v) {
-            Ok(bytes) => Ok((k, bytes)),
-            Err(e) => Err(format!("key {k} is not base64: {e}")),
-        })
+        .map(|(k, v)| decode(k, &v))
         .collect()
 }
 
-#[async_trait]
-impl Objects for ApiObjects {
-    async fn values(
+impl ApiObjects {
+    /// `source` `namespace/name` read linearizably; None if there is none.
+    /// A ConfigMap's binaryData is included only `with_binary`.
+    async fn read(
         &self,
         source: Source,
         namespace: &str,
         name: &str,
+        with_binary: bool,
     ) -> Result<Option<Values>, String> {
         use berth_client::objects::ClientKind;
         let ch = self.0.channel().await.map_err(|e| e.to_string())?;
@@ -126,8 +142,14 @@ impl Objects for ApiObjects {
         };
         let read = match source {
             Source::ConfigMap => pb::ConfigMap::get(ch, req).await.map(|cm| {
-                let data = cm.data.into_iter().map(|(k, v)| (k, v.into_bytes()));
-                Ok(data.collect())
+                let data = cm.data.into_iter().map(|(k, v)| Ok((k, v.into_bytes())));
+                let binary = if with_binary {
+                    cm.binary_data
+                } else {
+                    Default::default()
+                };
+                data.chain(binary.into_iter().map(|(k, v)| decode(k, &v)))
+                    .collect()
             }),
             Source::Secret => pb::Secret::get(ch, req).await.map(secret_values),
         };
@@ -139,6 +161,27 @@ impl Objects for ApiObjects {
                 Err(s.message().to_string())
             }
         }
+    }
+}
+
+#[async_trait]
+impl Objects for ApiObjects {
+    async fn values(
+        &self,
+        source: Source,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Values>, String> {
+        self.read(source, namespace, name, false).await
+    }
+
+    async fn files(
+        &self,
+        source: Source,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Values>, String> {
+        self.read(source, namespace, name, true).await
     }
 }
 

@@ -19,6 +19,7 @@ pub mod plan;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::Duration;
@@ -44,6 +45,7 @@ use crate::runtime::InstanceState;
 use crate::runtime::PodRef;
 use crate::runtime::Runtime;
 use crate::runtime::RuntimeError;
+use crate::volumes::Volumes;
 use plan::grace;
 use plan::pod_ref;
 use plan::revision;
@@ -63,6 +65,11 @@ pub struct SyncConfig {
     /// The node's allocatable resources: what a container's variable
     /// reads for a limit it does not set.
     pub allocatable: BTreeMap<String, String>,
+    /// Where the pods' volumes live (see `volumes`).
+    pub volumes_dir: PathBuf,
+    /// How often mounted ConfigMaps, Secrets and pod fields are brought up
+    /// to date, and emptyDirs measured against their sizeLimit.
+    pub volume_sync_interval: Duration,
 }
 
 /// Pods of this node by namespace and name, for the log server.
@@ -83,6 +90,13 @@ enum Done {
     },
     SandboxRemoved(String),
     Status(String, Option<Box<pb::Pod>>),
+    /// The node evicts the pod, for this reason.
+    Evict {
+        uid: String,
+        message: String,
+    },
+    /// A round of volume upkeep ended.
+    VolumesKept,
 }
 
 pub struct PodSync {
@@ -98,6 +112,10 @@ pub struct PodSync {
     /// The pod network (`--network bridge`); None: pods use the node's.
     network: Option<Arc<BridgeNetwork>>,
     prober: Prober,
+    volumes: Arc<Volumes>,
+    /// When volume upkeep last began; whether a round is under way.
+    volumes_kept_at: tokio::time::Instant,
+    keeping_volumes: bool,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
 }
@@ -146,6 +164,7 @@ pub fn container_spec(
             .spec
             .as_ref()
             .is_some_and(|s| s.init_containers.iter().any(|c| c.name == container.name)),
+        mounts: Vec::new(),
     }
 }
 
@@ -158,11 +177,18 @@ impl PodSync {
         network: Option<Arc<BridgeNetwork>>,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let volumes = Arc::new(Volumes::new(
+            config.volumes_dir.clone(),
+            Arc::new(env::ApiObjects(conn.clone())),
+            config.allocatable.clone(),
+        ));
         // Known by uid only until the pod's first sync: a pod deleted
-        // while the agent was away still has its network removed.
+        // while the agent was away still has its network and volumes
+        // removed.
         let pods = network
             .iter()
             .flat_map(|n| n.attached())
+            .chain(volumes.pods())
             .map(|uid| {
                 let left = PodRef {
                     uid: uid.clone(),
@@ -185,6 +211,9 @@ impl PodSync {
             index,
             network,
             prober: Prober::default(),
+            volumes,
+            volumes_kept_at: tokio::time::Instant::now(),
+            keeping_volumes: false,
             done_tx,
             done_rx,
         }
@@ -333,6 +362,14 @@ impl PodSync {
                     s.status_done(stored.map(|p| *p));
                 }
             }
+            Done::Evict { uid, message } => {
+                if let Some(s) = self.pods.get_mut(&uid) {
+                    tracing::warn!(pod_uid = %uid, %message, "evicting the pod");
+                    metrics::counter!("berth_agent_evictions_total").increment(1);
+                    s.evicted.get_or_insert(message);
+                }
+            }
+            Done::VolumesKept => self.keeping_volumes = false,
         }
     }
 
@@ -396,11 +433,54 @@ impl PodSync {
             self.execute(&u, action, &mut probed).await;
         }
         self.prober.retain(|k| probed.contains(k));
+        self.keep_volumes();
+    }
+
+    /// On a period, in the background: rewrites the files of mounted
+    /// ConfigMaps, Secrets and pod fields that changed, and evicts pods
+    /// whose emptyDirs hold more than their sizeLimit.
+    fn keep_volumes(&mut self) {
+        if self.keeping_volumes || self.volumes_kept_at.elapsed() < self.config.volume_sync_interval
+        {
+            return;
+        }
+        let pods: Vec<pb::Pod> = self
+            .pods
+            .values()
+            .filter(|s| s.sandbox.mounted && s.evicted.is_none())
+            .filter_map(|s| s.pod.clone())
+            .filter(|p| {
+                !berth_api::resources::pod_is_terminal(p)
+                    && p.spec.as_ref().is_some_and(|s| !s.volumes.is_empty())
+            })
+            .collect();
+        self.volumes_kept_at = tokio::time::Instant::now();
+        if pods.is_empty() {
+            return;
+        }
+        self.keeping_volumes = true;
+        let (volumes, done) = (self.volumes.clone(), self.done_tx.clone());
+        tokio::spawn(async move {
+            for pod in pods {
+                if let Err(e) = volumes.set_up(&pod).await {
+                    tracing::warn!(pod = %pod.name(), namespace = %pod.namespace(), error = %e, "cannot bring the pod's volumes up to date");
+                }
+                let (v, p) = (volumes.clone(), pod.clone());
+                let over = tokio::task::spawn_blocking(move || v.over_limit(&p)).await;
+                if let Ok(Some(message)) = over {
+                    let _ = done.send(Done::Evict {
+                        uid: uid(&pod),
+                        message,
+                    });
+                }
+            }
+            let _ = done.send(Done::VolumesKept);
+        });
     }
 
     async fn execute(&mut self, u: &str, action: Action, probed: &mut HashSet<probe::InstanceKey>) {
         match action {
-            Action::PrepareSandbox(pod) => self.prepare(pod),
+            Action::PrepareSandbox(pod) => self.prepare(*pod),
             Action::Start {
                 pod,
                 container,
@@ -478,6 +558,7 @@ impl PodSync {
         let (pod, container) = (self.as_started(pod), container.clone());
         let objects = env::ApiObjects(self.conn.clone());
         let allocatable = self.config.allocatable.clone();
+        let volumes = self.volumes.clone();
         let created = pod
             .metadata
             .as_ref()
@@ -487,18 +568,25 @@ impl PodSync {
                 objects: &objects,
                 allocatable: &allocatable,
             };
-            let environment = env::environment(&cx, &pod, &container).await;
+            let environment = env::environment(&cx, &pod, &container)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|vars| {
+                    let mounts = volumes.mounts(&pod, &container, &vars);
+                    mounts.map(|m| (vars, m)).map_err(|e| e.to_string())
+                });
             let spec = match environment {
-                Ok(vars) => ContainerSpec {
+                Ok((vars, mounts)) => ContainerSpec {
                     network,
+                    mounts,
                     ..container_spec(&pod, &container, attempt, vars)
                 },
                 Err(e) => {
-                    tracing::info!(pod_uid = %u, container = %container.name, error = %e, "the container's environment cannot be made yet");
+                    tracing::info!(pod_uid = %u, container = %container.name, error = %e, "the container's environment or mounts cannot be made yet");
                     let _ = done.send(Done::Container {
                         uid: u,
                         container: container.name,
-                        refused: Some((env::CONFIG_ERROR.to_string(), e.to_string())),
+                        refused: Some((env::CONFIG_ERROR.to_string(), e)),
                     });
                     return;
                 }
@@ -529,14 +617,23 @@ impl PodSync {
         });
     }
 
-    fn prepare(&self, pod: PodRef) {
+    fn prepare(&self, pod: pb::Pod) {
         let (runtime, network, done) = (
             self.runtime.clone(),
             self.network.clone(),
             self.done_tx.clone(),
         );
+        let volumes = self.volumes.clone();
         tokio::spawn(async move {
-            let prepared = prepare(runtime.as_ref(), network.as_deref(), &pod).await;
+            let prepared = match volumes.set_up(&pod).await {
+                Ok(()) => prepare(runtime.as_ref(), network.as_deref(), &pod_ref(&pod)).await,
+                // What was made of the volumes goes with the pod.
+                Err(e) => Prepared {
+                    made: true,
+                    result: Err((crate::volumes::NOT_MOUNTED.to_string(), e.to_string())),
+                },
+            };
+            let pod = pod_ref(&pod);
             let made = prepared.made.then(|| pod.clone());
             let _ = done.send(Done::Prepared {
                 uid: pod.uid,
@@ -575,9 +672,13 @@ impl PodSync {
             self.network.clone(),
             self.done_tx.clone(),
         );
+        let volumes = self.volumes.clone();
         tokio::spawn(async move {
             if let Err(e) = runtime.remove_sandbox(&pod).await {
                 tracing::warn!(pod = %pod.name, error = %e, "cannot remove the pod");
+            }
+            if let Err(e) = volumes.tear_down(&pod.uid) {
+                tracing::warn!(pod = %pod.name, error = %e, "cannot remove the pod's volumes");
             }
             if let Some(net) = network {
                 if let Err(e) = net.detach(&pod.uid).await {

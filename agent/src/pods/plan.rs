@@ -47,8 +47,8 @@ pub type Instances = HashMap<String, Vec<Instance>>;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Make the pod's sandbox and network, in the background.
-    PrepareSandbox(PodRef),
+    /// Make the pod's volumes, sandbox and network, in the background.
+    PrepareSandbox(Box<pb::Pod>),
     Start {
         pod: Box<pb::Pod>,
         container: Box<pb::Container>,
@@ -111,6 +111,8 @@ pub struct Sandbox {
     /// The runtime made it (it goes with the pod, whatever its network did).
     pub made: Option<PodRef>,
     pub address: Option<PodAddress>,
+    /// Its volumes are ready for its containers.
+    pub mounted: bool,
     pub refused: Option<Refusal>,
     pub removing: bool,
 }
@@ -127,6 +129,9 @@ pub struct PodState {
     /// The status last sent, until the stored pod shows it.
     pub written: Option<pb::PodStatus>,
     pub writing: bool,
+    /// Why the node evicted the pod (an emptyDir over its sizeLimit): its
+    /// containers are stopped and it fails with reason Evicted.
+    pub evicted: Option<String>,
 }
 
 pub fn grace(pod: &pb::Pod) -> Duration {
@@ -250,9 +255,13 @@ impl PodState {
             }
             return actions;
         }
-        let sandbox_waiting = self.plan_sandbox(&pod, config, now, &mut actions);
         let spec = pod.spec.clone().unwrap_or_default();
         let list_of = |c: &pb::Container| instances.get(&c.name).map_or(&[][..], |l| &l[..]);
+        if let Some(message) = self.evicted.clone() {
+            self.plan_eviction(&pod, instances, message, config, now, &mut actions);
+            return actions;
+        }
+        let sandbox_waiting = self.plan_sandbox(&pod, config, now, &mut actions);
         let mut views = PodViews::default();
         let mut init_waiting = Vec::with_capacity(spec.init_containers.len());
         let pass = Pass {
@@ -314,6 +323,48 @@ impl PodState {
         actions
     }
 
+    /// An evicted pod: its containers are stopped, none restarts, and once
+    /// none runs it is Failed with reason Evicted, as the kubelet does.
+    fn plan_eviction(
+        &mut self,
+        pod: &pb::Pod,
+        instances: &Instances,
+        message: String,
+        config: &PlanConfig,
+        now: SystemTime,
+        actions: &mut Vec<Action>,
+    ) {
+        let mut live = false;
+        for list in instances.values() {
+            if let Some(i) = list.last().filter(|i| is_live(i)) {
+                live = true;
+                self.stop(i, grace(pod), actions);
+            }
+        }
+        if live {
+            return;
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let view = |c: &pb::Container| {
+            ContainerView::of(instances.get(&c.name).map_or(&[][..], |l| &l[..]))
+        };
+        let views = PodViews {
+            init: spec.init_containers.iter().map(view).collect(),
+            containers: spec.containers.iter().map(view).collect(),
+        };
+        // Shown as ended for good, not as waiting to restart.
+        let mut ended = pod.clone();
+        if let Some(spec) = ended.spec.as_mut() {
+            spec.restart_policy = "Never".into();
+        }
+        let mut status =
+            status::pod_status(&ended, &views, &config.host_ip, &self.pod_ip(config), now);
+        status.phase = "Failed".into();
+        status.reason = "Evicted".into();
+        status.message = message;
+        self.plan_status(pod, status, actions);
+    }
+
     /// The sandbox, made once; until then, and while a refusal's back-off
     /// runs, the (reason, message) the containers wait with.
     fn plan_sandbox(
@@ -325,7 +376,7 @@ impl PodState {
     ) -> Option<(String, String)> {
         let s = &mut self.sandbox;
         let needs_network = config.pod_network && s.address.is_none();
-        if s.made.is_some() && !needs_network {
+        if s.made.is_some() && !needs_network && s.mounted {
             return None;
         }
         let creating = Some(("ContainerCreating".to_string(), String::new()));
@@ -336,7 +387,7 @@ impl PodState {
             return Some(waiting);
         }
         s.preparing = true;
-        actions.push(Action::PrepareSandbox(pod_ref(pod)));
+        actions.push(Action::PrepareSandbox(Box::new(pod.clone())));
         creating
     }
 
@@ -571,6 +622,7 @@ impl PodState {
                 if address.is_some() {
                     s.address = address;
                 }
+                s.mounted = true;
                 s.refused = None;
             }
             Err((reason, message)) => {
@@ -606,11 +658,11 @@ fn refusal(
     now: SystemTime,
 ) -> Refusal {
     let count = last.map_or(1, |r| r.count + 1);
-    // The kubelet retries a container whose config is missing at a flat
-    // period (its pod worker's back-off), so that it starts soon after
-    // the ConfigMap or Secret appears.
+    // The kubelet retries a container whose config or volume is missing at
+    // a flat period (its pod worker's back-off), so that it starts soon
+    // after the ConfigMap or Secret appears.
     let delay = match reason.as_str() {
-        super::env::CONFIG_ERROR => config.backoff.delay(0),
+        super::env::CONFIG_ERROR | crate::volumes::NOT_MOUNTED => config.backoff.delay(0),
         _ => config.backoff.delay(count - 1),
     };
     Refusal {
@@ -717,10 +769,11 @@ mod tests {
         probe::Verdicts::default()
     }
 
-    /// A pod whose sandbox is made (host network).
+    /// A pod whose sandbox and volumes are made (host network).
     fn ready_state(p: pb::Pod) -> PodState {
         let mut s = PodState::wanted(p);
         s.sandbox.made = Some(PodRef::default());
+        s.sandbox.mounted = true;
         s
     }
 
@@ -1112,6 +1165,71 @@ mod tests {
         let actions = s.plan(&Instances::new(), &no_probes, &c, t(12));
         assert_eq!(starts(&actions), [("a".into(), 0)]);
         assert_eq!(s.pod_ip(&c), "10.244.1.5");
+    }
+
+    #[test]
+    fn containers_wait_for_their_volumes_which_are_retried_at_a_flat_period() {
+        let c = config();
+        let mut s = PodState::wanted(pod("Always", &["a"]));
+        let actions = s.plan(&Instances::new(), &no_probes, &c, t(0));
+        assert!(matches!(actions[0], Action::PrepareSandbox(_)));
+        let message = "MountVolume.SetUp failed for volume \"cfg\" : configmap \"cfg\" not found";
+        for (round, at) in [(0, 1), (1, 12), (2, 23)] {
+            let failure = Err((crate::volumes::NOT_MOUNTED.to_string(), message.to_string()));
+            s.sandbox_done(Some(pod_ref(s.pod.as_ref().unwrap())), failure, &c, t(at));
+            s.status_done(None);
+            let actions = s.plan(&Instances::new(), &no_probes, &c, t(at + 1));
+            assert!(starts(&actions).is_empty(), "round {round}");
+            let status = written(&actions).unwrap();
+            let waiting = status.container_statuses[0]
+                .state
+                .clone()
+                .unwrap()
+                .waiting
+                .unwrap();
+            assert_eq!(
+                (waiting.reason.as_str(), waiting.message.as_str()),
+                ("ContainerCreating", message)
+            );
+            // Retried after the first back-off every time, not a doubling one.
+            let again = s.plan(&Instances::new(), &no_probes, &c, t(at + 10));
+            assert!(
+                matches!(again[0], Action::PrepareSandbox(_)),
+                "round {round}"
+            );
+        }
+        s.sandbox_done(None, Ok(None), &c, t(34));
+        let actions = s.plan(&Instances::new(), &no_probes, &c, t(34));
+        assert_eq!(starts(&actions), [("a".into(), 0)]);
+    }
+
+    #[test]
+    fn an_evicted_pod_stops_without_restarts_then_fails_as_evicted() {
+        let c = config();
+        let mut s = ready_state(pod("Always", &["a"]));
+        s.evicted = Some("Usage of EmptyDir volume \"cache\" exceeds the limit \"1Mi\". ".into());
+        let live = of(vec![instance("a", 0, running(1))]);
+        let actions = s.plan(&live, &no_probes, &c, t(5));
+        assert_eq!(stops(&actions), [("a".into(), 0, 7 * SEC)]);
+        assert!(
+            written(&actions).is_none(),
+            "no verdict while it still runs"
+        );
+        s.operation_done("a", None, &c, t(6));
+        let ended = of(vec![instance("a", 0, exited(137, 1, 6))]);
+        let actions = s.plan(&ended, &no_probes, &c, t(7));
+        assert!(
+            starts(&actions).is_empty(),
+            "an evicted pod's container does not restart"
+        );
+        let status = written(&actions).unwrap();
+        assert_eq!(
+            (status.phase.as_str(), status.reason.as_str()),
+            ("Failed", "Evicted")
+        );
+        assert!(status.message.starts_with("Usage of EmptyDir volume"));
+        let state = status.container_statuses[0].state.clone().unwrap();
+        assert!(state.terminated.is_some());
     }
 
     #[test]

@@ -336,16 +336,18 @@ impl Runtime for DockerRuntime {
         self.ensure_image(&spec.image, spec.always_pull).await?;
         // Joined to the pause container's namespace, with the pod's
         // resolver; or on the host's network.
-        let (network_mode, binds) = match &spec.network {
+        let (network_mode, resolver) = match &spec.network {
             Some(net) => (
                 format!("container:{}", self.pause_name(&spec.pod)),
-                Some(vec![format!(
-                    "{}:/etc/resolv.conf:ro",
-                    net.resolv_conf.display()
-                )]),
+                Some(format!("{}:/etc/resolv.conf:ro", net.resolv_conf.display())),
             ),
             None => ("host".to_string(), None),
         };
+        let volumes = spec.mounts.iter().map(|m| {
+            let mode = if m.read_only { "ro" } else { "rw" };
+            format!("{}:{}:{mode}", m.source.display(), m.target.display())
+        });
+        let binds: Vec<String> = resolver.into_iter().chain(volumes).collect();
         let name = self.name(&spec.pod, &spec.container, spec.attempt);
         let memory = spec.memory_limit_bytes.map(|b| b as i64);
         let body = ContainerCreateBody {
@@ -367,7 +369,7 @@ impl Runtime for DockerRuntime {
                 memory,
                 memory_swap: memory,
                 network_mode: Some(network_mode),
-                binds,
+                binds: (!binds.is_empty()).then_some(binds),
                 ..Default::default()
             }),
             ..Default::default()

@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod docker;
+pub mod mounts;
 pub mod process;
 pub mod shim;
 pub mod sim;
@@ -38,6 +39,14 @@ pub struct PodRef {
 pub struct SandboxNetwork {
     pub netns: PathBuf,
     pub resolv_conf: PathBuf,
+}
+
+/// A node path the container sees at `target`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
 }
 
 /// Everything a driver needs to start one container instance, worked out
@@ -71,6 +80,9 @@ pub struct ContainerSpec {
     /// runtime, which runs nothing, has them succeed once started).
     #[serde(default)]
     pub init: bool,
+    /// The pod's volumes where this container mounts them.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
 }
 
 /// An instance's state as the runtime last saw it.

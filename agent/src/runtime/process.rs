@@ -108,6 +108,7 @@ impl ProcessRuntime {
             oom_events: None,
             grace_period_secs: spec.grace_period.as_secs(),
             network: spec.network.clone(),
+            mounts: spec.mounts.clone(),
         };
         if let Some(cg) = &self.cgroups {
             let group = self.container_group(&spec.pod, &spec.container);
@@ -487,9 +488,6 @@ impl Runtime for ProcessRuntime {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        if let Some(wd) = &launch.working_dir {
-            cmd.current_dir(wd);
-        }
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         shim::join_cgroups(
             &mut cmd,
@@ -499,12 +497,29 @@ impl Runtime for ProcessRuntime {
             Some(n) => Some(fs::File::open(&n.netns)?),
             None => None,
         };
-        if let Some(ns) = &netns {
-            shim::join_netns(&mut cmd, std::os::fd::AsRawFd::as_raw_fd(ns));
+        // The container's own view of the files, where it has one.
+        let mntns = match (&launch.network, launch.mounts.is_empty()) {
+            (None, true) => None,
+            _ => {
+                let main = read_pid(&dir)
+                    .filter(PidRecord::is_alive)
+                    .ok_or_else(|| RuntimeError::Other("the container is not running".into()))?;
+                Some(fs::File::open(format!("/proc/{}/ns/mnt", main.pid))?)
+            }
+        };
+        if netns.is_some() || mntns.is_some() {
+            let cwd = launch.working_dir.clone().unwrap_or_else(|| "/".into());
+            let cwd = std::ffi::CString::new(cwd.into_os_string().into_encoded_bytes())
+                .map_err(|e| RuntimeError::Other(format!("working directory: {e}")))?;
+            let fd = |f: &Option<fs::File>| f.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+            shim::join_namespaces(&mut cmd, fd(&netns), fd(&mntns), cwd);
+        }
+        if let (None, Some(wd)) = (&mntns, &launch.working_dir) {
+            cmd.current_dir(wd);
         }
         let mut child = tokio::process::Command::from(cmd).spawn()?;
         drop(groups);
-        drop(netns);
+        drop((netns, mntns));
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(status) => Ok(status?.code().unwrap_or(128)),
             Err(_) => {

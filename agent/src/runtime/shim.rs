@@ -58,7 +58,14 @@ pub struct Launch {
     /// The pod's network namespace and resolver; None: the node's.
     #[serde(default)]
     pub network: Option<super::SandboxNetwork>,
+    /// The pod's volumes where this container mounts them.
+    #[serde(default)]
+    pub mounts: Vec<super::Mount>,
 }
+
+/// The empty directory, in an instance's directory, that the shim mounts
+/// on while it makes the container's view (see `mounts`).
+pub const SCRATCH_DIR: &str = "scratch";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExitRecord {
@@ -187,10 +194,17 @@ fn supervise(dir: &Path, launch: &Launch) -> ExitRecord {
         Ok(g) => g,
         Err(e) => return start_error(format!("cannot join the container's cgroup: {e}")),
     };
-    if let Some(net) = &launch.network {
-        if let Err(e) = enter_sandbox(net) {
-            return start_error(format!("cannot enter the pod's network: {e}"));
+    if !launch.mounts.is_empty() {
+        if let Err(e) = fs::create_dir_all(dir.join(SCRATCH_DIR)) {
+            return start_error(format!("cannot make the container's view: {e}"));
         }
+    }
+    if let Err(e) = super::mounts::enter(
+        launch.network.as_ref(),
+        &launch.mounts,
+        &dir.join(SCRATCH_DIR),
+    ) {
+        return start_error(format!("cannot set up the pod's network and volumes: {e}"));
     }
     let ooms_before = oom_kills(launch);
     let mut cmd = Command::new(program);
@@ -245,34 +259,6 @@ fn supervise(dir: &Path, launch: &Launch) -> ExitRecord {
     }
 }
 
-/// Moves the shim (and so the container it starts) into the pod's network
-/// namespace, and into a mount namespace of its own where the pod's
-/// resolv.conf covers the node's. The shim is single-threaded, which both
-/// calls require.
-fn enter_sandbox(net: &super::SandboxNetwork) -> io::Result<()> {
-    use nix::mount::MsFlags;
-    use nix::sched::CloneFlags;
-    let ns = File::open(&net.netns)?;
-    nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)?;
-    nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
-    // Mounts made here must not reach the node's mount namespace.
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )?;
-    nix::mount::mount(
-        Some(&net.resolv_conf),
-        "/etc/resolv.conf",
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )?;
-    Ok(())
-}
-
 fn oom_kills(launch: &Launch) -> u64 {
     launch
         .oom_events
@@ -309,15 +295,29 @@ pub fn join_cgroups(cmd: &mut Command, fds: Vec<RawFd>) {
     }
 }
 
-/// Makes the child enter the network namespace open as `fd` before it
-/// execs (an exec probe of a pod with its own network).
+/// Makes the child enter a container's namespaces before it execs (an
+/// exec probe): the network namespace open as `net`, the mount namespace
+/// open as `mnt`, then `cwd` within it (entering a mount namespace moves
+/// to its root).
 #[allow(unsafe_code)]
-pub fn join_netns(cmd: &mut Command, fd: RawFd) {
-    // SAFETY: between fork and exec only the setns system call runs, on a
-    // descriptor opened before the fork; nothing allocates.
+pub fn join_namespaces(
+    cmd: &mut Command,
+    net: Option<RawFd>,
+    mnt: Option<RawFd>,
+    cwd: std::ffi::CString,
+) {
+    // SAFETY: between fork and exec only setns and chdir system calls run,
+    // on descriptors and a string made before the fork; nothing allocates.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+            for (fd, kind) in [(net, libc::CLONE_NEWNET), (mnt, libc::CLONE_NEWNS)] {
+                if let Some(fd) = fd {
+                    if libc::setns(fd, kind) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            if mnt.is_some() && libc::chdir(cwd.as_ptr()) != 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -370,6 +370,7 @@ mod tests {
                 oom_events: None,
                 grace_period_secs: 1,
                 network: None,
+                mounts: vec![],
             };
             supervise(dir.path(), &launch)
         };

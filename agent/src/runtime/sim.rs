@@ -228,6 +228,7 @@ mod tests {
             grace_period: Duration::from_secs(1),
             network: None,
             init: false,
+            mounts: vec![],
         }
     }
 
