@@ -209,6 +209,7 @@ pub fn sync_config(node: &NodeConfig, data_dir: &std::path::Path) -> SyncConfig 
         allocatable: node.capacity.clone(),
         volumes_dir: data_dir.join("volumes").join(&node.name),
         volume_sync_interval: Duration::from_secs(10),
+        allow_privileged: false,
     }
 }
 

@@ -30,14 +30,17 @@ pub enum PodField {
 
 const FIELD_PATHS: &str = "metadata.name, metadata.namespace, metadata.uid, metadata.labels['KEY'], metadata.annotations['KEY'], spec.nodeName, spec.serviceAccountName, status.podIP, status.podIPs, status.hostIP or status.hostIPs";
 
+/// `KEY` of a field path `PREFIX['KEY']`.
+pub(crate) fn map_key(path: &str, prefix: &str) -> Option<String> {
+    path.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix("['"))
+        .and_then(|rest| rest.strip_suffix("']"))
+        .map(str::to_string)
+}
+
 impl PodField {
     pub fn parse(path: &str) -> Result<Self, String> {
-        let keyed = |prefix: &str| {
-            path.strip_prefix(prefix)
-                .and_then(|rest| rest.strip_prefix("['"))
-                .and_then(|rest| rest.strip_suffix("']"))
-                .map(str::to_string)
-        };
+        let keyed = |prefix| map_key(path, prefix);
         Ok(match path {
             "metadata.name" => Self::Name,
             "metadata.namespace" => Self::Namespace,

@@ -14,6 +14,7 @@ pub mod names;
 pub mod quantity;
 pub mod reason;
 pub mod resources;
+pub mod security_context;
 pub mod selector;
 pub mod time;
 pub mod validation;

@@ -478,6 +478,9 @@ pub fn check_pod_spec(errs: &mut Errors, field: &str, spec: Option<&pb::PodSpec>
         check_container(errs, &f, c);
         crate::env::check_container_env(errs, &f, c, &container_names);
         crate::volumes::check_mounts(errs, &f, c, &spec.volumes);
+        if let Some(sc) = &c.security_context {
+            crate::security_context::check_container(errs, &format!("{f}.securityContext"), sc);
+        }
         if !names.insert(c.name.clone()) {
             errs.add(
                 format!("{f}.name"),
@@ -486,6 +489,9 @@ pub fn check_pod_spec(errs: &mut Errors, field: &str, spec: Option<&pb::PodSpec>
         }
     }
     crate::volumes::check_volumes(errs, field, spec);
+    if let Some(sc) = &spec.security_context {
+        crate::security_context::check_pod(errs, &format!("{field}.securityContext"), sc);
+    }
     for (i, c) in spec.init_containers.iter().enumerate() {
         let probes = [
             ("livenessProbe", &c.liveness_probe),

@@ -71,12 +71,7 @@ const META_FIELDS: &str = "metadata.name, metadata.namespace, metadata.uid, meta
 
 impl MetaField {
     pub fn parse(path: &str) -> Result<Self, String> {
-        let keyed = |prefix: &str| {
-            path.strip_prefix(prefix)
-                .and_then(|rest| rest.strip_prefix("['"))
-                .and_then(|rest| rest.strip_suffix("']"))
-                .map(str::to_string)
-        };
+        let keyed = |prefix| crate::env::map_key(path, prefix);
         Ok(match path {
             "metadata.name" => Self::Name,
             "metadata.namespace" => Self::Namespace,

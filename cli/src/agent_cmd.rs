@@ -110,6 +110,10 @@ pub struct AgentArgs {
     /// sizeLimit.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     volume_sync_interval: Duration,
+    /// Let containers with `securityContext.privileged` run here (every
+    /// capability and device of the node); refused otherwise.
+    #[arg(long)]
+    allow_privileged: bool,
     /// Sim runtime only: run this many agents in this process.
     #[arg(long, default_value_t = 1)]
     count: u32,
@@ -406,6 +410,7 @@ pub async fn run(
         sync.backoff_initial = args.crash_backoff;
         sync.backoff_max = args.crash_backoff_max.max(args.crash_backoff);
         sync.volume_sync_interval = args.volume_sync_interval;
+        sync.allow_privileged = args.allow_privileged;
         plans.push(AgentPlan {
             node,
             transport: berth_client::Transport::Insecure,

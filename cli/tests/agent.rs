@@ -623,6 +623,130 @@ async fn init_containers_run_in_order_before_the_containers() {
 /// A startup probe runs first and alone: a liveness probe that always
 /// fails is held back (no restart) until the startup probe succeeds, and
 /// then restarts the container.
+/// Who a container runs as, on the process runtime: the user, group and
+/// groups `id` shows; no_new_privs; a dropped capability gone from the
+/// bounding set; fsGroup owning an emptyDir and making a Secret's files
+/// readable to the user; runAsNonRoot refusing a container that would run
+/// as root, and a privileged one refused on a node that does not allow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn security_contexts_decide_who_a_container_runs_as() {
+    let _serial = berth_testkit::serial().await;
+    let env = env().await;
+    let (cluster, ch) = (&env.cluster, env.ch.clone());
+    let agent = env.agent("node");
+    let secret = objects::secret("who-secret").string_data("password", "s3cret");
+    pb::Secret::create(ch.clone(), secret.build())
+        .await
+        .unwrap();
+    let manifest = env.root.path().join("who.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: who}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000], fsGroup: 2000}
+  containers:
+  - name: main
+    command: [/bin/sh, -c, "id -u; id -g; id -G; grep -E '^(NoNewPrivs|CapBnd)' /proc/self/status; stat -c '%g %a' /data; touch /data/f; stat -c %g /data/f; cat /creds/password; echo"]
+    securityContext:
+      allowPrivilegeEscalation: false
+      capabilities: {drop: [NET_RAW]}
+    volumeMounts: [{name: data, mountPath: /data}, {name: creds, mountPath: /creds}]
+  volumes:
+  - {name: data, emptyDir: {}}
+  - {name: creds, secret: {secretName: who-secret, defaultMode: 0400}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: rootless}
+spec:
+  securityContext: {runAsNonRoot: true}
+  containers: [{name: main, command: [/bin/sleep, "600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: mighty}
+spec:
+  containers:
+  - {name: main, command: [/bin/sleep, "600"], securityContext: {privileged: true}}
+"#,
+    )
+    .unwrap();
+    let out = cluster
+        .cli()
+        .arg("apply")
+        .arg("-f")
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ch = &ch;
+    eventually("the pod has run", T, || async move {
+        let p = pb::Pod::get(ch.clone(), get_req("default", "who"))
+            .await
+            .unwrap();
+        phase(&p) == "Succeeded"
+    })
+    .await;
+    let logs = cluster.cli().args(["logs", "who"]).output().unwrap();
+    let text = String::from_utf8_lossy(&logs.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 8, "{text}");
+    assert_eq!(&lines[..2], ["1000", "3000"], "{text}");
+    let groups: BTreeSet<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(groups, BTreeSet::from(["2000", "3000", "4000"]), "{text}");
+    let bounding = lines[3].strip_prefix("CapBnd:").map(str::trim);
+    let bounding = u64::from_str_radix(bounding.unwrap_or_default(), 16).unwrap();
+    assert_eq!(bounding & (1 << 13), 0, "NET_RAW was dropped: {text}");
+    assert_ne!(bounding & (1 << 12), 0, "NET_ADMIN was not: {text}");
+    assert_eq!(
+        lines[4].split_whitespace().collect::<Vec<_>>(),
+        ["NoNewPrivs:", "1"]
+    );
+    assert_eq!(
+        lines[5], "2000 2777",
+        "the emptyDir is the fsGroup's: {text}"
+    );
+    assert_eq!(
+        lines[6], "2000",
+        "what is made in it is the fsGroup's: {text}"
+    );
+    assert_eq!(
+        lines[7], "s3cret",
+        "the fsGroup may read the Secret's files: {text}"
+    );
+
+    for (name, start) in [
+        (
+            "rootless",
+            "container has runAsNonRoot and image will run as root (pod: \"rootless_default(",
+        ),
+        ("mighty", "privileged containers are not allowed on node"),
+    ] {
+        eventually(&format!("{name} is refused"), T, || async move {
+            let p = pb::Pod::get(ch.clone(), get_req("default", name))
+                .await
+                .unwrap();
+            let waiting = container_status(&p).state.and_then(|s| s.waiting);
+            waiting.is_some_and(|w| {
+                w.reason == "CreateContainerConfigError" && w.message.starts_with(start)
+            })
+        })
+        .await;
+    }
+    assert!(
+        agent.live_processes().is_empty(),
+        "neither refused container runs"
+    );
+    drop(agent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_startup_probe_holds_back_liveness() {
     let _serial = berth_testkit::serial().await;

@@ -70,6 +70,8 @@ pub struct SyncConfig {
     /// How often mounted ConfigMaps, Secrets and pod fields are brought up
     /// to date, and emptyDirs measured against their sizeLimit.
     pub volume_sync_interval: Duration,
+    /// Privileged containers may run here (`--allow-privileged`).
+    pub allow_privileged: bool,
 }
 
 /// Pods of this node by namespace and name, for the log server.
@@ -165,6 +167,7 @@ pub fn container_spec(
             .as_ref()
             .is_some_and(|s| s.init_containers.iter().any(|c| c.name == container.name)),
         mounts: Vec::new(),
+        security: berth_api::security_context::settings(pod, container),
     }
 }
 
@@ -559,6 +562,7 @@ impl PodSync {
         let objects = env::ApiObjects(self.conn.clone());
         let allocatable = self.config.allocatable.clone();
         let volumes = self.volumes.clone();
+        let (node, allow_privileged) = (self.config.node.clone(), self.config.allow_privileged);
         let created = pod
             .metadata
             .as_ref()
@@ -574,6 +578,16 @@ impl PodSync {
                 .and_then(|vars| {
                     let mounts = volumes.mounts(&pod, &container, &vars);
                     mounts.map(|m| (vars, m)).map_err(|e| e.to_string())
+                })
+                .and_then(|made| {
+                    let privileged = container
+                        .security_context
+                        .as_ref()
+                        .is_some_and(|c| c.privileged == Some(true));
+                    match privileged && !allow_privileged {
+                        true => Err(format!("privileged containers are not allowed on node {node}: start its agent with --allow-privileged")),
+                        false => Ok(made),
+                    }
                 });
             let spec = match environment {
                 Ok((vars, mounts)) => ContainerSpec {

@@ -205,6 +205,45 @@ impl DockerRuntime {
     }
 
     /// Makes the image available as its pull policy says.
+    /// The engine's `User` for the container: runAsUser[:runAsGroup], or
+    /// the image's own user, which runAsNonRoot must be able to vouch for.
+    async fn user(&self, spec: &ContainerSpec) -> Result<Option<String>, RuntimeError> {
+        let s = &spec.security;
+        match (s.user, s.group) {
+            (Some(u), Some(g)) => return Ok(Some(format!("{u}:{g}"))),
+            (Some(u), None) => return Ok(Some(u.to_string())),
+            (None, Some(_)) => {
+                return Err(RuntimeError::Start {
+                    reason: crate::pods::env::CONFIG_ERROR.into(),
+                    message: "runAsGroup without runAsUser is not supported by the docker runtime: set runAsUser too".into(),
+                })
+            }
+            (None, None) if !s.non_root => return Ok(None),
+            (None, None) => {}
+        }
+        let image = self
+            .docker
+            .inspect_image(&spec.image)
+            .await
+            .map_err(engine_error)?;
+        let user = image.config.and_then(|c| c.user).unwrap_or_default();
+        let name = user.split(':').next().unwrap_or_default();
+        match name.parse::<u32>() {
+            Ok(0) => Err(super::runs_as_root(&spec.pod, &spec.container)),
+            Ok(_) => Ok(None),
+            Err(_) if name.is_empty() || name == "root" => {
+                Err(super::runs_as_root(&spec.pod, &spec.container))
+            }
+            Err(_) => Err(RuntimeError::Start {
+                reason: crate::pods::env::CONFIG_ERROR.into(),
+                message: format!(
+                    "container has runAsNonRoot and image has non-numeric user ({name}), cannot verify user is non-root (pod: \"{}_{}({})\", container: {})",
+                    spec.pod.name, spec.pod.namespace, spec.pod.uid, spec.container
+                ),
+            }),
+        }
+    }
+
     async fn ensure_image(&self, image: &str, always_pull: bool) -> Result<(), RuntimeError> {
         if image.is_empty() {
             return Err(RuntimeError::Start {
@@ -334,6 +373,12 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         self.ensure_image(&spec.image, spec.always_pull).await?;
+        let user = self.user(spec).await?;
+        let security = &spec.security;
+        let caps = |caps: &[berth_api::security_context::Capability]| {
+            let names: Vec<String> = caps.iter().map(|c| c.docker_name()).collect();
+            (!names.is_empty()).then_some(names)
+        };
         // Joined to the pause container's namespace, with the pod's
         // resolver; or on the host's network.
         let (network_mode, resolver) = match &spec.network {
@@ -361,6 +406,7 @@ impl Runtime for DockerRuntime {
                 .map(|d| d.to_string_lossy().into_owned()),
             labels: Some(self.labels(&spec.pod, &spec.container, spec.attempt)),
             stop_timeout: Some(spec.grace_period.as_secs() as i64),
+            user,
             host_config: Some(HostConfig {
                 nano_cpus: spec.cpu_limit_millis.map(|m| m as i64 * 1_000_000),
                 cpu_shares: spec
@@ -370,6 +416,15 @@ impl Runtime for DockerRuntime {
                 memory_swap: memory,
                 network_mode: Some(network_mode),
                 binds: (!binds.is_empty()).then_some(binds),
+                group_add: (!security.groups.is_empty())
+                    .then(|| security.groups.iter().map(u32::to_string).collect()),
+                cap_add: caps(&security.add),
+                cap_drop: caps(&security.drop),
+                privileged: security.privileged.then_some(true),
+                readonly_rootfs: security.read_only_root.then_some(true),
+                security_opt: security
+                    .no_new_privs
+                    .then(|| vec!["no-new-privileges:true".to_string()]),
                 ..Default::default()
             }),
             ..Default::default()

@@ -49,6 +49,22 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// Who the container's process runs as and what it may do (its
+/// `securityContext` over the pod's).
+pub type Security = berth_api::security_context::Settings;
+
+/// The kubelet's refusal of a container that would run as root although
+/// it must not.
+pub fn runs_as_root(pod: &PodRef, container: &str) -> RuntimeError {
+    RuntimeError::Start {
+        reason: "CreateContainerConfigError".into(),
+        message: format!(
+            "container has runAsNonRoot and image will run as root (pod: \"{}_{}({})\", container: {container})",
+            pod.name, pod.namespace, pod.uid
+        ),
+    }
+}
+
 /// Everything a driver needs to start one container instance, worked out
 /// by the agent from the pod's spec.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,6 +99,8 @@ pub struct ContainerSpec {
     /// The pod's volumes where this container mounts them.
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// An instance's state as the runtime last saw it.

@@ -10,6 +10,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -109,6 +110,7 @@ impl ProcessRuntime {
             grace_period_secs: spec.grace_period.as_secs(),
             network: spec.network.clone(),
             mounts: spec.mounts.clone(),
+            security: spec.security.clone(),
         };
         if let Some(cg) = &self.cgroups {
             let group = self.container_group(&spec.pod, &spec.container);
@@ -156,6 +158,39 @@ impl ProcessRuntime {
             _ => false,
         }
     }
+}
+
+/// What the process runtime cannot do of a container's securityContext is
+/// refused by name, not ignored: its containers run on the node's own
+/// root, and a process that is not root keeps no capabilities at exec.
+fn check_security(spec: &ContainerSpec) -> Result<(), RuntimeError> {
+    let s = &spec.security;
+    let refuse = |what: &str, why: &str| {
+        Err(RuntimeError::Start {
+            reason: crate::pods::env::CONFIG_ERROR.into(),
+            message: format!("{what} needs the docker runtime: the process runtime {why}"),
+        })
+    };
+    const NO_CAPS: &str = "cannot give capabilities to a process that is not root";
+    // Without runAsUser, the process runs as the agent does.
+    let agent_uid = || fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    let uid = s.user.unwrap_or_else(agent_uid);
+    if s.read_only_root {
+        return refuse(
+            "readOnlyRootFilesystem",
+            "runs containers on the node's own root",
+        );
+    }
+    if uid != 0 && !s.add.is_empty() {
+        return refuse("capabilities.add with runAsUser", NO_CAPS);
+    }
+    if uid != 0 && s.privileged {
+        return refuse("privileged with runAsUser", NO_CAPS);
+    }
+    if s.non_root && uid == 0 {
+        return Err(super::runs_as_root(&spec.pod, &spec.container));
+    }
+    Ok(())
 }
 
 /// The container processes still running under an agent's `data_dir`
@@ -289,6 +324,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        check_security(spec)?;
         if !self.pod_dir(&spec.pod).join(POD_FILE).exists() {
             self.create_sandbox(&spec.pod, false).await?;
         }
@@ -517,6 +553,7 @@ impl Runtime for ProcessRuntime {
         if let (None, Some(wd)) = (&mntns, &launch.working_dir) {
             cmd.current_dir(wd);
         }
+        shim::take_identity(&mut cmd, &launch.security);
         let mut child = tokio::process::Command::from(cmd).spawn()?;
         drop(groups);
         drop((netns, mntns));

@@ -229,6 +229,7 @@ mod tests {
             network: None,
             init: false,
             mounts: vec![],
+            security: Default::default(),
         }
     }
 

@@ -135,14 +135,19 @@ impl Volumes {
     async fn set_up_one(&self, pod: &pb::Pod, v: &pb::Volume) -> Result<(), String> {
         let dir = self.volume_dir(pod, &v.name);
         let source = Source::of(v)?;
-        let payload = match source {
+        let fs_group = berth_api::security_context::fs_group(pod);
+        let mut payload = match source {
             Source::HostPath(h) => return host_path(h),
             Source::EmptyDir(e) => {
                 let (medium, size) = match e.medium.as_str() {
                     "Memory" => (Medium::Memory, Quantity::parse(&e.size_limit).ok()),
                     _ => (Medium::Disk, None),
                 };
-                return make_dir(&dir, medium, 0o777, size.map(|q| q.units() as u64));
+                make_dir(&dir, medium, 0o777, size.map(|q| q.units() as u64))?;
+                return match fs_group {
+                    Some(g) => give_to_group(&dir, g, 0o2777),
+                    None => Ok(()),
+                };
             }
             Source::ConfigMap(c) => {
                 let files = self
@@ -173,9 +178,18 @@ impl Volumes {
             _ => Medium::Disk,
         };
         make_dir(&dir, medium, 0o755, None)?;
-        atomic::write(&dir, &payload)
+        if fs_group.is_some() {
+            // Readable by the group, as the kubelet makes them.
+            for file in payload.values_mut() {
+                file.mode |= 0o440;
+            }
+        }
+        let written = atomic::write(&dir, &payload)
             .map_err(|e| format!("cannot write the volume's files: {e}"))?;
-        Ok(())
+        match fs_group {
+            Some(g) if written => give_to_group(&dir, g, 0o2755),
+            _ => Ok(()),
+        }
     }
 
     /// A ConfigMap's or Secret's keys as file contents; None when it is
@@ -468,6 +482,27 @@ fn make_dir(dir: &Path, medium: Medium, mode: u32, size: Option<u64>) -> Result<
             .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))?;
     }
     Ok(())
+}
+
+/// Gives `dir` and everything in it to group `gid` (fsGroup); `dir` gets
+/// `mode`, the directories in it the setgid bit, so that what is made in
+/// them later belongs to the group too.
+fn give_to_group(dir: &Path, gid: u32, mode: u32) -> Result<(), String> {
+    fn walk(path: &Path, gid: u32) -> io::Result<()> {
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
+        let meta = fs::symlink_metadata(path)?;
+        if meta.is_dir() {
+            let bits = meta.permissions().mode() | 0o2010;
+            fs::set_permissions(path, fs::Permissions::from_mode(bits))?;
+            for entry in fs::read_dir(path)? {
+                walk(&entry?.path(), gid)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, gid)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(mode)))
+        .map_err(|e| format!("cannot give the volume to group {gid} (fsGroup): {e}"))
 }
 
 /// Whether something is mounted on `dir` (it is on another device than

@@ -272,3 +272,101 @@ async fn an_empty_dir_over_its_size_limit_is_reported() {
         Some("Usage of EmptyDir volume \"cache\" exceeds the limit \"64Ki\". ")
     );
 }
+
+#[tokio::test]
+async fn an_fs_group_owns_the_volumes_and_may_read_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = Arc::new(Table::default());
+    table.put(Kind::ConfigMap, "app", &[("key", "v")]);
+    let volumes = manager(dir.path(), table);
+    let mut p = pod(vec![
+        config_map("app", vec![], None),
+        pb::Volume {
+            name: "data".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
+    ]);
+    p.spec.as_mut().unwrap().security_context = Some(pb::PodSecurityContext {
+        fs_group: Some(2000),
+        ..Default::default()
+    });
+    volumes.set_up(&p).await.unwrap();
+    let data = fs::metadata(dir.path().join("u1/data")).unwrap();
+    assert_eq!(
+        (data.gid(), data.permissions().mode() & 0o7777),
+        (2000, 0o2777)
+    );
+    let file = fs::metadata(dir.path().join("u1/cfg/key")).unwrap();
+    assert_eq!(file.gid(), 2000);
+    assert_eq!(file.permissions().mode() & 0o777, 0o640 | 0o440);
+    let cfg = fs::metadata(dir.path().join("u1/cfg")).unwrap();
+    assert_eq!(
+        (cfg.gid(), cfg.permissions().mode() & 0o7777),
+        (2000, 0o2755)
+    );
+}
+
+#[tokio::test]
+async fn a_projected_volume_joins_its_sources_on_a_tmpfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = Arc::new(Table::default());
+    table.put(Kind::ConfigMap, "app", &[("mode", "fast")]);
+    table.put(Kind::Secret, "db", &[("password", "s3cret")]);
+    let volumes = manager(dir.path(), table);
+    let item = |key: &str, path: &str| pb::KeyToPath {
+        key: key.into(),
+        path: path.into(),
+        mode: None,
+    };
+    let p = pod(vec![pb::Volume {
+        name: "all".into(),
+        projected: Some(pb::ProjectedVolumeSource {
+            default_mode: Some(0o600),
+            sources: vec![
+                pb::VolumeProjection {
+                    config_map: Some(pb::ConfigMapProjection {
+                        name: "app".into(),
+                        items: vec![item("mode", "config/mode")],
+                        optional: None,
+                    }),
+                    ..Default::default()
+                },
+                pb::VolumeProjection {
+                    secret: Some(pb::SecretProjection {
+                        name: "db".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                pb::VolumeProjection {
+                    downward_api: Some(pb::DownwardApiProjection {
+                        items: vec![pb::DownwardApiVolumeFile {
+                            path: "name".into(),
+                            field_ref: Some(pb::ObjectFieldSelector {
+                                api_version: "v1".into(),
+                                field_path: "metadata.name".into(),
+                            }),
+                            ..Default::default()
+                        }],
+                    }),
+                    ..Default::default()
+                },
+            ],
+        }),
+        ..Default::default()
+    }]);
+    volumes.set_up(&p).await.unwrap();
+    let all = dir.path().join("u1/all");
+    assert!(is_mount_point(&all), "projected files live on a tmpfs");
+    assert_eq!(fs::read_to_string(all.join("config/mode")).unwrap(), "fast");
+    assert_eq!(fs::read_to_string(all.join("password")).unwrap(), "s3cret");
+    assert_eq!(fs::read_to_string(all.join("name")).unwrap(), "web");
+    let mode = fs::metadata(all.join("password"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    volumes.tear_down("u1").unwrap();
+    assert!(!all.exists());
+}
