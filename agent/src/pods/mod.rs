@@ -465,7 +465,7 @@ impl PodSync {
         let (volumes, done) = (self.volumes.clone(), self.done_tx.clone());
         tokio::spawn(async move {
             for pod in pods {
-                if let Err(e) = volumes.set_up(&pod).await {
+                if let Err(e) = volumes.refresh(&pod).await {
                     tracing::warn!(pod = %pod.name(), namespace = %pod.namespace(), error = %e, "cannot bring the pod's volumes up to date");
                 }
                 let (v, p) = (volumes.clone(), pod.clone());
@@ -691,7 +691,7 @@ impl PodSync {
             if let Err(e) = runtime.remove_sandbox(&pod).await {
                 tracing::warn!(pod = %pod.name, error = %e, "cannot remove the pod");
             }
-            if let Err(e) = volumes.tear_down(&pod.uid) {
+            if let Err(e) = volumes.tear_down(&pod.uid).await {
                 tracing::warn!(pod = %pod.name, error = %e, "cannot remove the pod's volumes");
             }
             if let Some(net) = network {

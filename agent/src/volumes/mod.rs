@@ -116,11 +116,25 @@ impl Volumes {
 
     /// Makes every volume of `pod`, or brings its files up to date.
     pub async fn set_up(&self, pod: &pb::Pod) -> Result<(), VolumeError> {
+        self.set_up_if(pod, false).await
+    }
+
+    /// As `set_up`, for a pod whose volumes were made: one torn down since
+    /// (the pod went while a round of upkeep ran) is not made again.
+    pub async fn refresh(&self, pod: &pb::Pod) -> Result<(), VolumeError> {
+        self.set_up_if(pod, true).await
+    }
+
+    async fn set_up_if(&self, pod: &pb::Pod, only_existing: bool) -> Result<(), VolumeError> {
         let Some(spec) = pod.spec.as_ref().filter(|s| !s.volumes.is_empty()) else {
             return Ok(());
         };
-        let lock = self.lock(&pod_uid(pod));
+        let uid = pod_uid(pod);
+        let lock = self.lock(&uid);
         let _held = lock.lock().await;
+        if only_existing && !self.pod_dir(&uid).exists() {
+            return Ok(());
+        }
         for v in &spec.volumes {
             self.set_up_one(pod, v)
                 .await
@@ -338,7 +352,9 @@ impl Volumes {
     }
 
     /// Removes every volume of the pod `uid` (its containers have ended).
-    pub fn tear_down(&self, uid: &str) -> io::Result<()> {
+    pub async fn tear_down(&self, uid: &str) -> io::Result<()> {
+        let lock = self.lock(uid);
+        let _held = lock.lock().await;
         remove_pod(&self.pod_dir(uid))?;
         self.locks.lock().expect("volume locks").remove(uid);
         Ok(())

@@ -95,9 +95,14 @@ async fn config_maps_become_files_and_follow_their_changes() {
     assert_eq!(fs::read_to_string(cfg.join("mode")).unwrap(), "safe");
     assert_eq!(fs::read_to_string(cfg.join("extra")).unwrap(), "1");
     assert_eq!(volumes.pods(), ["u1"]);
-    volumes.tear_down("u1").unwrap();
+    volumes.tear_down("u1").await.unwrap();
     assert!(!dir.path().join("u1").exists());
     assert!(volumes.pods().is_empty());
+    volumes.refresh(&p).await.unwrap();
+    assert!(
+        volumes.pods().is_empty(),
+        "upkeep does not make a removed pod's volumes again"
+    );
 }
 
 #[tokio::test]
@@ -198,7 +203,7 @@ async fn host_paths_are_checked_and_made_as_their_type_says() {
     let file = dir.path().join("made/f");
     volumes.set_up(&host(&file, "FileOrCreate")).await.unwrap();
     assert!(file.is_file());
-    volumes.tear_down("u1").unwrap();
+    volumes.tear_down("u1").await.unwrap();
     assert!(file.is_file(), "a hostPath is the node's: it stays");
 }
 
@@ -367,6 +372,6 @@ async fn a_projected_volume_joins_its_sources_on_a_tmpfs() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    volumes.tear_down("u1").unwrap();
+    volumes.tear_down("u1").await.unwrap();
     assert!(!all.exists());
 }
