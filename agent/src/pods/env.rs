@@ -35,7 +35,7 @@ pub enum Source {
 
 impl Source {
     /// As the API's NotFound error names the resource.
-    fn lower(self) -> &'static str {
+    pub(crate) fn lower(self) -> &'static str {
         match self {
             Self::ConfigMap => "configmap",
             Self::Secret => "secret",

@@ -217,7 +217,7 @@ pub fn running_processes(data_dir: &Path) -> Vec<PidRecord> {
 
 /// Pod uids and container names are checked by the API; this keeps a path
 /// component a path component whatever reaches the driver.
-fn safe(name: &str) -> String {
+pub(crate) fn safe(name: &str) -> String {
     name.replace(['/', '\0'], "_").replace("..", "__")
 }
 

@@ -90,8 +90,7 @@ impl Volumes {
     }
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
-        self.root
-            .join(uid.replace(['/', '\0'], "_").replace("..", "__"))
+        self.root.join(crate::runtime::process::safe(uid))
     }
 
     fn volume_dir(&self, pod: &pb::Pod, volume: &str) -> PathBuf {
@@ -217,9 +216,7 @@ impl Volumes {
     ) -> Result<Option<crate::pods::env::Values>, String> {
         let found = self.objects.files(kind, pod.namespace(), name).await?;
         match found {
-            None if optional != Some(true) => {
-                Err(format!("{} {name:?} not found", kind_lower(kind)))
-            }
+            None if optional != Some(true) => Err(format!("{} {name:?} not found", kind.lower())),
             found => Ok(found),
         }
     }
@@ -394,13 +391,6 @@ fn pod_uid(pod: &pb::Pod) -> String {
         .unwrap_or_default()
 }
 
-fn kind_lower(kind: Kind) -> &'static str {
-    match kind {
-        Kind::ConfigMap => "configmap",
-        Kind::Secret => "secret",
-    }
-}
-
 fn mode_of(item: Option<i32>, default: Option<i32>) -> u32 {
     item.or(default).map_or(DEFAULT_MODE, |m| m as u32 & 0o777)
 }
@@ -436,7 +426,7 @@ fn key_files(
             None => {
                 return Err(format!(
                     "{} {name:?} has no key {:?}",
-                    kind_lower(kind),
+                    kind.lower(),
                     item.key
                 ))
             }
