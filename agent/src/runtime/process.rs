@@ -253,7 +253,10 @@ fn instance_state(dir: &Path) -> InstanceState {
         },
         Some(p) => lost(Some(from_ms(p.started_at_ms))),
         None => {
+            // A listing may find the directory a moment before its launch
+            // file is written: the directory is as young as the start.
             let launched = fs::metadata(dir.join(shim::LAUNCH_FILE))
+                .or_else(|_| fs::metadata(dir))
                 .and_then(|m| m.modified())
                 .unwrap_or(UNIX_EPOCH);
             let young = launched.elapsed().unwrap_or_default() < START_TIMEOUT;
@@ -328,13 +331,13 @@ impl Runtime for ProcessRuntime {
         if !self.pod_dir(&spec.pod).join(POD_FILE).exists() {
             self.create_sandbox(&spec.pod, false).await?;
         }
+        let launch = self.launch(spec)?;
         let dir = self.instance_dir(&spec.pod, &spec.container, spec.attempt);
         if dir.exists() {
             // Left by a start that did not finish: begin afresh.
             fs::remove_dir_all(&dir)?;
         }
         fs::create_dir_all(&dir)?;
-        let launch = self.launch(spec)?;
         let bytes = serde_json::to_vec(&launch).map_err(|e| RuntimeError::Other(e.to_string()))?;
         shim::write_atomic(&dir.join(shim::LAUNCH_FILE), &bytes)?;
         let child = tokio::process::Command::new(&self.shim_program)
@@ -611,4 +614,32 @@ fn tail(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start makes the instance's directory before its launch file; a
+    /// listing in between must not take the container for one whose shim
+    /// died, which would end a pod with restartPolicy Never.
+    #[test]
+    fn an_instance_directory_without_its_launch_file_is_starting_until_it_is_old() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("0");
+        fs::create_dir(&dir).unwrap();
+        assert_eq!(instance_state(&dir), InstanceState::Creating);
+
+        let long_ago = SystemTime::now() - 2 * START_TIMEOUT;
+        fs::File::open(&dir)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        match instance_state(&dir) {
+            InstanceState::Exited(exit) => {
+                assert_eq!(exit.start_error.map(|e| e.0).as_deref(), Some("StartError"))
+            }
+            other => panic!("a start abandoned long ago is over, not {other:?}"),
+        }
+    }
 }
