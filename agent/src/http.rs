@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -36,6 +38,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::pods::PodIndex;
+use crate::runtime::LogOptions;
 use crate::runtime::Runtime;
 use crate::runtime::RuntimeError;
 
@@ -49,11 +52,41 @@ pub struct AgentLogs {
 pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
 #[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct LogQuery {
     #[serde(default)]
     follow: bool,
     #[serde(default)]
     previous: bool,
+    tail_lines: Option<usize>,
+    since_seconds: Option<u64>,
+    /// RFC 3339.
+    since_time: Option<String>,
+    #[serde(default)]
+    timestamps: bool,
+}
+
+impl LogQuery {
+    /// The kubelet's parameters as the runtime's options; a malformed
+    /// time is refused, not ignored.
+    fn options(&self, now: SystemTime) -> Result<LogOptions, String> {
+        let since_time = match &self.since_time {
+            Some(t) => Some(humantime::parse_rfc3339_weak(t).map_err(|e| {
+                format!("sinceTime {t:?} is not an RFC 3339 time ({e}): write it as 2024-05-01T12:00:00Z")
+            })?),
+            None => None,
+        };
+        let since_seconds = self.since_seconds.map(|s| {
+            now.checked_sub(Duration::from_secs(s))
+                .unwrap_or(UNIX_EPOCH)
+        });
+        Ok(LogOptions {
+            follow: self.follow,
+            tail: self.tail_lines,
+            since: since_time.or(since_seconds),
+            timestamps: self.timestamps,
+        })
+    }
 }
 
 /// How long an answer of the cluster about reading logs is kept.
@@ -302,7 +335,11 @@ async fn container_logs(
             format!("container {container:?} of pod {namespace}/{pod} {what}"),
         );
     };
-    match runtime.logs(&pod_ref, &container, attempt, q.follow).await {
+    let options = match q.options(SystemTime::now()) {
+        Ok(o) => o,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
+    match runtime.logs(&pod_ref, &container, attempt, &options).await {
         Ok(stream) => Response::new(Body::from_stream(stream)),
         Err(e @ RuntimeError::NotFound { .. }) => refuse(StatusCode::NOT_FOUND, e.to_string()),
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -8,6 +8,7 @@
 //! stops a workload: the runtime keeps enough on disk (process) or in the
 //! engine (docker) for a new agent to adopt what runs.
 
+pub mod hooks;
 pub mod http;
 pub mod network;
 pub mod node;

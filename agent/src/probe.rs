@@ -212,33 +212,11 @@ fn port(container: &pb::Container, port: &str) -> Result<u16, String> {
 }
 
 async fn check(probe: &pb::Probe, target: &Target, timeout: Duration) -> Result<(), String> {
-    let host = |h: &str| {
-        if h.is_empty() {
-            target.pod_ip.clone()
-        } else {
-            h.to_string()
-        }
-    };
     if let Some(exec) = &probe.exec {
-        let code = target
-            .runtime
-            .exec(
-                &target.pod,
-                &target.container.name,
-                target.attempt,
-                &exec.command,
-                timeout,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        return if code == 0 {
-            Ok(())
-        } else {
-            Err(format!("command exited with {code}"))
-        };
+        return run_exec(target, exec, timeout).await;
     }
     if let Some(tcp) = &probe.tcp_socket {
-        let addr = (host(&tcp.host), port(&target.container, &tcp.port)?);
+        let addr = (target.host(&tcp.host), port(&target.container, &tcp.port)?);
         return match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -246,13 +224,58 @@ async fn check(probe: &pb::Probe, target: &Target, timeout: Duration) -> Result<
         };
     }
     if let Some(http) = &probe.http_get {
-        let addr = (host(&http.host), port(&target.container, &http.port)?);
-        return match tokio::time::timeout(timeout, http_get(addr, http)).await {
-            Ok(r) => r,
-            Err(_) => Err("timed out".into()),
-        };
+        return run_http_get(target, http, timeout).await;
     }
     Err("the probe sets none of exec, httpGet and tcpSocket".into())
+}
+
+impl Target {
+    /// Where a probe or hook connects: its host, or else the pod.
+    fn host(&self, host: &str) -> String {
+        match host {
+            "" => self.pod_ip.clone(),
+            h => h.to_string(),
+        }
+    }
+}
+
+/// Runs `exec` in the target container: Ok if it exits 0.
+pub async fn run_exec(
+    target: &Target,
+    exec: &pb::ExecAction,
+    timeout: Duration,
+) -> Result<(), String> {
+    let code = target
+        .runtime
+        .exec(
+            &target.pod,
+            &target.container.name,
+            target.attempt,
+            &exec.command,
+            timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    match code {
+        0 => Ok(()),
+        code => Err(format!("command exited with {code}")),
+    }
+}
+
+/// GETs `http` from the target: Ok on a status from 200 to 399.
+pub async fn run_http_get(
+    target: &Target,
+    http: &pb::HttpGetAction,
+    timeout: Duration,
+) -> Result<(), String> {
+    let addr = (
+        target.host(&http.host),
+        port(&target.container, &http.port)?,
+    );
+    match tokio::time::timeout(timeout, http_get(addr, http)).await {
+        Ok(r) => r,
+        Err(_) => Err("timed out".into()),
+    }
 }
 
 /// An HTTP/1.1 GET; any status from 200 to 399 passes, as in Kubernetes.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use std::time::SystemTime;
 
 use berth_api::pb;
+use berth_api::resources::is_sidecar;
 
 use crate::runtime::rfc3339;
 use crate::runtime::Exit;
@@ -34,6 +35,9 @@ pub struct ContainerView<'a> {
     /// Started, and the readiness probe (or, without one, running) says
     /// ready.
     pub ready: bool,
+    /// It runs, but its postStart hook has not ended: the kubelet shows it
+    /// waiting in ContainerCreating until then.
+    pub hooking: bool,
 }
 
 impl<'a> ContainerView<'a> {
@@ -46,6 +50,7 @@ impl<'a> ContainerView<'a> {
             backoff: None,
             started: false,
             ready: false,
+            hooking: false,
         }
     }
 }
@@ -78,7 +83,10 @@ fn waiting(reason: &str, message: String) -> pb::ContainerState {
 
 /// The restart policy of a pod's init containers: one that failed runs
 /// again unless the pod's policy is Never, one that succeeded never does.
-pub fn init_policy(pod: &pb::Pod) -> &'static str {
+pub fn init_policy(pod: &pb::Pod, container: &pb::Container) -> &'static str {
+    if is_sidecar(container) {
+        return "Always";
+    }
     match pod.spec.as_ref().map(|s| s.restart_policy.as_str()) {
         Some("Never") => "Never",
         _ => "OnFailure",
@@ -115,6 +123,9 @@ pub fn container_status(
     });
     status.state = Some(match &latest.state {
         InstanceState::Creating => waiting("ContainerCreating", String::new()),
+        InstanceState::Running { .. } if view.hooking => {
+            waiting("ContainerCreating", String::new())
+        }
         InstanceState::Running { started_at } => pb::ContainerState {
             running: Some(pb::ContainerStateRunning {
                 started_at: rfc3339(*started_at),
@@ -209,14 +220,19 @@ fn succeeded(s: &pb::ContainerStatus) -> bool {
     state.terminated.is_some_and(|t| t.exit_code == 0)
 }
 
-/// Where the init containers stand, from their statuses: a container
-/// that will run again shows as waiting, so a failure shown as terminated
-/// is final.
-pub fn init_progress(init: &[pb::ContainerStatus], containers_ran: bool) -> Init {
-    if containers_ran || init.iter().all(succeeded) {
+/// Where the init containers stand, from their statuses (each with
+/// whether it is a sidecar, which needs only to have started): a
+/// container that will run again shows as waiting, so a failure shown as
+/// terminated is final.
+pub fn init_progress(init: &[(pb::ContainerStatus, bool)], containers_ran: bool) -> Init {
+    let done = |(s, sidecar): &(pb::ContainerStatus, bool)| match sidecar {
+        true => s.started == Some(true),
+        false => succeeded(s),
+    };
+    if containers_ran || init.iter().all(done) {
         return Init::Done;
     }
-    let failed = init.iter().any(|s| {
+    let failed = init.iter().any(|(s, _)| {
         let state = s.state.clone().unwrap_or_default();
         state.terminated.is_some_and(|t| t.exit_code != 0)
     });
@@ -246,8 +262,9 @@ pub fn pod_status(
         .init_containers
         .iter()
         .zip(&views.init)
-        .map(|(c, v)| container_status(pod, c, v, init_policy(pod)))
+        .map(|(c, v)| container_status(pod, c, v, init_policy(pod, c)))
         .collect();
+    let sidecars: Vec<bool> = spec.init_containers.iter().map(is_sidecar).collect();
     let mut statuses: Vec<pb::ContainerStatus> = spec
         .containers
         .iter()
@@ -255,7 +272,12 @@ pub fn pod_status(
         .map(|(c, v)| container_status(pod, c, v, &spec.restart_policy))
         .collect();
     let ran = views.containers.iter().any(|v| v.latest.is_some());
-    let init = init_progress(&init_statuses, ran);
+    let marked: Vec<(pb::ContainerStatus, bool)> = init_statuses
+        .iter()
+        .cloned()
+        .zip(sidecars.iter().copied())
+        .collect();
+    let init = init_progress(&marked, ran);
     if init != Init::Done {
         // What has not started waits for the init containers, as the
         // kubelet shows it.
@@ -272,7 +294,11 @@ pub fn pod_status(
         Init::Running => "Pending",
         Init::Failed => "Failed",
     };
-    let ready = phase == "Running" && statuses.iter().all(|s| s.ready);
+    // Sidecars serve the containers: the pod is ready when they are too.
+    let sidecar_statuses = init_statuses.iter().zip(&sidecars).filter(|(_, s)| **s);
+    let ready = phase == "Running"
+        && statuses.iter().all(|s| s.ready)
+        && sidecar_statuses.into_iter().all(|(s, _)| s.ready);
     let mut conditions: Vec<pb::Condition> = old
         .conditions
         .iter()
@@ -393,6 +419,7 @@ mod tests {
                 backoff,
                 started: true,
                 ready: true,
+                hooking: false,
             };
             let views = PodViews {
                 containers: vec![view],

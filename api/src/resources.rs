@@ -110,10 +110,16 @@ fn container_requests(c: &pb::Container) -> (u64, u64) {
     )
 }
 
+/// Whether an init container is a native sidecar (`restartPolicy:
+/// Always`): it keeps running beside the containers.
+pub fn is_sidecar(c: &pb::Container) -> bool {
+    c.restart_policy == "Always"
+}
+
 /// A pod's requests, as Kubernetes' effective requests: per resource, the
-/// sum over its containers or the largest of its init containers (which
-/// run one at a time, before the others), whichever is more; and one pod
-/// slot.
+/// sum over its containers and sidecars, or what the init containers need
+/// while one of them runs (itself and the sidecars started before it),
+/// whichever is more; and one pod slot.
 pub fn pod_requests(pod: &pb::Pod) -> Resources {
     let Some(spec) = &pod.spec else {
         return Resources {
@@ -122,14 +128,26 @@ pub fn pod_requests(pod: &pb::Pod) -> Resources {
         };
     };
     let (mut cpu, mut memory) = (0u64, 0u64);
-    for (c, m) in spec.containers.iter().map(container_requests) {
-        cpu = cpu.saturating_add(c);
-        memory = memory.saturating_add(m);
-    }
-    for (c, m) in spec.init_containers.iter().map(container_requests) {
+    let (mut sidecar_cpu, mut sidecar_memory) = (0u64, 0u64);
+    for init in &spec.init_containers {
+        let (c, m) = container_requests(init);
+        let (c, m) = (
+            sidecar_cpu.saturating_add(c),
+            sidecar_memory.saturating_add(m),
+        );
+        if is_sidecar(init) {
+            (sidecar_cpu, sidecar_memory) = (c, m);
+        }
         cpu = cpu.max(c);
         memory = memory.max(m);
     }
+    let (mut sum_cpu, mut sum_memory) = (sidecar_cpu, sidecar_memory);
+    for (c, m) in spec.containers.iter().map(container_requests) {
+        sum_cpu = sum_cpu.saturating_add(c);
+        sum_memory = sum_memory.saturating_add(m);
+    }
+    cpu = cpu.max(sum_cpu);
+    memory = memory.max(sum_memory);
     Resources {
         pods: 1,
         cpu_millis: cpu,
@@ -299,6 +317,22 @@ mod tests {
                 pods: 1,
             }
         );
+    }
+
+    #[test]
+    fn sidecars_count_beside_the_containers_and_the_init_containers_after_them() {
+        let mut p = pod(&[(&[("cpu", "500m")], &[])]);
+        let init = pod(&[
+            (&[("cpu", "1")], &[]),
+            (&[("cpu", "200m")], &[]),
+            (&[("cpu", "900m")], &[]),
+        ]);
+        let mut init = init.spec.unwrap().containers;
+        init[1].restart_policy = "Always".into();
+        p.spec.as_mut().unwrap().init_containers = init;
+        // The last init container runs beside the sidecar: 1100m; the
+        // containers with it: 700m; the first init container alone: 1000m.
+        assert_eq!(pod_requests(&p).cpu_millis, 1100);
     }
 
     #[test]

@@ -274,6 +274,14 @@ pub fn default_pod_spec(spec: &mut pb::PodSpec) {
                 default_str(&mut r.divisor, "1");
             }
         }
+        let hooks = c
+            .lifecycle
+            .iter_mut()
+            .flat_map(|l| [&mut l.post_start, &mut l.pre_stop]);
+        for h in hooks.flatten().filter_map(|h| h.http_get.as_mut()) {
+            default_str(&mut h.path, "/");
+            default_str(&mut h.scheme, "HTTP");
+        }
         default_str(&mut c.termination_message_path, "/dev/termination-log");
         default_str(&mut c.termination_message_policy, "File");
     }
@@ -346,6 +354,47 @@ fn check_probe(errs: &mut Errors, field: &str, p: &pb::Probe) {
     ] {
         if v < 0 {
             errs.add(format!("{field}.{name}"), "must not be negative");
+        }
+    }
+}
+
+/// A lifecycle hook: one handler; a sleep ends within the grace period, as
+/// Kubernetes validates it.
+fn check_hook(errs: &mut Errors, field: &str, h: &pb::LifecycleHandler, grace: i64) {
+    let handlers = [h.exec.is_some(), h.http_get.is_some(), h.sleep.is_some()];
+    if handlers.iter().filter(|h| **h).count() != 1 {
+        errs.add(field, "needs exactly one of exec, httpGet or sleep");
+    }
+    if h.exec.as_ref().is_some_and(|e| e.command.is_empty()) {
+        errs.add(format!("{field}.exec.command"), "is required");
+    }
+    if let Some(g) = &h.http_get {
+        check_named_port(errs, &format!("{field}.httpGet.port"), &g.port);
+        one_of(
+            errs,
+            &format!("{field}.httpGet.scheme"),
+            &g.scheme,
+            &["HTTP", "HTTPS"],
+        );
+    }
+    if let Some(s) = &h.sleep {
+        if !(0..=grace).contains(&s.seconds) {
+            errs.add(
+                format!("{field}.sleep.seconds"),
+                format!(
+                    "{} must be from 0 to terminationGracePeriodSeconds ({grace})",
+                    s.seconds
+                ),
+            );
+        }
+    }
+}
+
+fn check_lifecycle(errs: &mut Errors, field: &str, l: &pb::Lifecycle, grace: i64) {
+    let hooks = [("postStart", &l.post_start), ("preStop", &l.pre_stop)];
+    for (name, h) in hooks {
+        if let Some(h) = h {
+            check_hook(errs, &format!("{field}.{name}"), h, grace);
         }
     }
 }
@@ -481,6 +530,10 @@ pub fn check_pod_spec(errs: &mut Errors, field: &str, spec: Option<&pb::PodSpec>
         if let Some(sc) = &c.security_context {
             crate::security_context::check_container(errs, &format!("{f}.securityContext"), sc);
         }
+        if let Some(l) = &c.lifecycle {
+            let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+            check_lifecycle(errs, &format!("{f}.lifecycle"), l, grace);
+        }
         if !names.insert(c.name.clone()) {
             errs.add(
                 format!("{f}.name"),
@@ -492,7 +545,24 @@ pub fn check_pod_spec(errs: &mut Errors, field: &str, spec: Option<&pb::PodSpec>
     if let Some(sc) = &spec.security_context {
         crate::security_context::check_pod(errs, &format!("{field}.securityContext"), sc);
     }
+    for (i, c) in spec.containers.iter().enumerate() {
+        if !c.restart_policy.is_empty() {
+            errs.add(
+                format!("{field}.containers[{i}].restartPolicy"),
+                "only an init container takes one (Always, making it a sidecar): a container restarts as the pod's restartPolicy says",
+            );
+        }
+    }
     for (i, c) in spec.init_containers.iter().enumerate() {
+        let f = format!("{field}.initContainers[{i}]");
+        match c.restart_policy.as_str() {
+            "" => {}
+            "Always" => continue,
+            other => errs.add(
+                format!("{f}.restartPolicy"),
+                format!("{other:?} is not supported: Always (a sidecar) is the only value"),
+            ),
+        }
         let probes = [
             ("livenessProbe", &c.liveness_probe),
             ("readinessProbe", &c.readiness_probe),
@@ -500,8 +570,14 @@ pub fn check_pod_spec(errs: &mut Errors, field: &str, spec: Option<&pb::PodSpec>
         ];
         for (name, _) in probes.into_iter().filter(|(_, p)| p.is_some()) {
             errs.add(
-                format!("{field}.initContainers[{i}].{name}"),
-                "an init container runs to completion and takes no probes",
+                format!("{f}.{name}"),
+                "an init container runs to completion and takes no probes (a sidecar, restartPolicy Always, does)",
+            );
+        }
+        if c.lifecycle.is_some() {
+            errs.add(
+                format!("{f}.lifecycle"),
+                "an init container runs to completion and takes no lifecycle hooks (a sidecar, restartPolicy Always, does)",
             );
         }
     }
@@ -1038,5 +1114,63 @@ mod tests {
         check_container(&mut errs, "c", &c);
         let e = errs.finish().unwrap_err();
         assert!(e.to_string().contains("c.resources.requests.cpu"), "{e}");
+    }
+
+    fn pod_spec_errors(spec: &str) -> String {
+        let text = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n{spec}");
+        let mut spec = match crate::manifest::parse(&text).map(|mut o| o.pop()) {
+            Ok(Some(crate::kinds::AnyObject::Pod(p))) => p.spec.unwrap(),
+            other => return format!("{other:?}"),
+        };
+        default_pod_spec(&mut spec);
+        let mut errs = Errors::default();
+        check_pod_spec(&mut errs, "spec", Some(&spec));
+        errs.finish()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn hooks_take_one_handler_and_only_init_containers_take_a_restart_policy() {
+        let good = "  terminationGracePeriodSeconds: 10\n  containers:\n  - name: a\n    command: [x]\n    lifecycle:\n      postStart: {exec: {command: [touch, /ready]}}\n      preStop: {sleep: {seconds: 5}}\n";
+        assert_eq!(pod_spec_errors(good), "");
+        let http = "  containers:\n  - name: a\n    command: [x]\n    lifecycle: {preStop: {httpGet: {port: 8080}}}\n";
+        assert_eq!(pod_spec_errors(http), "");
+        let sidecar = "  initContainers:\n  - name: proxy\n    command: [x]\n    restartPolicy: Always\n    readinessProbe: {exec: {command: [x]}}\n    lifecycle: {preStop: {sleep: {seconds: 1}}}\n  containers:\n  - name: a\n    command: [x]\n";
+        assert_eq!(
+            pod_spec_errors(sidecar),
+            "",
+            "a sidecar takes probes and hooks"
+        );
+        for (spec, wanted) in [
+            (
+                "  containers:\n  - name: a\n    command: [x]\n    lifecycle: {preStop: {}}\n",
+                "spec.containers[0].lifecycle.preStop: needs exactly one of exec, httpGet or sleep",
+            ),
+            (
+                "  terminationGracePeriodSeconds: 10\n  containers:\n  - name: a\n    command: [x]\n    lifecycle: {preStop: {sleep: {seconds: 11}}}\n",
+                "spec.containers[0].lifecycle.preStop.sleep.seconds: 11 must be from 0 to terminationGracePeriodSeconds (10)",
+            ),
+            (
+                "  containers:\n  - name: a\n    command: [x]\n    lifecycle: {postStart: {tcpSocket: {port: 80}}}\n",
+                "tcpSocket",
+            ),
+            (
+                "  initContainers:\n  - name: i\n    command: [x]\n    lifecycle: {postStart: {exec: {command: [x]}}}\n  containers:\n  - name: a\n    command: [x]\n",
+                "spec.initContainers[0].lifecycle: an init container runs to completion",
+            ),
+            (
+                "  initContainers:\n  - name: i\n    command: [x]\n    restartPolicy: OnFailure\n  containers:\n  - name: a\n    command: [x]\n    restartPolicy: Always\n",
+                "spec.containers[0].restartPolicy: only an init container takes one",
+            ),
+            (
+                "  initContainers:\n  - name: i\n    command: [x]\n    restartPolicy: OnFailure\n  containers:\n  - name: a\n    command: [x]\n",
+                "spec.initContainers[0].restartPolicy: \"OnFailure\" is not supported: Always (a sidecar) is the only value",
+            ),
+        ] {
+            let errors = pod_spec_errors(spec);
+            assert!(errors.contains(wanted), "{wanted:?} not in {errors:?}");
+        }
     }
 }

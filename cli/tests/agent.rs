@@ -942,3 +942,268 @@ async fn agent_logs(ch: &Channel, conf: &std::path::Path, name: &str) -> (u16, S
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (code, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// Answers every request 200 after appending its path to `log`: the
+/// target of an httpGet preStop hook.
+async fn drain_endpoint(log: std::path::PathBuf) -> u16 {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("?").to_string();
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
+            std::io::Write::write_all(&mut f, format!("{path}\n").as_bytes()).unwrap();
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    port
+}
+
+/// Lifecycle hooks on the process runtime: a postStart hook ends before
+/// the pod is Running; on deletion each container's preStop hook (exec in
+/// one, httpGet in the other) runs before its SIGTERM; a failing
+/// postStart hook kills its container, which waits to restart with
+/// reason PostStartHookError.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lifecycle_hooks_run_after_the_start_and_before_sigterm() {
+    let _serial = berth_testkit::serial().await;
+    let env = env().await;
+    let (cluster, ch) = (&env.cluster, env.ch.clone());
+    let agent = env.agent("node");
+    let out = env.root.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let port = drain_endpoint(out.join("web")).await;
+    let manifest = env.root.path().join("hooks.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: main
+    command: [/bin/sh, -c, "trap 'echo term >> /out/main; exit 0' TERM; while true; do sleep 0.1; done"]
+    lifecycle:
+      postStart: {{exec: {{command: [/bin/sh, -c, "sleep 1; echo started > /out/post"]}}}}
+      preStop: {{exec: {{command: [/bin/sh, -c, "echo prestop >> /out/main"]}}}}
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  - name: web
+    command: [/bin/sh, -c, "trap 'echo term >> /out/web; exit 0' TERM; while true; do sleep 0.1; done"]
+    lifecycle:
+      preStop: {{httpGet: {{host: 127.0.0.1, port: {port}, path: /drain}}}}
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  volumes:
+  - {{name: out, hostPath: {{path: {out}, type: Directory}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: refused}}
+spec:
+  containers:
+  - name: main
+    command: [/bin/sleep, "600"]
+    lifecycle: {{postStart: {{exec: {{command: [/bin/false]}}}}}}
+"#,
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let out_of = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    let applied = cluster
+        .cli()
+        .arg("apply")
+        .arg("-f")
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let ch = &ch;
+    eventually("the hooked pod runs", T, || async move {
+        let p = pb::Pod::get(ch.clone(), get_req("default", "hooked"))
+            .await
+            .unwrap();
+        phase(&p) == "Running"
+    })
+    .await;
+    assert_eq!(
+        out_of("post"),
+        "started\n",
+        "the postStart hook ended before the pod ran"
+    );
+
+    let deleted = cluster
+        .cli()
+        .args(["delete", "pod", "hooked"])
+        .output()
+        .unwrap();
+    assert!(deleted.status.success());
+    eventually("the hooked pod is gone", T, || async move {
+        pb::Pod::get(ch.clone(), get_req("default", "hooked"))
+            .await
+            .is_err()
+    })
+    .await;
+    eventually("both containers saw SIGTERM", T, || async {
+        out_of("main").ends_with("term\n") && out_of("web").ends_with("term\n")
+    })
+    .await;
+    assert_eq!(out_of("main"), "prestop\nterm\n");
+    assert_eq!(out_of("web"), "/drain\nterm\n");
+
+    eventually("the failed postStart hook shows", T, || async move {
+        let p = pb::Pod::get(ch.clone(), get_req("default", "refused"))
+            .await
+            .unwrap();
+        let s = container_status(&p);
+        let waiting = s.state.and_then(|s| s.waiting);
+        waiting.is_some_and(|w| {
+            w.reason == "PostStartHookError"
+                && w.message.starts_with("Exec lifecycle hook ([\"/bin/false\"]) for container \"main\" in pod \"refused_default(")
+        }) && s.last_state.is_some_and(|l| l.terminated.is_some())
+    })
+    .await;
+    drop(agent);
+}
+
+/// `logs --tail`, `--since`, `--since-time` and `--timestamps` on the
+/// process runtime, whose shim stamps each line (stdout and stderr in the
+/// order written) as it reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_take_the_last_lines_from_a_time_with_their_timestamps() {
+    let _serial = berth_testkit::serial().await;
+    let env = env().await;
+    let (cluster, ch) = (&env.cluster, env.ch.clone());
+    let agent = env.agent("node");
+    let talker = container("main")
+        .shell("echo one; echo two >&2; sleep 2; echo three; exec sleep 600")
+        .build();
+    pb::Pod::create(ch.clone(), pod("talker").container(talker).build())
+        .await
+        .unwrap();
+    let logs = |args: &[&str]| {
+        let out = cluster
+            .cli()
+            .args(["logs", "talker"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.success(),
+            text,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    eventually("the pod has said three lines", T, || async {
+        logs(&[]).1 == "one\ntwo\nthree\n"
+    })
+    .await;
+    assert_eq!(logs(&["--tail", "1"]).1, "three\n");
+    assert_eq!(logs(&["--tail", "0"]).1, "");
+    assert_eq!(logs(&["--since", "1h"]).1, "one\ntwo\nthree\n");
+
+    let (_, stamped, _) = logs(&["--timestamps"]);
+    let times: Vec<(std::time::SystemTime, &str)> = stamped
+        .lines()
+        .map(|l| {
+            let (time, text) = l.split_once(' ').expect("a time, then the line");
+            (humantime::parse_rfc3339(time).expect(time), text)
+        })
+        .collect();
+    let texts: Vec<&str> = times.iter().map(|(_, t)| *t).collect();
+    assert_eq!(texts, ["one", "two", "three"]);
+    let paused = times[2].0.duration_since(times[1].0).unwrap();
+    assert!(paused >= Duration::from_secs(2), "{stamped}");
+    let third = stamped.lines().nth(2).unwrap().split(' ').next().unwrap();
+    assert_eq!(logs(&["--since-time", third]).1, "three\n");
+
+    let (ok, _, err) = logs(&["--since-time", "yesterday"]);
+    assert!(!ok);
+    assert!(
+        err.contains("sinceTime \"yesterday\" is not an RFC 3339 time"),
+        "{err}"
+    );
+    drop(agent);
+}
+
+/// A native sidecar (an init container with restartPolicy Always) on the
+/// process runtime: the next init container waits until it has started
+/// (its startup probe passed), it runs beside the container, and once the
+/// container has finished, the pod succeeds and the sidecar is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sidecar_starts_before_the_containers_and_stops_after_them() {
+    let _serial = berth_testkit::serial().await;
+    let env = env().await;
+    let (cluster, ch) = (&env.cluster, env.ch.clone());
+    let agent = env.agent("node");
+    let out = env.root.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let manifest = env.root.path().join("sidecar.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: served}}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: proxy
+    restartPolicy: Always
+    command: [/bin/sh, -c, "trap 'echo proxy-term >> /out/log; exit 0' TERM; sleep 1; echo proxy-up >> /out/log; while true; do sleep 0.1; done"]
+    startupProbe: {{exec: {{command: [/bin/grep, -q, proxy-up, /out/log]}}, periodSeconds: 1}}
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  - name: setup
+    command: [/bin/sh, -c, "echo setup >> /out/log"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  containers:
+  - name: main
+    command: [/bin/sh, -c, "echo main >> /out/log"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  volumes:
+  - {{name: out, hostPath: {{path: {out}, type: Directory}}}}
+"#,
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let applied = cluster
+        .cli()
+        .args(["apply", "-f"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let log = || std::fs::read_to_string(out.join("log")).unwrap_or_default();
+    let ch = &ch;
+    eventually("the pod succeeds and its sidecar stops", T, || async move {
+        let p = pb::Pod::get(ch.clone(), get_req("default", "served"))
+            .await
+            .unwrap();
+        phase(&p) == "Succeeded" && log().ends_with("proxy-term\n")
+    })
+    .await;
+    assert_eq!(log(), "proxy-up\nsetup\nmain\nproxy-term\n");
+    drop(agent);
+}

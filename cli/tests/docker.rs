@@ -21,7 +21,7 @@ use berth_testkit::Cluster;
 use berth_testkit::ServerFlags;
 use tonic::transport::Channel;
 
-const IMAGE: &str = "berth-test/busybox:1";
+const IMAGE: &str = "berth-test/busybox:3";
 const T: Duration = Duration::from_secs(60);
 
 fn docker(args: &[&str]) -> Option<String> {
@@ -188,6 +188,84 @@ async fn the_docker_runtime_runs_adopts_and_removes_containers() {
         logs_of("files").contains("s3cret made safe\n")
     })
     .await;
+
+    // Who the container runs as, what it may do, and its hooks.
+    let out = root.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let manifest = root.path().join("who.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: who}}
+spec:
+  terminationGracePeriodSeconds: 10
+  securityContext: {{runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000]}}
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: [/bin/sh, -c, "id -u; id -g; id -G; grep -E '^(NoNewPrivs|CapBnd)' /proc/self/status; touch /x 2>/dev/null || echo read-only; trap 'echo term >> /out/log; exit 0' TERM; while true; do sleep 0.1; done"]
+    securityContext:
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      capabilities: {{drop: [NET_RAW]}}
+    lifecycle:
+      postStart: {{exec: {{command: [/bin/sh, -c, "echo started > /out/post"]}}}}
+      preStop: {{exec: {{command: [/bin/sh, -c, "echo prestop >> /out/log"]}}}}
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  volumes:
+  - {{name: out, hostPath: {{path: {out}, type: Directory}}}}
+"#,
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    // The hooks write as the container's user.
+    std::os::unix::fs::chown(&out, Some(1000), Some(3000)).unwrap();
+    let applied = cluster
+        .cli()
+        .args(["apply", "-f"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    eventually("the pod of a user runs", T, || async {
+        get_pod(&ch, "who")
+            .await
+            .status
+            .is_some_and(|s| s.phase == "Running")
+    })
+    .await;
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    assert_eq!(read("post"), "started\n", "postStart ended before Running");
+    eventually("the container has said who it is", T, || async {
+        logs_of("who").lines().count() == 6
+    })
+    .await;
+    let said = logs_of("who");
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(&lines[..3], ["1000", "3000", "3000 4000"], "{said}");
+    let bounding = lines[3].strip_prefix("CapBnd:").map(str::trim);
+    let bounding = u64::from_str_radix(bounding.unwrap_or_default(), 16).unwrap();
+    assert_eq!(bounding & (1 << 13), 0, "NET_RAW was dropped: {said}");
+    assert_eq!(
+        lines[4].split_whitespace().collect::<Vec<_>>(),
+        ["NoNewPrivs:", "1"]
+    );
+    assert_eq!(lines[5], "read-only", "{said}");
+    pb::Pod::delete(ch.clone(), delete_req("default", "who"))
+        .await
+        .unwrap();
+    eventually("the pod of a user is stopped", T, || async {
+        read("log").ends_with("term\n")
+    })
+    .await;
+    assert_eq!(read("log"), "prestop\nterm\n", "preStop ran before SIGTERM");
 
     // A missing image is a clear status, not a hang.
     eventually("the missing image is reported", T, || async {

@@ -476,7 +476,7 @@ async fn plant_what_the_api_refuses(
     }
 }
 
-const DOCKER_IMAGE: &str = "berth-test/busybox:2";
+const DOCKER_IMAGE: &str = "berth-test/busybox:3";
 const PAUSE_IMAGE: &str = "berth-test/pause:1";
 
 /// The docker runtime with `--network bridge`: each pod's pause container

@@ -123,8 +123,17 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
-        for p in self.live_processes() {
-            let _ = kill(Pid::from_raw(-p.pid), Signal::SIGKILL);
+        // A shim the agent started just before it died records its
+        // process a moment later: look again until a look finds none.
+        for round in 0..20 {
+            let live = self.live_processes();
+            if live.is_empty() && round > 0 {
+                break;
+            }
+            for p in live {
+                let _ = kill(Pid::from_raw(-p.pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
         if self.runtime == Runtime::Docker {
             crate::images::remove_docker_containers(&self.name);

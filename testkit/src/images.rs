@@ -38,7 +38,7 @@ fn import_busybox(tag: &str, options: &[&str]) -> Result<(), String> {
         .map_err(|e| format!("copy /bin/busybox (install Debian's busybox-static): {e}"))?;
     let applets = [
         "sh", "sleep", "echo", "cat", "true", "false", "ls", "env", "mktemp", "httpd", "wget",
-        "nslookup",
+        "nslookup", "id", "grep", "touch",
     ];
     for applet in applets {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| e.to_string())?;

@@ -35,6 +35,8 @@ use berth_client::watcher::Change;
 use berth_retry::Backoff;
 use tokio::sync::mpsc;
 
+use crate::hooks;
+use crate::hooks::Hook;
 use crate::network::BridgeNetwork;
 use crate::network::PodAddress;
 use crate::probe;
@@ -99,6 +101,13 @@ enum Done {
     },
     /// A round of volume upkeep ended.
     VolumesKept,
+    /// A container's postStart hook ended.
+    PostStart {
+        uid: String,
+        container: String,
+        attempt: u32,
+        result: Result<(), String>,
+    },
 }
 
 pub struct PodSync {
@@ -373,6 +382,19 @@ impl PodSync {
                 }
             }
             Done::VolumesKept => self.keeping_volumes = false,
+            Done::PostStart {
+                uid,
+                container,
+                attempt,
+                result,
+            } => {
+                if let Err(e) = &result {
+                    tracing::warn!(pod_uid = %uid, %container, error = %e, "FailedPostStartHook");
+                }
+                if let Some(s) = self.pods.get_mut(&uid) {
+                    s.post_start_done(&container, attempt, result, &self.plan, now);
+                }
+            }
         }
     }
 
@@ -489,7 +511,11 @@ impl PodSync {
                 container,
                 attempt,
             } => self.start(&pod, &container, attempt),
-            Action::Stop { instance, grace } => self.stop(*instance, grace),
+            Action::Stop {
+                instance,
+                grace,
+                pre_stop,
+            } => self.stop(*instance, grace, pre_stop.map(|c| *c)),
             Action::Remove(old) => {
                 let _ = self
                     .runtime
@@ -519,9 +545,30 @@ impl PodSync {
         }
     }
 
-    fn stop(&self, i: Instance, grace: Duration) {
+    /// Where a container of pod `uid` is reached by its probes and hooks.
+    fn target(&self, i: &Instance, container: pb::Container) -> probe::Target {
+        probe::Target {
+            runtime: self.runtime.clone(),
+            pod: i.pod.clone(),
+            container,
+            attempt: i.attempt,
+            pod_ip: self
+                .pods
+                .get(&i.pod.uid)
+                .map(|s| s.pod_ip(&self.plan))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Stops an instance, after its preStop hook when it has one.
+    fn stop(&self, i: Instance, grace: Duration, pre_stop: Option<pb::Container>) {
         let (runtime, done) = (self.runtime.clone(), self.done_tx.clone());
+        let hook = pre_stop.map(|c| self.target(&i, c));
         tokio::spawn(async move {
+            let grace = match &hook {
+                Some(target) => hooks::pre_stop(target, grace).await,
+                None => grace,
+            };
             let result = runtime.stop(&i.pod, &i.container, i.attempt, grace).await;
             if let Err(e) = &result {
                 tracing::warn!(pod_uid = %i.pod.uid, container = %i.container, error = %e, "cannot stop a container");
@@ -623,11 +670,33 @@ impl PodSync {
                     None
                 }
             };
+            let started = refused.is_none();
             let _ = done.send(Done::Container {
-                uid: u,
+                uid: u.clone(),
                 container: spec.container,
                 refused,
             });
+            if let Some(handler) = Hook::PostStart.of(&container).filter(|_| started) {
+                let target = probe::Target {
+                    runtime,
+                    pod: pod_ref(&pod),
+                    attempt,
+                    pod_ip: pod
+                        .status
+                        .as_ref()
+                        .map(|s| s.pod_ip.clone())
+                        .unwrap_or_default(),
+                    container: container.clone(),
+                };
+                let result =
+                    hooks::run(Hook::PostStart, handler, &target, hooks::POST_START_LIMIT).await;
+                let _ = done.send(Done::PostStart {
+                    uid: u,
+                    container: container.name,
+                    attempt,
+                    result,
+                });
+            }
         });
     }
 

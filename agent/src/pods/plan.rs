@@ -10,9 +10,11 @@ use std::time::Duration;
 use std::time::SystemTime;
 
 use berth_api::pb;
+use berth_api::resources::is_sidecar;
 use berth_api::resources::pod_is_terminal;
 use berth_retry::Backoff;
 
+use crate::hooks::Hook;
 use crate::network::PodAddress;
 use crate::probe;
 use crate::runtime::Exit;
@@ -57,6 +59,8 @@ pub enum Action {
     Stop {
         instance: Box<Instance>,
         grace: Duration,
+        /// The container, when it has a preStop hook to run first.
+        pre_stop: Option<Box<pb::Container>>,
     },
     /// Forget an instance older than the two kept.
     Remove(Box<Instance>),
@@ -97,12 +101,21 @@ pub struct CrashLoop {
     pub until: SystemTime,
 }
 
+/// A started attempt's postStart hook: running, or failed (the attempt is
+/// then stopped, and its restart waits with the hook's error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PostStart {
+    pub attempt: u32,
+    pub failed: bool,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ContainerState {
     /// A start or stop of it is under way.
     pub busy: bool,
     pub crash: Option<CrashLoop>,
     pub refused: Option<Refusal>,
+    pub post_start: Option<PostStart>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -122,6 +135,9 @@ pub struct Sandbox {
 pub struct PodState {
     /// The pod as the API has it for this node; None once it is not.
     pub pod: Option<pb::Pod>,
+    /// The pod as the API last had it, once it has not: its containers'
+    /// preStop hooks still run.
+    pub gone: Option<Box<pb::Pod>>,
     /// The grace period its containers are stopped with once it is gone.
     pub grace: Duration,
     pub containers: HashMap<String, ContainerState>,
@@ -204,6 +220,7 @@ impl PodState {
     pub fn unwant(&mut self) {
         if let Some(pod) = self.pod.take() {
             self.grace = grace(&pod);
+            self.gone = Some(Box::new(pod));
         }
     }
 
@@ -248,11 +265,7 @@ impl PodState {
         if pod_is_terminal(&pod) || deleting {
             // Finished, or failed by the node controller while this agent
             // was away: nothing of it may run.
-            for list in instances.values() {
-                if let Some(i) = list.last().filter(|i| is_live(i)) {
-                    self.stop(i, grace(&pod), &mut actions);
-                }
-            }
+            self.stop_all(pod.spec.as_ref(), instances, grace(&pod), &mut actions);
             return actions;
         }
         let spec = pod.spec.clone().unwrap_or_default();
@@ -272,22 +285,29 @@ impl PodState {
         };
         // Init containers run one at a time, each once it is the first
         // that has not succeeded; once the containers have run, they are
-        // done (as the kubelet, which does not run them again).
+        // done (as the kubelet, which does not run them again). A sidecar
+        // only needs to have started for the next to start, and is kept
+        // running (and probed) from then on.
         let ran = spec.containers.iter().any(|c| !list_of(c).is_empty());
         let mut blocked = false;
         for container in &spec.init_containers {
             let list = list_of(container);
-            let (view, wait) = if ran || blocked {
+            let sidecar = is_sidecar(container);
+            let (view, wait) = if blocked || (ran && !sidecar) {
                 (ContainerView::of(list), None)
             } else {
                 let planned = Planned {
                     container,
-                    policy: status::init_policy(&pod),
-                    init: true,
+                    policy: status::init_policy(&pod, container),
+                    init: !sidecar,
                 };
                 self.plan_container(&pod, planned, list, pass, &mut actions)
             };
-            blocked |= !ran && !list.last().is_some_and(succeeded);
+            let done = match sidecar {
+                true => view.started,
+                false => list.last().is_some_and(succeeded),
+            };
+            blocked |= !ran && !done;
             views.init.push(view);
             init_waiting.push(wait);
         }
@@ -401,9 +421,9 @@ impl PodState {
     ) -> (ContainerView<'a>, Option<(String, String)>) {
         let Pass {
             sandbox_waiting,
-            verdicts,
             config,
             now,
+            ..
         } = pass;
         let container = planned.container;
         let busy = self.container(&container.name).busy;
@@ -431,31 +451,11 @@ impl PodState {
                     self.container(&container.name).refused = None;
                 }
                 InstanceState::Running { .. } => {
-                    self.container(&container.name).refused = None;
-                    actions.push(Action::Probe {
-                        instance: Box::new(i.clone()),
-                        container: Box::new(container.clone()),
-                        pod_ip: self.pod_ip(config),
-                    });
-                    let v = verdicts(i);
-                    view.started = container.startup_probe.is_none() || v.started;
-                    view.ready = view.started
-                        && match container.readiness_probe {
-                            Some(_) => v.ready == Some(true),
-                            None => true,
-                        };
-                    if v.failed {
-                        // The failed probe's own grace period, if it
-                        // sets one, overrides the pod's.
-                        let probe = match view.started {
-                            true => &container.liveness_probe,
-                            false => &container.startup_probe,
-                        };
-                        let grace = probe
-                            .as_ref()
-                            .and_then(|p| p.termination_grace_period_seconds)
-                            .map_or(grace(pod), |s| Duration::from_secs(s.max(0) as u64));
-                        self.stop(i, grace, actions);
+                    let hook = self.container(&container.name).post_start;
+                    match hook.filter(|h| h.attempt == i.attempt) {
+                        Some(h) if h.failed => self.stop(i, grace(pod), actions),
+                        Some(_) => view.hooking = true,
+                        None => self.plan_running(pod, container, i, &mut view, pass, actions),
                     }
                 }
                 InstanceState::Exited(exit) => {
@@ -478,6 +478,45 @@ impl PodState {
         (view, waiting)
     }
 
+    /// A running container whose postStart hook (if any) has ended: probed,
+    /// and stopped when its startup or liveness probe fails.
+    fn plan_running(
+        &mut self,
+        pod: &pb::Pod,
+        container: &pb::Container,
+        i: &Instance,
+        view: &mut ContainerView<'_>,
+        pass: Pass<'_>,
+        actions: &mut Vec<Action>,
+    ) {
+        self.container(&container.name).refused = None;
+        actions.push(Action::Probe {
+            instance: Box::new(i.clone()),
+            container: Box::new(container.clone()),
+            pod_ip: self.pod_ip(pass.config),
+        });
+        let v = (pass.verdicts)(i);
+        view.started = container.startup_probe.is_none() || v.started;
+        view.ready = view.started
+            && match container.readiness_probe {
+                Some(_) => v.ready == Some(true),
+                None => true,
+            };
+        if v.failed {
+            // The failed probe's own grace period, if it sets one,
+            // overrides the pod's.
+            let probe = match view.started {
+                true => &container.liveness_probe,
+                false => &container.startup_probe,
+            };
+            let grace = probe
+                .as_ref()
+                .and_then(|p| p.termination_grace_period_seconds)
+                .map_or(grace(pod), |s| Duration::from_secs(s.max(0) as u64));
+            self.stop(i, grace, actions);
+        }
+    }
+
     fn plan_status(&mut self, pod: &pb::Pod, status: pb::PodStatus, actions: &mut Vec<Action>) {
         if pod.status.as_ref() == Some(&status) {
             self.written = None;
@@ -496,13 +535,9 @@ impl PodState {
     /// A pod the API no longer has here: stop what runs, then remove its
     /// sandbox once nothing of it runs or is under way.
     fn plan_removal(&mut self, instances: &Instances, actions: &mut Vec<Action>) {
-        let mut live = false;
-        for list in instances.values() {
-            if let Some(i) = list.last().filter(|i| is_live(i)) {
-                live = true;
-                self.stop(i, self.grace, actions);
-            }
-        }
+        let gone = self.gone.clone();
+        let spec = gone.as_ref().and_then(|p| p.spec.as_ref());
+        let live = self.stop_all(spec, instances, self.grace, actions);
         let busy = self.containers.values().any(|c| c.busy);
         if live || busy || self.sandbox.removing || self.sandbox.preparing {
             return;
@@ -518,6 +553,39 @@ impl PodState {
         };
         self.sandbox.removing = true;
         actions.push(Action::RemoveSandbox(pod));
+    }
+
+    /// Stops what runs of a pod: the containers (and init containers)
+    /// first, then its sidecars one at a time, the last started first, as
+    /// the kubelet does. Whether anything still runs.
+    fn stop_all(
+        &mut self,
+        spec: Option<&pb::PodSpec>,
+        instances: &Instances,
+        grace: Duration,
+        actions: &mut Vec<Action>,
+    ) -> bool {
+        let sidecars: Vec<&str> = spec
+            .iter()
+            .flat_map(|s| &s.init_containers)
+            .filter(|c| is_sidecar(c))
+            .map(|c| c.name.as_str())
+            .collect();
+        let live = |name: &str| instances.get(name)?.last().filter(|i| is_live(i));
+        let mut others_live = false;
+        for (name, list) in instances {
+            let latest = list.last().filter(|i| is_live(i));
+            if let Some(i) = latest.filter(|_| !sidecars.contains(&name.as_str())) {
+                others_live = true;
+                self.stop(i, grace, actions);
+            }
+        }
+        let last_sidecar = sidecars.iter().rev().find_map(|name| live(name));
+        match last_sidecar {
+            Some(i) if !others_live => self.stop(i, grace, actions),
+            _ => {}
+        }
+        others_live || last_sidecar.is_some()
     }
 
     fn container(&mut self, name: &str) -> &mut ContainerState {
@@ -537,6 +605,12 @@ impl PodState {
         if std::mem::replace(&mut c.busy, true) {
             return;
         }
+        if Hook::PostStart.of(container).is_some() {
+            c.post_start = Some(PostStart {
+                attempt,
+                failed: false,
+            });
+        }
         actions.push(Action::Start {
             pod: Box::new(pod.clone()),
             container: Box::new(container.clone()),
@@ -545,6 +619,11 @@ impl PodState {
     }
 
     fn stop(&mut self, instance: &Instance, grace: Duration, actions: &mut Vec<Action>) {
+        // A hook runs in a container that runs, as the kubelet's does.
+        let pre_stop = match instance.state {
+            InstanceState::Running { .. } => self.pre_stop_hook(&instance.container),
+            _ => None,
+        };
         let c = self.container(&instance.container);
         if std::mem::replace(&mut c.busy, true) {
             return;
@@ -552,7 +631,19 @@ impl PodState {
         actions.push(Action::Stop {
             instance: Box::new(instance.clone()),
             grace,
+            pre_stop,
         });
+    }
+
+    /// The container as the pod has (or last had) it, if it has a preStop
+    /// hook.
+    fn pre_stop_hook(&self, name: &str) -> Option<Box<pb::Container>> {
+        let pod = self.pod.as_ref().or(self.gone.as_deref())?;
+        let spec = pod.spec.as_ref()?;
+        let container = spec.containers.iter().find(|c| c.name == name)?;
+        Hook::PreStop
+            .of(container)
+            .map(|_| Box::new(container.clone()))
     }
 
     /// The crash back-off after `attempt` of a container ended, counted
@@ -600,6 +691,33 @@ impl PodState {
         c.busy = false;
         if let Some((reason, message)) = refused {
             c.refused = Some(refusal(c.refused.as_ref(), reason, message, config, now));
+        }
+    }
+
+    /// The postStart hook of `attempt` ended; a failure stops the attempt,
+    /// whose restart then waits with reason PostStartHookError.
+    pub fn post_start_done(
+        &mut self,
+        container: &str,
+        attempt: u32,
+        result: Result<(), String>,
+        config: &PlanConfig,
+        now: SystemTime,
+    ) {
+        let c = self.container(container);
+        if c.post_start.is_none_or(|h| h.attempt != attempt) {
+            return;
+        }
+        match result {
+            Ok(()) => c.post_start = None,
+            Err(message) => {
+                c.post_start = Some(PostStart {
+                    attempt,
+                    failed: true,
+                });
+                let reason = "PostStartHookError".to_string();
+                c.refused = Some(refusal(c.refused.as_ref(), reason, message, config, now));
+            }
         }
     }
 
@@ -793,9 +911,9 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Stop { instance, grace } => {
-                    Some((instance.container.clone(), instance.attempt, *grace))
-                }
+                Action::Stop {
+                    instance, grace, ..
+                } => Some((instance.container.clone(), instance.attempt, *grace)),
                 _ => None,
             })
             .collect()
@@ -1014,6 +1132,87 @@ mod tests {
             .or(state.terminated.map(|t| t.reason))
     }
 
+    /// `with_init`, where init container `sidecar` is a native sidecar.
+    fn with_sidecar(policy: &str, init: &[&str], sidecar: &str, containers: &[&str]) -> pb::Pod {
+        let mut p = with_init(policy, init, containers);
+        for c in &mut p.spec.as_mut().unwrap().init_containers {
+            if c.name == sidecar {
+                c.restart_policy = "Always".into();
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn a_sidecar_starts_in_turn_keeps_running_and_restarts_whatever_the_pods_policy() {
+        let c = config();
+        let mut s = ready_state(with_sidecar("Never", &["proxy", "setup"], "proxy", &["a"]));
+        assert_eq!(
+            starts(&s.plan(&Instances::new(), &no_probes, &c, t(0))),
+            [("proxy".into(), 0)]
+        );
+        s.operation_done("proxy", None, &c, t(0));
+        s.status_done(None);
+        // Running is enough for the next init container.
+        let mut runs = vec![instance("proxy", 0, running(1))];
+        let actions = s.plan(&of(runs.clone()), &no_probes, &c, t(1));
+        assert_eq!(starts(&actions), [("setup".into(), 0)]);
+        assert_eq!(probes(&actions), 1, "a sidecar is probed");
+        s.operation_done("setup", None, &c, t(1));
+        runs.push(instance("setup", 0, exited(0, 1, 2)));
+        let actions = s.plan(&of(runs.clone()), &no_probes, &c, t(3));
+        assert_eq!(starts(&actions), [("a".into(), 0)]);
+        s.operation_done("a", None, &c, t(3));
+        s.status_done(None);
+
+        // Under restartPolicy Never, the sidecar still restarts.
+        runs[0] = instance("proxy", 0, exited(1, 1, 4));
+        runs.push(instance("a", 0, running(3)));
+        let actions = s.plan(&of(runs.clone()), &no_probes, &c, t(1_000));
+        assert_eq!(starts(&actions), [("proxy".into(), 1)]);
+        let status = written(&actions).unwrap();
+        assert_eq!(status.phase, "Running");
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.r#type == "Ready" && c.status == "False"),
+            "not ready while its sidecar is down"
+        );
+    }
+
+    #[test]
+    fn a_pods_sidecars_stop_after_its_containers_the_last_started_first() {
+        let c = config();
+        let mut p = with_sidecar("Always", &["log", "proxy"], "log", &["a"]);
+        p.spec.as_mut().unwrap().init_containers[1].restart_policy = "Always".into();
+        let runs = of(vec![
+            instance("log", 0, running(0)),
+            instance("proxy", 0, running(1)),
+            instance("a", 0, running(2)),
+        ]);
+        let mut s = ready_state(p);
+        s.unwant();
+        let names = |actions: &[Action]| -> Vec<String> {
+            stops(actions).into_iter().map(|(n, _, _)| n).collect()
+        };
+        assert_eq!(names(&s.plan(&runs, &no_probes, &c, t(3))), ["a"]);
+        s.operation_done("a", None, &c, t(4));
+        let runs = of(vec![
+            instance("log", 0, running(0)),
+            instance("proxy", 0, running(1)),
+            instance("a", 0, exited(0, 2, 4)),
+        ]);
+        assert_eq!(names(&s.plan(&runs, &no_probes, &c, t(5))), ["proxy"]);
+        s.operation_done("proxy", None, &c, t(6));
+        let runs = of(vec![
+            instance("log", 0, running(0)),
+            instance("proxy", 0, exited(0, 1, 6)),
+            instance("a", 0, exited(0, 2, 4)),
+        ]);
+        assert_eq!(names(&s.plan(&runs, &no_probes, &c, t(7))), ["log"]);
+    }
+
     #[test]
     fn init_containers_run_in_order_to_success_before_the_containers() {
         let c = config();
@@ -1230,6 +1429,105 @@ mod tests {
         assert!(status.message.starts_with("Usage of EmptyDir volume"));
         let state = status.container_statuses[0].state.clone().unwrap();
         assert!(state.terminated.is_some());
+    }
+
+    fn hooked(post_start: bool, pre_stop: bool) -> pb::Pod {
+        let mut p = pod("Always", &["a"]);
+        let handler = || {
+            Some(pb::LifecycleHandler {
+                exec: Some(pb::ExecAction {
+                    command: vec!["true".into()],
+                }),
+                ..Default::default()
+            })
+        };
+        p.spec.as_mut().unwrap().containers[0].lifecycle = Some(pb::Lifecycle {
+            post_start: handler().filter(|_| post_start),
+            pre_stop: handler().filter(|_| pre_stop),
+        });
+        p
+    }
+
+    fn probes(actions: &[Action]) -> usize {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Probe { .. }))
+            .count()
+    }
+
+    #[test]
+    fn a_container_is_creating_until_its_post_start_hook_ends() {
+        let c = config();
+        let mut s = ready_state(hooked(true, false));
+        s.plan(&Instances::new(), &no_probes, &c, t(0));
+        s.operation_done("a", None, &c, t(0));
+        s.status_done(None);
+        let runs = of(vec![instance("a", 0, running(0))]);
+        let actions = s.plan(&runs, &no_probes, &c, t(1));
+        let status = written(&actions).unwrap();
+        assert_eq!(status.phase, "Pending");
+        assert_eq!(
+            waiting_reason(&status, 0).as_deref(),
+            Some("ContainerCreating")
+        );
+        assert_eq!(probes(&actions), 0, "no probe before the hook ends");
+        s.status_done(None);
+        s.post_start_done("a", 0, Ok(()), &c, t(2));
+        let actions = s.plan(&runs, &no_probes, &c, t(2));
+        assert_eq!(written(&actions).unwrap().phase, "Running");
+        assert_eq!(probes(&actions), 1);
+    }
+
+    #[test]
+    fn a_failed_post_start_hook_stops_the_container_whose_restart_waits_with_the_error() {
+        let c = config();
+        let mut s = ready_state(hooked(true, false));
+        s.plan(&Instances::new(), &no_probes, &c, t(0));
+        s.operation_done("a", None, &c, t(0));
+        s.post_start_done("a", 0, Err("exited with 1".into()), &c, t(1));
+        let runs = of(vec![instance("a", 0, running(0))]);
+        let actions = s.plan(&runs, &no_probes, &c, t(1));
+        assert_eq!(stops(&actions), [("a".into(), 0, 7 * SEC)]);
+        s.operation_done("a", None, &c, t(2));
+        s.status_done(None);
+        let ended = of(vec![instance("a", 0, exited(137, 0, 2))]);
+        let actions = s.plan(&ended, &no_probes, &c, t(3));
+        assert!(starts(&actions).is_empty());
+        let status = written(&actions).unwrap();
+        assert_eq!(
+            waiting_reason(&status, 0).as_deref(),
+            Some("PostStartHookError")
+        );
+        let actions = s.plan(&ended, &no_probes, &c, t(1_000));
+        assert_eq!(starts(&actions), [("a".into(), 1)]);
+    }
+
+    #[test]
+    fn a_stop_runs_the_pre_stop_hook_of_a_running_container_even_once_the_pod_is_gone() {
+        let c = config();
+        let pre_stop = |actions: &[Action]| {
+            actions.iter().find_map(|a| match a {
+                Action::Stop { pre_stop, .. } => Some(pre_stop.is_some()),
+                _ => None,
+            })
+        };
+        let runs = of(vec![instance("a", 0, running(0))]);
+        let mut s = ready_state(hooked(false, true));
+        s.unwant();
+        assert_eq!(pre_stop(&s.plan(&runs, &no_probes, &c, t(1))), Some(true));
+
+        let creating = of(vec![instance("a", 0, InstanceState::Creating)]);
+        let mut s = ready_state(hooked(false, true));
+        s.unwant();
+        assert_eq!(
+            pre_stop(&s.plan(&creating, &no_probes, &c, t(1))),
+            Some(false),
+            "nothing runs the hook could reach"
+        );
+
+        let mut s = ready_state(hooked(false, false));
+        s.unwant();
+        assert_eq!(pre_stop(&s.plan(&runs, &no_probes, &c, t(1))), Some(false));
     }
 
     #[test]

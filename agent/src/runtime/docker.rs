@@ -43,6 +43,7 @@ use super::ContainerSpec;
 use super::Exit;
 use super::Instance;
 use super::InstanceState;
+use super::LogOptions;
 use super::LogStream;
 use super::PodRef;
 use super::Runtime;
@@ -582,7 +583,7 @@ impl Runtime for DockerRuntime {
         pod: &PodRef,
         container: &str,
         attempt: u32,
-        follow: bool,
+        options: &LogOptions,
     ) -> Result<LogStream, RuntimeError> {
         let name = self.name(pod, container, attempt);
         if let Err(e) = self
@@ -600,10 +601,19 @@ impl Runtime for DockerRuntime {
                 engine_error(e)
             });
         }
+        let tail = options.tail.map_or("all".to_string(), |n| n.to_string());
+        // The engine takes whole seconds since the epoch.
+        let since = options
+            .since
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
         let options = LogsOptionsBuilder::new()
-            .follow(follow)
+            .follow(options.follow)
             .stdout(true)
             .stderr(true)
+            .timestamps(options.timestamps)
+            .since(since)
+            .tail(&tail)
             .build();
         let stream = self.docker.logs(&name, Some(options)).map(|item| {
             item.map(LogOutput::into_bytes)

@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod docker;
+pub mod log_format;
 pub mod mounts;
 pub mod process;
 pub mod shim;
@@ -160,6 +161,8 @@ pub struct Instance {
     pub labels: BTreeMap<String, String>,
 }
 
+pub use log_format::LogOptions;
+
 pub type LogStream = Pin<Box<dyn Stream<Item = std::io::Result<bytes::Bytes>> + Send>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -230,13 +233,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes what `create_sandbox` made and whatever is left of the pod.
     async fn remove_sandbox(&self, pod: &PodRef) -> Result<(), RuntimeError>;
 
-    /// The instance's output; with `follow`, keeps streaming until it exits.
+    /// The instance's output as `options` asks; following, keeps
+    /// streaming until it exits.
     async fn logs(
         &self,
         pod: &PodRef,
         container: &str,
         attempt: u32,
-        follow: bool,
+        options: &LogOptions,
     ) -> Result<LogStream, RuntimeError>;
 
     /// Runs `argv` inside the instance's environment (an exec probe) and

@@ -25,6 +25,7 @@ use tokio::io::AsyncReadExt;
 
 use super::cgroup::Cgroups;
 use super::cgroup::Limits;
+use super::log_format;
 use super::shim;
 use super::shim::ExitRecord;
 use super::shim::Launch;
@@ -33,6 +34,7 @@ use super::ContainerSpec;
 use super::Exit;
 use super::Instance;
 use super::InstanceState;
+use super::LogOptions;
 use super::LogStream;
 use super::PodRef;
 use super::Runtime;
@@ -477,7 +479,7 @@ impl Runtime for ProcessRuntime {
         pod: &PodRef,
         container: &str,
         attempt: u32,
-        follow: bool,
+        options: &LogOptions,
     ) -> Result<LogStream, RuntimeError> {
         let dir = self.instance_dir(pod, container, attempt);
         let file = match tokio::fs::File::open(dir.join(shim::LOG_FILE)).await {
@@ -491,7 +493,7 @@ impl Runtime for ProcessRuntime {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Box::pin(tail(file, dir, follow)))
+        Ok(Box::pin(tail(file, dir, options.clone())))
     }
 
     async fn exec(
@@ -576,44 +578,60 @@ impl Runtime for ProcessRuntime {
     }
 }
 
-/// A log file's bytes; following, new bytes as they are appended until the
+/// A log file read as `options` asks: its records as the container's
+/// output; following, new records as they are appended until the
 /// instance has exited and everything is read.
 fn tail(
     file: tokio::fs::File,
     dir: PathBuf,
-    follow: bool,
+    options: LogOptions,
 ) -> impl futures::Stream<Item = io::Result<bytes::Bytes>> + Send {
-    futures::stream::unfold(Some(file), move |file| {
-        let dir = dir.clone();
+    let reading = Reading {
+        file,
+        reader: log_format::Reader::new(&options),
+        caught_up: false,
+        exited: false,
+    };
+    futures::stream::unfold(Some(reading), move |reading| {
+        let (dir, follow) = (dir.clone(), options.follow);
         async move {
-            let mut file = file?;
+            let mut r = reading?;
             let mut buf = vec![0u8; 64 << 10];
             loop {
-                match file.read(&mut buf).await {
-                    Ok(0) if !follow => return None,
-                    Ok(0) => {
-                        if matches!(instance_state(&dir), InstanceState::Exited(_)) {
-                            // Read once more: the last bytes may have landed
-                            // between the read and the exit.
-                            return match file.read(&mut buf).await {
-                                Ok(n) if n > 0 => {
-                                    buf.truncate(n);
-                                    Some((Ok(bytes::Bytes::from(buf)), Some(file)))
-                                }
-                                _ => None,
-                            };
-                        }
+                let n = match r.file.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => return Some((Err(e), None)),
+                };
+                let out = if n > 0 {
+                    r.reader.feed(&buf[..n])
+                } else if !r.caught_up {
+                    r.caught_up = true;
+                    r.reader.caught_up()
+                } else if !follow || r.exited {
+                    return None;
+                } else {
+                    // Once it has exited, one more read: the last records
+                    // may have landed between the read and the exit.
+                    r.exited = matches!(instance_state(&dir), InstanceState::Exited(_));
+                    if !r.exited {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
-                    Ok(n) => {
-                        buf.truncate(n);
-                        return Some((Ok(bytes::Bytes::from(buf)), Some(file)));
-                    }
-                    Err(e) => return Some((Err(e), None)),
+                    continue;
+                };
+                if !out.is_empty() {
+                    return Some((Ok(bytes::Bytes::from(out)), Some(r)));
                 }
             }
         }
     })
+}
+
+struct Reading {
+    file: tokio::fs::File,
+    reader: log_format::Reader,
+    /// The backlog is read (and what `tail` kept is sent).
+    caught_up: bool,
+    exited: bool,
 }
 
 #[cfg(test)]

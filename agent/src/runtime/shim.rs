@@ -13,7 +13,9 @@
 //!
 //! Everything the child needs is prepared before the fork: std builds argv
 //! and envp first, the log file and the cgroup files are opened first, and
-//! between fork and exec the child only makes `write` system calls.
+//! between fork and exec the child only makes `write` system calls. Its
+//! stdout and stderr are pipes the shim copies into `output.log` as
+//! records stamped with their time (`log_format`).
 
 use std::fs;
 use std::fs::File;
@@ -27,8 +29,15 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
+
+use super::log_format;
+use super::log_format::Stream;
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -165,6 +174,39 @@ pub fn main(dir: &Path) -> i32 {
     }
 }
 
+/// How long the output of an ended process is still copied.
+const COPY_GRACE: Duration = Duration::from_secs(2);
+
+/// Copies what the container writes to `pipe` into the log as records, a
+/// line (or a part of a long one) each, stamped when it was read.
+fn copy_lines(
+    pipe: impl io::Read + Send + 'static,
+    stream: Stream,
+    log: Arc<Mutex<File>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = io::BufReader::new(pipe);
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            line.clear();
+            let mut limited = io::Read::take(&mut reader, log_format::MAX_LINE as u64);
+            match io::BufRead::read_until(&mut limited, b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let full = line.last() == Some(&b'\n');
+            if full {
+                line.pop();
+            }
+            let record = log_format::record(SystemTime::now(), stream, &line, !full);
+            let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
+            if io::Write::write_all(&mut *file, &record).is_err() {
+                return;
+            }
+        }
+    })
+}
+
 fn start_error(message: String) -> ExitRecord {
     ExitRecord {
         exit_code: START_ERROR_CODE,
@@ -220,12 +262,7 @@ fn supervise(dir: &Path, launch: &Launch) -> ExitRecord {
     if let Some(wd) = &launch.working_dir {
         cmd.current_dir(wd);
     }
-    match (log.try_clone(), log.try_clone()) {
-        (Ok(out), Ok(err)) => {
-            cmd.stdout(out).stderr(err);
-        }
-        (Err(e), _) | (_, Err(e)) => return start_error(format!("cannot open the log file: {e}")),
-    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     join_cgroups(&mut cmd, groups.iter().map(AsRawFd::as_raw_fd).collect());
     take_identity(&mut cmd, &launch.security);
     let started = SystemTime::now();
@@ -234,6 +271,17 @@ fn supervise(dir: &Path, launch: &Launch) -> ExitRecord {
         Err(e) => return start_error(format!("cannot run {program:?}: {e}")),
     };
     drop(groups);
+    let log = Arc::new(Mutex::new(log));
+    let copiers = [
+        child
+            .stdout
+            .take()
+            .map(|p| copy_lines(p, Stream::Stdout, log.clone())),
+        child
+            .stderr
+            .take()
+            .map(|p| copy_lines(p, Stream::Stderr, log.clone())),
+    ];
     let pid = child.id() as i32;
     let record = PidRecord {
         pid,
@@ -250,6 +298,13 @@ fn supervise(dir: &Path, launch: &Launch) -> ExitRecord {
             Err(_) => break None,
         }
     };
+    // The last lines are in the log before the exit is: a reader that
+    // stops at the exit misses none. A process the container left behind
+    // may hold the pipes open; it is not waited for long.
+    let deadline = Instant::now() + COPY_GRACE;
+    while copiers.iter().flatten().any(|c| !c.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let signal = status.and_then(|s| s.signal());
     ExitRecord {
         exit_code: status
@@ -444,10 +499,17 @@ mod tests {
         };
         let exit = supervise(dir.path(), &launch);
         assert_eq!((exit.exit_code, exit.start_error), (0, None));
-        let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        let log = output(dir.path());
         let lines: Vec<&str> = log.lines().collect();
         assert_eq!(lines[..2], ["1000", "3000 2000"], "{log}");
         assert_eq!(lines[2].split_whitespace().last(), Some("1"), "{log}");
+    }
+
+    /// The container's output, as `berth logs` shows it.
+    fn output(dir: &Path) -> String {
+        let log = fs::read(dir.join(LOG_FILE)).unwrap();
+        let mut reader = log_format::Reader::new(&Default::default());
+        String::from_utf8(reader.feed(&log)).unwrap()
     }
 
     #[test]
@@ -469,8 +531,7 @@ mod tests {
         };
         let ok = run(&["/bin/sh", "-c", "echo $GREETING; exit 3"]);
         assert_eq!((ok.exit_code, ok.signal, ok.start_error), (3, None, None));
-        let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
-        assert_eq!(log, "hello\n");
+        assert_eq!(output(dir.path()), "hello\n");
         let pid = PidRecord::parse(&fs::read_to_string(dir.path().join(PID_FILE)).unwrap());
         assert!(pid.is_some_and(|p| !p.is_alive()));
         let killed = run(&["/bin/sh", "-c", "kill -9 $$"]);

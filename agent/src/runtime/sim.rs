@@ -16,6 +16,7 @@ use super::ContainerSpec;
 use super::Exit;
 use super::Instance;
 use super::InstanceState;
+use super::LogOptions;
 use super::LogStream;
 use super::PodRef;
 use super::Runtime;
@@ -177,7 +178,7 @@ impl Runtime for SimRuntime {
         pod: &PodRef,
         container: &str,
         attempt: u32,
-        _follow: bool,
+        options: &LogOptions,
     ) -> Result<LogStream, RuntimeError> {
         if !self
             .instances
@@ -187,8 +188,12 @@ impl Runtime for SimRuntime {
         {
             return Err(not_found(pod, container, attempt));
         }
-        let line = bytes::Bytes::from("(the sim runtime runs nothing, so there is no output)\n");
-        Ok(Box::pin(futures::stream::iter([Ok(line)])))
+        let mut reader = super::log_format::Reader::new(options);
+        let mut shown = reader.feed(b"(the sim runtime runs nothing, so there is no output)\n");
+        shown.extend(reader.caught_up());
+        Ok(Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(
+            shown,
+        ))])))
     }
 
     async fn exec(

@@ -91,14 +91,27 @@ impl Row for pb::Pod {
     fn row(&self, wide: bool) -> Vec<String> {
         let spec = self.spec.clone().unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
-        let ready = status.container_statuses.iter().filter(|c| c.ready).count();
+        // As kubectl: sidecars count among the ready containers.
+        let sidecars: Vec<&str> = spec
+            .init_containers
+            .iter()
+            .filter(|c| berth_api::resources::is_sidecar(c))
+            .map(|c| c.name.as_str())
+            .collect();
+        let ready = (status.container_statuses.iter())
+            .chain(
+                (status.init_container_statuses.iter())
+                    .filter(|c| sidecars.contains(&c.name.as_str())),
+            )
+            .filter(|c| c.ready)
+            .count();
         let restarts: i32 = (status.init_container_statuses.iter())
             .chain(&status.container_statuses)
             .map(|c| c.restart_count)
             .sum();
         // kubectl shows a waiting or terminated container's reason instead
         // of the phase, and while init containers run, how far they are.
-        let reason = init_reason(&status, spec.init_containers.len()).or_else(|| {
+        let reason = init_reason(&status, &sidecars, spec.init_containers.len()).or_else(|| {
             status
                 .container_statuses
                 .iter()
@@ -118,7 +131,7 @@ impl Row for pb::Pod {
         };
         let mut r = vec![
             self.name().to_string(),
-            format!("{ready}/{}", spec.containers.len()),
+            format!("{ready}/{}", spec.containers.len() + sidecars.len()),
             phase,
             restarts.to_string(),
             created(self),
@@ -131,11 +144,20 @@ impl Row for pb::Pod {
     }
 }
 
-/// kubectl's STATUS while init containers have not all succeeded: the
-/// first unfinished one's failure (`Init:Error`), waiting reason
-/// (`Init:CrashLoopBackOff`), or else how many are done (`Init:1/3`).
-fn init_reason(status: &pb::PodStatus, count: usize) -> Option<String> {
+/// kubectl's STATUS while init containers have not all succeeded (a
+/// sidecar: started): the first unfinished one's failure (`Init:Error`),
+/// waiting reason (`Init:CrashLoopBackOff`), or else how many are done
+/// (`Init:1/3`).
+fn init_reason(status: &pb::PodStatus, sidecars: &[&str], count: usize) -> Option<String> {
+    let initialized =
+        (status.conditions.iter()).any(|c| c.r#type == "Initialized" && c.status == "True");
+    if initialized {
+        return None;
+    }
     for (i, c) in status.init_container_statuses.iter().enumerate() {
+        if sidecars.contains(&c.name.as_str()) && c.started == Some(true) {
+            continue;
+        }
         let state = c.state.clone().unwrap_or_default();
         if let Some(t) = &state.terminated {
             if t.exit_code == 0 {

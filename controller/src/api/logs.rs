@@ -64,6 +64,50 @@ fn container_of(pod: &pb::Pod, asked: &str) -> Result<String, Status> {
     }
 }
 
+/// The kubelet's query parameters for a logs request; what no kubelet
+/// would take is refused here.
+fn query(req: &pb::LogsRequest) -> Result<Vec<String>, Status> {
+    let mut flags = Vec::new();
+    if req.follow {
+        flags.push("follow=true".to_string());
+    }
+    if req.previous {
+        flags.push("previous=true".to_string());
+    }
+    if req.timestamps {
+        flags.push("timestamps=true".to_string());
+    }
+    match req.tail_lines {
+        Some(n) if n < 0 => {
+            return Err(Reason::Invalid.status(format!(
+                "tailLines {n} must not be negative: leave it unset for every line"
+            )))
+        }
+        Some(n) => flags.push(format!("tailLines={n}")),
+        None => {}
+    }
+    match (req.since_seconds, req.since_time.as_str()) {
+        (Some(_), t) if !t.is_empty() => {
+            return Err(Reason::Invalid
+                .status("at most one of sinceSeconds and sinceTime may be set".to_string()))
+        }
+        (Some(s), _) if s <= 0 => {
+            return Err(Reason::Invalid.status(format!("sinceSeconds {s} must be greater than 0")))
+        }
+        (Some(s), _) => flags.push(format!("sinceSeconds={s}")),
+        (None, "") => {}
+        (None, t) => {
+            humantime::parse_rfc3339_weak(t).map_err(|e| {
+                Reason::Invalid.status(format!(
+                    "sinceTime {t:?} is not an RFC 3339 time ({e}): write it as 2024-05-01T12:00:00Z"
+                ))
+            })?;
+            flags.push(format!("sinceTime={}", t.replace('+', "%2B")));
+        }
+    }
+    Ok(flags)
+}
+
 impl Api<pb::Pod> {
     pub async fn logs(
         &self,
@@ -92,13 +136,7 @@ impl Api<pb::Pod> {
                 "node {node_name} publishes no agent endpoint (is its agent running?)"
             ))
         })?;
-        let flags: Vec<&str> = [
-            req.follow.then_some("follow=true"),
-            req.previous.then_some("previous=true"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let flags = query(&req)?;
         let path = format!(
             "/containerLogs/{namespace}/{}/{container}?{}",
             req.name,
