@@ -635,9 +635,7 @@ async fn security_contexts_decide_who_a_container_runs_as() {
     pb::Secret::create(ch.clone(), secret.build())
         .await
         .unwrap();
-    let manifest = env.root.path().join("who.yaml");
-    std::fs::write(
-        &manifest,
+    cluster.apply(
         r#"apiVersion: v1
 kind: Pod
 metadata: {name: who}
@@ -669,19 +667,6 @@ spec:
   containers:
   - {name: main, command: [/bin/sleep, "600"], securityContext: {privileged: true}}
 "#,
-    )
-    .unwrap();
-    let out = cluster
-        .cli()
-        .arg("apply")
-        .arg("-f")
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let ch = &ch;
     eventually("the pod has run", T, || async move {
@@ -984,10 +969,7 @@ async fn lifecycle_hooks_run_after_the_start_and_before_sigterm() {
     let out = env.root.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let port = drain_endpoint(out.join("web")).await;
-    let manifest = env.root.path().join("hooks.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
+    cluster.apply(&format!(
             r#"apiVersion: v1
 kind: Pod
 metadata: {{name: hooked}}
@@ -1019,21 +1001,8 @@ spec:
 "#,
             out = out.display()
         ),
-    )
-    .unwrap();
-    let out_of = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
-    let applied = cluster
-        .cli()
-        .arg("apply")
-        .arg("-f")
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
     );
+    let out_of = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
     let ch = &ch;
     eventually("the hooked pod runs", T, || async move {
         let p = pb::Pod::get(ch.clone(), get_req("default", "hooked"))
@@ -1155,10 +1124,7 @@ async fn a_sidecar_starts_before_the_containers_and_stops_after_them() {
     let agent = env.agent("node");
     let out = env.root.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let manifest = env.root.path().join("sidecar.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
+    cluster.apply(&format!(
             r#"apiVersion: v1
 kind: Pod
 metadata: {{name: served}}
@@ -1182,18 +1148,6 @@ spec:
 "#,
             out = out.display()
         ),
-    )
-    .unwrap();
-    let applied = cluster
-        .cli()
-        .args(["apply", "-f"])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
     );
     let log = || std::fs::read_to_string(out.join("log")).unwrap_or_default();
     let ch = &ch;

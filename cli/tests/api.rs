@@ -863,7 +863,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         &["spec.initContainers[0].readinessProbe", "takes no probes"],
     );
     apply(
-        &init("    restartPolicy: Always\n"),
+        &init("    restartPolicy: OnFailure\n"),
         &["spec.initContainers[0].restartPolicy", "not supported"],
     );
     apply(

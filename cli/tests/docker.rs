@@ -192,10 +192,9 @@ async fn the_docker_runtime_runs_adopts_and_removes_containers() {
     // Who the container runs as, what it may do, and its hooks.
     let out = root.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let manifest = root.path().join("who.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
+    // The hooks write as the container's user.
+    std::os::unix::fs::chown(&out, Some(1000), Some(3000)).unwrap();
+    cluster.apply(&format!(
             r#"apiVersion: v1
 kind: Pod
 metadata: {{name: who}}
@@ -217,23 +216,8 @@ spec:
   volumes:
   - {{name: out, hostPath: {{path: {out}, type: Directory}}}}
 "#,
-            out = out.display()
-        ),
-    )
-    .unwrap();
-    // The hooks write as the container's user.
-    std::os::unix::fs::chown(&out, Some(1000), Some(3000)).unwrap();
-    let applied = cluster
-        .cli()
-        .args(["apply", "-f"])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+        out = out.display()
+    ));
     eventually("the pod of a user runs", T, || async {
         get_pod(&ch, "who")
             .await

@@ -373,6 +373,16 @@ impl Cluster {
         child.wait_with_output().expect("berth exits")
     }
 
+    /// `berth apply -f -` of `manifest`, which must succeed.
+    pub fn apply(&self, manifest: &str) {
+        let out = self.run_cli(&["apply", "-f", "-"], manifest);
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Waits until a leader is known to every listed controller and they
     /// agree on it.
     pub async fn wait_for_leader(&self, among: &[u64], timeout: Duration) -> Option<u64> {
