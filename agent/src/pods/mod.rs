@@ -545,7 +545,7 @@ impl PodSync {
         }
     }
 
-    /// Where a container of pod `uid` is reached by its probes and hooks.
+    /// Where an instance's probes and hooks reach it.
     fn target(&self, i: &Instance, container: pb::Container) -> probe::Target {
         probe::Target {
             runtime: self.runtime.clone(),
@@ -659,6 +659,8 @@ impl PodSync {
                     metrics::histogram!("berth_agent_pod_start_seconds").record(d.as_secs_f64());
                 }
             }
+            // Only a container that runs has its postStart hook run.
+            let started = result.is_ok();
             let refused = match result {
                 Ok(()) => None,
                 Err(RuntimeError::Start { reason, message }) => {
@@ -670,7 +672,6 @@ impl PodSync {
                     None
                 }
             };
-            let started = refused.is_none();
             let _ = done.send(Done::Container {
                 uid: u.clone(),
                 container: spec.container,
