@@ -335,6 +335,22 @@ pub fn check_volumes(errs: &mut Errors, field: &str, spec: &pb::PodSpec) {
 }
 
 /// Checks a container's `volumeMounts` against the pod's volumes.
+/// Why a volume may not be mounted at `target`: over the container's
+/// root, or within the kernel's `/proc` and `/sys`, which the runtimes
+/// refuse too (and which the process runtime would shadow on the node's
+/// root).
+fn reserved_target(target: &Path) -> Option<String> {
+    let mut parts = target.components().skip(1);
+    match parts.next() {
+        None => Some("must not be / : a volume cannot replace the container's root".into()),
+        Some(Component::Normal(top)) if top == "proc" || top == "sys" => Some(format!(
+            "must not be in /{}: the kernel's files are not a place for a volume",
+            top.to_string_lossy()
+        )),
+        _ => None,
+    }
+}
+
 pub fn check_mounts(errs: &mut Errors, field: &str, c: &pb::Container, volumes: &[pb::Volume]) {
     let mut targets = BTreeSet::new();
     for (i, m) in c.volume_mounts.iter().enumerate() {
@@ -356,6 +372,8 @@ pub fn check_mounts(errs: &mut Errors, field: &str, c: &pb::Container, volumes: 
             .any(|c| matches!(c, Component::ParentDir))
         {
             errs.add(format!("{f}.mountPath"), "must not contain '..'");
+        } else if let Some(why) = reserved_target(target) {
+            errs.add(format!("{f}.mountPath"), why);
         } else if !targets.insert(target.components().collect::<Vec<_>>()) {
             errs.add(
                 format!("{f}.mountPath"),
@@ -551,6 +569,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("subPath: must not contain '..'"), "{text}");
+        for (path, wanted) in [
+            (
+                "/",
+                "must not be / : a volume cannot replace the container's root",
+            ),
+            ("/proc/sys", "must not be in /proc"),
+            ("/sys", "must not be in /sys"),
+        ] {
+            let text = errors(&spec(vec![empty("data")], vec![mount("data", path)]));
+            assert!(text.contains(wanted), "{path}: {text}");
+        }
+        let fine = spec(vec![empty("data")], vec![mount("data", "/process/sys")]);
+        assert_eq!(errors(&fine), "");
         let items = pb::Volume {
             name: "cfg".into(),
             config_map: Some(pb::ConfigMapVolumeSource {
