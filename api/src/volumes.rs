@@ -334,11 +334,10 @@ pub fn check_volumes(errs: &mut Errors, field: &str, spec: &pb::PodSpec) {
     }
 }
 
-/// Checks a container's `volumeMounts` against the pod's volumes.
 /// Why a volume may not be mounted at `target`: over the container's
-/// root, or within the kernel's `/proc` and `/sys`, which the runtimes
-/// refuse too (and which the process runtime would shadow on the node's
-/// root).
+/// root, or within the kernel's `/proc` and `/sys` (runc refuses most of
+/// these too; the process runtime, which runs on the node's root, would
+/// shadow the node's own).
 fn reserved_target(target: &Path) -> Option<String> {
     let mut parts = target.components().skip(1);
     match parts.next() {
@@ -351,6 +350,7 @@ fn reserved_target(target: &Path) -> Option<String> {
     }
 }
 
+/// Checks a container's `volumeMounts` against the pod's volumes.
 pub fn check_mounts(errs: &mut Errors, field: &str, c: &pb::Container, volumes: &[pb::Volume]) {
     let mut targets = BTreeSet::new();
     for (i, m) in c.volume_mounts.iter().enumerate() {
