@@ -242,9 +242,13 @@ fn default_probe(p: &mut pb::Probe) {
         p.failure_threshold = 3;
     }
     if let Some(h) = &mut p.http_get {
-        default_str(&mut h.path, "/");
-        default_str(&mut h.scheme, "HTTP");
+        default_http_get(h);
     }
+}
+
+fn default_http_get(h: &mut pb::HttpGetAction) {
+    default_str(&mut h.path, "/");
+    default_str(&mut h.scheme, "HTTP");
 }
 
 pub fn default_pod_spec(spec: &mut pb::PodSpec) {
@@ -278,10 +282,10 @@ pub fn default_pod_spec(spec: &mut pb::PodSpec) {
             .lifecycle
             .iter_mut()
             .flat_map(|l| [&mut l.post_start, &mut l.pre_stop]);
-        for h in hooks.flatten().filter_map(|h| h.http_get.as_mut()) {
-            default_str(&mut h.path, "/");
-            default_str(&mut h.scheme, "HTTP");
-        }
+        hooks
+            .flatten()
+            .filter_map(|h| h.http_get.as_mut())
+            .for_each(default_http_get);
         default_str(&mut c.termination_message_path, "/dev/termination-log");
         default_str(&mut c.termination_message_policy, "File");
     }
@@ -319,6 +323,17 @@ pub fn default_service_spec(spec: &mut pb::ServiceSpec) {
 
 // ---------------------------------------------------------------- validation
 
+/// A probe's or hook's httpGet, at `field.httpGet`.
+fn check_http_get(errs: &mut Errors, field: &str, h: &pb::HttpGetAction) {
+    check_named_port(errs, &format!("{field}.httpGet.port"), &h.port);
+    one_of(
+        errs,
+        &format!("{field}.httpGet.scheme"),
+        &h.scheme,
+        &["HTTP", "HTTPS"],
+    );
+}
+
 fn check_probe(errs: &mut Errors, field: &str, p: &pb::Probe) {
     let handlers = [
         p.exec.is_some(),
@@ -334,13 +349,7 @@ fn check_probe(errs: &mut Errors, field: &str, p: &pb::Probe) {
         }
     }
     if let Some(h) = &p.http_get {
-        check_named_port(errs, &format!("{field}.httpGet.port"), &h.port);
-        one_of(
-            errs,
-            &format!("{field}.httpGet.scheme"),
-            &h.scheme,
-            &["HTTP", "HTTPS"],
-        );
+        check_http_get(errs, field, h);
     }
     if let Some(t) = &p.tcp_socket {
         check_named_port(errs, &format!("{field}.tcpSocket.port"), &t.port);
@@ -369,13 +378,7 @@ fn check_hook(errs: &mut Errors, field: &str, h: &pb::LifecycleHandler, grace: i
         errs.add(format!("{field}.exec.command"), "is required");
     }
     if let Some(g) = &h.http_get {
-        check_named_port(errs, &format!("{field}.httpGet.port"), &g.port);
-        one_of(
-            errs,
-            &format!("{field}.httpGet.scheme"),
-            &g.scheme,
-            &["HTTP", "HTTPS"],
-        );
+        check_http_get(errs, field, g);
     }
     if let Some(s) = &h.sleep {
         if !(0..=grace).contains(&s.seconds) {
